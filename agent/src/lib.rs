@@ -1,0 +1,1 @@
+//! Breakwater agent (skeleton; filled in by its own issue).

@@ -1,0 +1,1 @@
+//! Breakwater gateway (skeleton; filled in by its own issue).

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("breakwater-gateway: not implemented yet");
+    std::process::exit(2);
+}

@@ -7,6 +7,7 @@
 //! * [`envelope`] — the binary wire format: a 4-byte header (magic `BW`, version, message kind)
 //!   followed by a postcard body. This is what travels over MQTT and, by default, into Kafka.
 //! * [`json`] — the JSON encoding of the same messages, for interop (`[kafka] encoding = "json"`).
+//! * [`kafka`] — the Kafka record format (key, headers, value) and the fleet event records.
 //! * [`limits`] — the bounds every decoder enforces on untrusted bytes.
 //!
 //! # Invariants
@@ -20,6 +21,7 @@
 
 pub mod envelope;
 pub mod json;
+pub mod kafka;
 pub mod limits;
 pub mod topic;
 pub mod types;

@@ -1,0 +1,1 @@
+//! Breakwater processor (skeleton; filled in by its own issue).

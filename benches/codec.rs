@@ -67,6 +67,22 @@ fn codec(c: &mut Criterion) {
         });
     });
     g.finish();
+
+    let mut g = c.benchmark_group("codec_100_readings_parts");
+    g.throughput(Throughput::Elements(READINGS as u64));
+    g.bench_function("postcard_encode", |b| {
+        b.iter(|| envelope::encode_batch(black_box(&batch)));
+    });
+    g.bench_function("postcard_decode", |b| {
+        b.iter(|| envelope::decode_batch(black_box(&pc), &limits).expect("decodes"));
+    });
+    g.bench_function("json_encode", |b| {
+        b.iter(|| json::encode_batch(black_box(&batch)));
+    });
+    g.bench_function("json_decode", |b| {
+        b.iter(|| json::decode_batch(black_box(js.as_bytes()), &limits).expect("decodes"));
+    });
+    g.finish();
 }
 
 criterion_group!(benches, codec);

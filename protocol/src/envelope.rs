@@ -115,8 +115,8 @@ impl DecodeError {
     }
 }
 
-fn encode_with<T: serde::Serialize>(kind: MessageKind, body: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+fn encode_with<T: serde::Serialize>(kind: MessageKind, body: &T, size_hint: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(kind as u8);
@@ -131,19 +131,20 @@ fn encode_with<T: serde::Serialize>(kind: MessageKind, body: &T) -> Vec<u8> {
 /// Encodes a batch into an envelope.
 #[must_use]
 pub fn encode_batch(batch: &Batch) -> Vec<u8> {
-    encode_with(MessageKind::Batch, batch)
+    // ~24 bytes per reading is typical (ts varint, short metric, tag, 8-byte float).
+    encode_with(MessageKind::Batch, batch, 96 + 32 * batch.readings.len())
 }
 
 /// Encodes an ack into an envelope.
 #[must_use]
 pub fn encode_ack(ack: &Ack) -> Vec<u8> {
-    encode_with(MessageKind::Ack, ack)
+    encode_with(MessageKind::Ack, ack, 96)
 }
 
 /// Encodes a status message into an envelope.
 #[must_use]
 pub fn encode_status(status: &Status) -> Vec<u8> {
-    encode_with(MessageKind::Status, status)
+    encode_with(MessageKind::Status, status, 96)
 }
 
 /// Encodes any message into an envelope.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::DecodeError;
 use crate::limits::{Limits, ValidationError};
-use crate::types::{Ack, Batch, DeviceId, Reading, Status, Value};
+use crate::types::{Ack, Batch, CompactString, DeviceId, Reading, Status, Value};
 
 /// A reading value as it appears in JSON: an untagged number, boolean or string.
 #[derive(Serialize, Deserialize)]
@@ -26,7 +26,7 @@ enum JsonValue {
     I64(i64),
     F64(f64),
     Bool(bool),
-    Str(String),
+    Str(CompactString),
 }
 
 impl From<&Value> for JsonValue {
@@ -56,7 +56,7 @@ impl From<JsonValue> for Value {
 struct JsonReading {
     seq: u64,
     ts: u64,
-    metric: String,
+    metric: CompactString,
     value: JsonValue,
 }
 

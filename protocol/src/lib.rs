@@ -29,4 +29,4 @@ pub mod types;
 pub use envelope::{DecodeError, Message, MessageKind, HEADER_LEN, MAGIC, VERSION};
 pub use limits::{Limits, ValidationError};
 pub use topic::{Topic, TopicError, TopicKind};
-pub use types::{Ack, Batch, DeviceId, Reading, Status, StatusKind, Value};
+pub use types::{Ack, Batch, CompactString, DeviceId, Reading, Status, StatusKind, Value};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{self, ValidationError};
@@ -72,7 +73,8 @@ pub enum Value {
     I64(i64),
     F64(f64),
     Bool(bool),
-    Str(String),
+    /// Short strings (up to 24 bytes) are stored inline, without a heap allocation.
+    Str(CompactString),
 }
 
 impl From<f64> for Value {
@@ -92,12 +94,17 @@ impl From<bool> for Value {
 }
 impl From<String> for Value {
     fn from(v: String) -> Self {
-        Self::Str(v)
+        Self::Str(v.into())
     }
 }
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
-        Self::Str(v.to_owned())
+        Self::Str(v.into())
+    }
+}
+impl From<CompactString> for Value {
+    fn from(v: CompactString) -> Self {
+        Self::Str(v)
     }
 }
 
@@ -106,12 +113,13 @@ impl From<&str> for Value {
 pub struct Reading {
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
-    pub metric: String,
+    /// Metric name; names up to 24 bytes are stored inline, without a heap allocation.
+    pub metric: CompactString,
     pub value: Value,
 }
 
 impl Reading {
-    pub fn new(metric: impl Into<String>, value: impl Into<Value>, ts: u64) -> Self {
+    pub fn new(metric: impl Into<CompactString>, value: impl Into<Value>, ts: u64) -> Self {
         Self {
             ts,
             metric: metric.into(),

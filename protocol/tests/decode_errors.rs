@@ -96,12 +96,12 @@ fn limits_are_enforced() {
     ));
 
     let mut b = batch(1);
-    b.readings[0].metric = "x".repeat(200);
+    b.readings[0].metric = "x".repeat(200).into();
     let err = envelope::decode(&envelope::encode_batch(&b)).unwrap_err();
     assert_eq!(err.reason(), "bad_metric");
 
     let mut b = batch(1);
-    b.readings[0].value = Value::Str("y".repeat(300));
+    b.readings[0].value = Value::Str("y".repeat(300).into());
     assert!(matches!(
         envelope::decode(&envelope::encode_batch(&b)),
         Err(DecodeError::Invalid(ValidationError::StringTooLong {

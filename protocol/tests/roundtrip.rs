@@ -18,14 +18,14 @@ fn value() -> impl Strategy<Value = Value> {
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(Value::F64),
         any::<bool>().prop_map(Value::Bool),
-        ".{0,64}".prop_map(Value::Str),
+        ".{0,64}".prop_map(|s| Value::Str(s.into())),
     ]
 }
 
 fn reading() -> impl Strategy<Value = Reading> {
     ("[a-z][a-z0-9_.]{0,40}", value(), any::<u64>()).prop_map(|(metric, value, ts)| Reading {
         ts,
-        metric,
+        metric: metric.into(),
         value,
     })
 }

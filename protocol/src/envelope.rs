@@ -4,7 +4,7 @@
 //! byte 0..2  magic  b"BW"
 //! byte 2     format version (this crate writes and reads VERSION = 1)
 //! byte 3     message kind: 1 = batch, 2 = ack, 3 = status
-//! byte 4..   postcard encoding of the message
+//! byte 4..   postcard encoding of the message (a batch uses the layout in `wire`)
 //! ```
 //!
 //! A reader that meets a version it does not know fails with
@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::limits::{Limits, ValidationError};
 use crate::types::{Ack, Batch, Status};
+use crate::wire::{WireBatch, WireBatchRef};
 
 pub const MAGIC: [u8; 2] = *b"BW";
 pub const VERSION: u8 = 1;
@@ -131,8 +132,12 @@ fn encode_with<T: serde::Serialize>(kind: MessageKind, body: &T, size_hint: usiz
 /// Encodes a batch into an envelope.
 #[must_use]
 pub fn encode_batch(batch: &Batch) -> Vec<u8> {
-    // ~24 bytes per reading is typical (ts varint, short metric, tag, 8-byte float).
-    encode_with(MessageKind::Batch, batch, 96 + 32 * batch.readings.len())
+    // ~12 bytes per reading is typical (see `wire`); leave room for strings.
+    encode_with(
+        MessageKind::Batch,
+        &WireBatchRef::new(batch),
+        96 + 16 * batch.readings.len(),
+    )
 }
 
 /// Encodes an ack into an envelope.
@@ -210,7 +215,7 @@ pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError
     let (kind, rest) = peek(bytes, limits)?;
     Ok(match kind {
         MessageKind::Batch => {
-            let b: Batch = body(kind, rest)?;
+            let b = body::<WireBatch>(kind, rest)?.into_batch()?;
             b.validate(limits)?;
             Message::Batch(b)
         }

@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod limits;
 pub mod topic;
 pub mod types;
+mod wire;
 
 pub use envelope::{DecodeError, Message, MessageKind, HEADER_LEN, MAGIC, VERSION};
 pub use limits::{Limits, ValidationError};

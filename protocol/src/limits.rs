@@ -62,6 +62,12 @@ pub enum ValidationError {
     },
     #[error("reading {index}: metric name contains a control character")]
     MetricControlChar { index: usize },
+    #[error("reading {index}: metric index {metric} is past the {names} names of the batch")]
+    MetricIndexOutOfRange {
+        index: usize,
+        metric: u32,
+        names: usize,
+    },
     #[error("reading {index}: string value is {len} bytes long, the limit is {limit}")]
     StringTooLong {
         index: usize,
@@ -85,7 +91,8 @@ impl ValidationError {
             Self::ZeroSeq | Self::SeqOverflow | Self::NonConsecutiveSeq { .. } => "bad_seq",
             Self::MetricEmpty { .. }
             | Self::MetricTooLong { .. }
-            | Self::MetricControlChar { .. } => "bad_metric",
+            | Self::MetricControlChar { .. }
+            | Self::MetricIndexOutOfRange { .. } => "bad_metric",
             Self::StringTooLong { .. } => "string_too_long",
             Self::NonFiniteValue { .. } => "non_finite_value",
         }
@@ -131,7 +138,13 @@ pub fn check_reading(
             limit: limits.max_metric_len,
         });
     }
-    if metric.chars().any(char::is_control) {
+    let has_control = if metric.is_ascii() {
+        // Fast path for the usual ASCII names: C0 controls and DEL.
+        metric.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        metric.chars().any(char::is_control)
+    };
+    if has_control {
         return Err(ValidationError::MetricControlChar { index });
     }
     match value {

@@ -217,3 +217,43 @@ fn huge_length_prefix_does_not_allocate_or_panic() {
         Err(DecodeError::Malformed { .. })
     ));
 }
+
+#[test]
+fn metric_index_past_the_dictionary_is_rejected() {
+    let mut bytes = envelope::encode_batch(&batch(1));
+    // The last reading is: metric index, ts delta, value tag, value; point the index past the
+    // one-name dictionary.
+    let at = bytes.len() - 4;
+    assert_eq!(bytes[at], 0, "layout assumption: index of the only metric");
+    bytes[at] = 5;
+    assert_eq!(
+        envelope::decode(&bytes),
+        Err(DecodeError::Invalid(ValidationError::MetricIndexOutOfRange {
+            index: 0,
+            metric: 5,
+            names: 1
+        }))
+    );
+}
+
+#[test]
+fn many_distinct_metrics_and_extreme_timestamps_round_trip() {
+    let readings = (0..300u64)
+        .map(|i| {
+            let ts = match i % 3 {
+                0 => u64::MAX - i,
+                1 => i,
+                _ => 1_764_115_200_000,
+            };
+            Reading::new(format!("metric-{}", i % 40), Value::I64(0), ts)
+        })
+        .collect();
+    let b = Batch {
+        device: DeviceId::parse("d").unwrap(),
+        epoch: 1,
+        first_seq: 1,
+        readings,
+    };
+    let bytes = envelope::encode_batch(&b);
+    assert_eq!(envelope::decode_batch(&bytes, &Limits::DEFAULT).unwrap(), b);
+}

@@ -1,1 +1,2 @@
-//! Breakwater agent (skeleton; filled in by its own issue).
+//! Breakwater device agent.
+pub mod buffer;

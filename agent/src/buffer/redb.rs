@@ -1,0 +1,832 @@
+//! The on-disk [`Buffer`]: one redb file, `{dir}/buffer.redb`.
+//!
+//! # Layout
+//!
+//! ```text
+//! table "readings": u64 seq -> postcard(Reading)        stored readings, contiguous seqs
+//! table "meta":     &str    -> u64
+//!     "format"         file layout version (FORMAT = 1)
+//!     "epoch"          random non-zero u64 chosen when the file was created
+//!     "next_seq"       the seq the next appended reading gets
+//!     "bytes"          sum of record sizes (encoded length + RECORD_OVERHEAD)
+//!     "dropped_total"  readings deleted by drop-oldest, ever
+//! ```
+//!
+//! # Group commit
+//!
+//! One writer thread owns every write. Appends and acks queue on a bounded channel; the writer
+//! takes everything queued (up to `commit_max_readings` readings), applies it in one write
+//! transaction with `Durability::Immediate` (fsync), commits, and only then answers each
+//! caller. Many concurrent `append` calls therefore share one fsync.
+//!
+//! # Failures
+//!
+//! A file that cannot be opened (corrupt, locked by another process, wrong format) is reported
+//! with its path through [`OpenError`] and left exactly as it is: never deleted, truncated or
+//! recreated. A failed commit answers every caller in that transaction with an error; redb
+//! guarantees the transaction's changes are either all durable or none.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use breakwater_protocol::Reading;
+use rand::Rng;
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    AckError, AckOutcome, AppendError, Appended, BoxFuture, Budget, Buffer, BufferStats,
+    FullPolicy, ReadError,
+};
+
+const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Version of the layout above.
+pub const FORMAT: u64 = 1;
+/// The buffer file's name inside `[buffer] dir`.
+pub const FILE_NAME: &str = "buffer.redb";
+/// Per-record overhead counted against the budget (the 8-byte key plus redb bookkeeping).
+pub const RECORD_OVERHEAD: u64 = 16;
+
+/// A fresh random epoch (never 0).
+#[must_use]
+pub fn new_epoch() -> u64 {
+    rand::thread_rng().gen_range(1..=u64::MAX)
+}
+
+/// Options of a [`RedbBuffer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// Budget for stored record bytes. The file itself can be larger (pages, free space).
+    pub max_bytes: u64,
+    pub policy: FullPolicy,
+    /// Most readings committed in one write transaction.
+    pub commit_max_readings: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            policy: FullPolicy::Block,
+            commit_max_readings: 10_000,
+        }
+    }
+}
+
+/// Why the buffer file could not be opened. The file is left untouched in every case.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error("cannot create buffer directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("buffer file {path} is locked by another process (is another agent running?)")]
+    Locked { path: PathBuf },
+    #[error(
+        "buffer file {path} is corrupt ({detail}); it was left untouched. Move it aside to \
+         start a new epoch (its unsent readings stay in the moved file)"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("buffer file {path} is not a breakwater agent buffer of format {FORMAT}: {detail}")]
+    WrongFormat { path: PathBuf, detail: String },
+    #[error("cannot open buffer file {path}: {detail}")]
+    Storage { path: PathBuf, detail: String },
+    #[error("cannot start the buffer writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+enum Cmd {
+    Append {
+        records: Vec<(Vec<u8>, u64)>,
+        bytes: u64,
+        reply: oneshot::Sender<Result<Appended, AppendError>>,
+    },
+    Ack {
+        upto_seq: u64,
+        reply: oneshot::Sender<Result<AckOutcome, AckError>>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Shared {
+    first_seq: u64,
+    next_seq: u64,
+    bytes: u64,
+    dropped_total: u64,
+    oldest_ts: Option<u64>,
+}
+
+/// The durable buffer. Dropping it finishes queued writes and closes the file.
+#[derive(Debug)]
+pub struct RedbBuffer {
+    path: PathBuf,
+    epoch: u64,
+    db: Arc<Database>,
+    tx: Option<mpsc::Sender<Cmd>>,
+    writer: Option<JoinHandle<()>>,
+    shared: Arc<Mutex<Shared>>,
+    budget: Arc<Budget>,
+    last_seq: watch::Sender<u64>,
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn storage_err(path: &Path, e: impl std::fmt::Display) -> OpenError {
+    let detail = e.to_string();
+    if detail.to_ascii_lowercase().contains("corrupt") {
+        OpenError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        }
+    } else {
+        OpenError::Storage {
+            path: path.to_owned(),
+            detail,
+        }
+    }
+}
+
+fn map_db_error(path: &Path, e: redb::DatabaseError) -> OpenError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked {
+            path: path.to_owned(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => OpenError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::UnexpectedEof
+                || io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            OpenError::Corrupt {
+                path: path.to_owned(),
+                detail: io.to_string(),
+            }
+        }
+        redb::DatabaseError::UpgradeRequired(v) => OpenError::WrongFormat {
+            path: path.to_owned(),
+            detail: format!("redb file format {v} needs an upgrade"),
+        },
+        other => storage_err(path, other),
+    }
+}
+
+fn decode_ts(bytes: &[u8]) -> Option<u64> {
+    postcard::from_bytes::<Reading>(bytes).ok().map(|r| r.ts)
+}
+
+impl RedbBuffer {
+    /// Opens `{dir}/buffer.redb`, creating the directory and a new file (new epoch) if needed.
+    ///
+    /// Blocking (file I/O); call it at startup or from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// See [`OpenError`]. The file is never modified when opening fails, except that redb may
+    /// complete its own crash recovery of an intact file.
+    pub fn open(dir: &Path, opts: RedbOptions) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::builder()
+            .create(&path)
+            .map_err(|e| map_db_error(&path, e))?;
+        let (epoch, shared) = Self::init(&db, &path)?;
+        let budget = Arc::new(Budget::new(opts.max_bytes, opts.policy, shared.bytes));
+        let last_seq = watch::channel(shared.next_seq - 1).0;
+        let shared = Arc::new(Mutex::new(shared));
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(1024);
+        let writer = Writer {
+            db: db.clone(),
+            rx,
+            shared: shared.clone(),
+            budget: budget.clone(),
+            last_seq: last_seq.clone(),
+            commit_max_readings: opts.commit_max_readings.max(1),
+        };
+        let handle = std::thread::Builder::new()
+            .name("bw-buffer-writer".into())
+            .spawn(move || writer.run())
+            .map_err(OpenError::Thread)?;
+        tracing::info!(path = %path.display(), epoch, next_seq = shared_next(&shared), "buffer open");
+        Ok(Self {
+            path,
+            epoch,
+            db,
+            tx: Some(tx),
+            writer: Some(handle),
+            shared,
+            budget,
+            last_seq,
+        })
+    }
+
+    /// The buffer file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init(db: &Database, path: &Path) -> Result<(u64, Shared), OpenError> {
+        let se = |e: redb::Error| storage_err(path, e);
+        let txn = db.begin_write().map_err(|e| se(e.into()))?;
+        let result = {
+            let mut meta = txn.open_table(META).map_err(|e| se(e.into()))?;
+            let readings = txn.open_table(READINGS).map_err(|e| se(e.into()))?;
+            let get = |k: &str| -> Result<Option<u64>, OpenError> {
+                Ok(meta.get(k).map_err(|e| se(e.into()))?.map(|v| v.value()))
+            };
+            let format = get("format")?;
+            match format {
+                None => {
+                    if readings.len().map_err(|e| se(e.into()))? > 0 {
+                        return Err(OpenError::Corrupt {
+                            path: path.to_owned(),
+                            detail: "readings present but no metadata".into(),
+                        });
+                    }
+                    let epoch = new_epoch();
+                    for (k, v) in [
+                        ("format", FORMAT),
+                        ("epoch", epoch),
+                        ("next_seq", 1),
+                        ("bytes", 0),
+                        ("dropped_total", 0),
+                    ] {
+                        meta.insert(k, v).map_err(|e| se(e.into()))?;
+                    }
+                    (
+                        epoch,
+                        Shared {
+                            first_seq: 1,
+                            next_seq: 1,
+                            bytes: 0,
+                            dropped_total: 0,
+                            oldest_ts: None,
+                        },
+                    )
+                }
+                Some(FORMAT) => {
+                    let missing = |k: &str| OpenError::Corrupt {
+                        path: path.to_owned(),
+                        detail: format!("metadata key {k:?} is missing"),
+                    };
+                    let epoch = get("epoch")?.ok_or_else(|| missing("epoch"))?;
+                    let next_seq = get("next_seq")?.ok_or_else(|| missing("next_seq"))?;
+                    let bytes = get("bytes")?.ok_or_else(|| missing("bytes"))?;
+                    let dropped_total = get("dropped_total")?.unwrap_or(0);
+                    let first = readings.first().map_err(|e| se(e.into()))?;
+                    let (first_seq, oldest_ts) = match first {
+                        Some((k, v)) => (k.value(), decode_ts(v.value())),
+                        None => (next_seq, None),
+                    };
+                    let len = readings.len().map_err(|e| se(e.into()))?;
+                    if epoch == 0 || next_seq == 0 || first_seq > next_seq {
+                        return Err(OpenError::Corrupt {
+                            path: path.to_owned(),
+                            detail: format!(
+                                "inconsistent metadata: epoch {epoch}, next_seq {next_seq}, \
+                                 first stored seq {first_seq}"
+                            ),
+                        });
+                    }
+                    if len != next_seq - first_seq {
+                        return Err(OpenError::Corrupt {
+                            path: path.to_owned(),
+                            detail: format!(
+                                "{len} readings stored but seqs {first_seq}..{next_seq} \
+                                 expected (a gap)"
+                            ),
+                        });
+                    }
+                    (
+                        epoch,
+                        Shared {
+                            first_seq,
+                            next_seq,
+                            bytes,
+                            dropped_total,
+                            oldest_ts,
+                        },
+                    )
+                }
+                Some(other) => {
+                    return Err(OpenError::WrongFormat {
+                        path: path.to_owned(),
+                        detail: format!("found format {other}"),
+                    })
+                }
+            }
+        };
+        txn.commit().map_err(|e| se(e.into()))?;
+        Ok(result)
+    }
+
+    async fn append_inner(&self, readings: Vec<Reading>) -> Result<Appended, AppendError> {
+        if readings.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        let tx = self.tx.as_ref().ok_or(AppendError::Closed)?;
+        let mut bytes = 0;
+        let records: Vec<(Vec<u8>, u64)> = readings
+            .iter()
+            .map(|r| {
+                let enc = postcard::to_allocvec(r).unwrap_or_default();
+                let size = enc.len() as u64 + RECORD_OVERHEAD;
+                bytes += size;
+                (enc, r.ts)
+            })
+            .collect();
+        self.budget.reserve(bytes).await?;
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Append {
+            records,
+            bytes,
+            reply,
+        };
+        if tx.send(cmd).await.is_err() {
+            self.budget.release(bytes);
+            return Err(AppendError::Closed);
+        }
+        // If this future is dropped here the append still completes in the writer.
+        rx.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    async fn ack_inner(&self, epoch: u64, upto_seq: u64) -> Result<AckOutcome, AckError> {
+        if epoch != self.epoch {
+            return Ok(AckOutcome::WrongEpoch {
+                ours: self.epoch,
+                theirs: epoch,
+            });
+        }
+        if lock(&self.shared).first_seq > upto_seq {
+            return Ok(AckOutcome::Deleted {
+                deleted: 0,
+                upto_seq,
+            });
+        }
+        let tx = self.tx.as_ref().ok_or(AckError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Cmd::Ack { upto_seq, reply })
+            .await
+            .map_err(|_| AckError::Closed)?;
+        rx.await.unwrap_or(Err(AckError::Closed))
+    }
+}
+
+fn shared_next(s: &Mutex<Shared>) -> u64 {
+    lock(s).next_seq
+}
+
+impl Drop for RedbBuffer {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after it committed what was queued.
+        self.tx = None;
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Buffer for RedbBuffer {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn append(&self, readings: Vec<Reading>) -> BoxFuture<'_, Result<Appended, AppendError>> {
+        Box::pin(self.append_inner(readings))
+    }
+
+    fn read(
+        &self,
+        from_seq: u64,
+        max_readings: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Vec<(u64, Reading)>, ReadError>> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                read_blocking(&db, from_seq, max_readings, max_bytes)
+            })
+            .await
+            .map_err(|e| ReadError::Storage(e.to_string()))?
+        })
+    }
+
+    fn ack(&self, epoch: u64, upto_seq: u64) -> BoxFuture<'_, Result<AckOutcome, AckError>> {
+        Box::pin(self.ack_inner(epoch, upto_seq))
+    }
+
+    fn stats(&self) -> BufferStats {
+        let s = *lock(&self.shared);
+        BufferStats {
+            epoch: self.epoch,
+            first_seq: s.first_seq,
+            next_seq: s.next_seq,
+            readings: s.next_seq - s.first_seq,
+            bytes: s.bytes,
+            dropped_total: s.dropped_total,
+            oldest_ts: s.oldest_ts,
+        }
+    }
+
+    fn watch_last_seq(&self) -> watch::Receiver<u64> {
+        self.last_seq.subscribe()
+    }
+}
+
+fn read_blocking(
+    db: &Database,
+    from_seq: u64,
+    max_readings: usize,
+    max_bytes: usize,
+) -> Result<Vec<(u64, Reading)>, ReadError> {
+    let se = |e: redb::Error| ReadError::Storage(e.to_string());
+    let txn = db.begin_read().map_err(|e| se(e.into()))?;
+    let table = txn.open_table(READINGS).map_err(|e| se(e.into()))?;
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    for item in table.range(from_seq..).map_err(|e| se(e.into()))? {
+        if out.len() >= max_readings {
+            break;
+        }
+        let (k, v) = item.map_err(|e| se(e.into()))?;
+        let seq = k.value();
+        let raw = v.value();
+        let size = raw.len() as u64 + RECORD_OVERHEAD;
+        if !out.is_empty() && bytes + size > max_bytes as u64 {
+            break;
+        }
+        bytes += size;
+        let r: Reading = postcard::from_bytes(raw).map_err(|e| ReadError::Corrupt {
+            seq,
+            detail: e.to_string(),
+        })?;
+        out.push((seq, r));
+    }
+    Ok(out)
+}
+
+struct Writer {
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Cmd>,
+    shared: Arc<Mutex<Shared>>,
+    budget: Arc<Budget>,
+    last_seq: watch::Sender<u64>,
+    commit_max_readings: usize,
+}
+
+/// The result of applying one group of commands to a write transaction.
+struct Applied {
+    shared: Shared,
+    appended: Vec<Appended>,
+    acked: Vec<(u64, u64)>,
+    freed: u64,
+    dropped: u64,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut cmds = vec![first];
+            let mut readings = cmd_len(&cmds[0]);
+            while readings < self.commit_max_readings {
+                match self.rx.try_recv() {
+                    Ok(c) => {
+                        readings += cmd_len(&c);
+                        cmds.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(cmds);
+        }
+        tracing::debug!("buffer writer stopped");
+    }
+
+    fn commit(&self, cmds: Vec<Cmd>) {
+        let started = Instant::now();
+        let before = *lock(&self.shared);
+        match self.apply(&cmds, before) {
+            Ok(applied) => {
+                *lock(&self.shared) = applied.shared;
+                if applied.freed > 0 {
+                    self.budget.release(applied.freed);
+                }
+                if applied.dropped > 0 {
+                    metrics::counter!("breakwater_agent_buffer_dropped_readings_total")
+                        .increment(applied.dropped);
+                    tracing::warn!(
+                        dropped = applied.dropped,
+                        dropped_total = applied.shared.dropped_total,
+                        "buffer full: dropped the oldest readings"
+                    );
+                }
+                let n_appended: u64 = applied
+                    .appended
+                    .iter()
+                    .map(|a| a.last_seq - a.first_seq + 1)
+                    .sum();
+                metrics::counter!("breakwater_agent_buffer_appended_readings_total")
+                    .increment(n_appended);
+                metrics::counter!("breakwater_agent_buffer_commits_total").increment(1);
+                metrics::histogram!("breakwater_agent_buffer_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if n_appended > 0 {
+                    self.last_seq.send_replace(applied.shared.next_seq - 1);
+                }
+                let mut appended = applied.appended.into_iter();
+                let mut acked = applied.acked.into_iter();
+                for cmd in cmds {
+                    match cmd {
+                        Cmd::Append { reply, .. } => {
+                            if let Some(a) = appended.next() {
+                                let _ = reply.send(Ok(a));
+                            }
+                        }
+                        Cmd::Ack { reply, .. } => {
+                            if let Some((deleted, upto_seq)) = acked.next() {
+                                let _ = reply.send(Ok(AckOutcome::Deleted { deleted, upto_seq }));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(detail) => {
+                tracing::error!(error = %detail, "buffer commit failed; callers get an error");
+                metrics::counter!("breakwater_agent_buffer_commit_errors_total").increment(1);
+                for cmd in cmds {
+                    match cmd {
+                        Cmd::Append { reply, bytes, .. } => {
+                            self.budget.release(bytes);
+                            let _ = reply.send(Err(AppendError::Storage(detail.clone())));
+                        }
+                        Cmd::Ack { reply, .. } => {
+                            let _ = reply.send(Err(AckError::Storage(detail.clone())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, cmds: &[Cmd], mut s: Shared) -> Result<Applied, String> {
+        let e = |e: redb::Error| e.to_string();
+        let mut txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        txn.set_durability(Durability::Immediate);
+        let mut appended = Vec::new();
+        let mut acked = Vec::new();
+        let mut freed = 0u64;
+        let mut dropped = 0u64;
+        {
+            let mut table = txn.open_table(READINGS).map_err(|x| e(x.into()))?;
+            for cmd in cmds {
+                match cmd {
+                    Cmd::Append { records, bytes, .. } => {
+                        let first_seq = s.next_seq;
+                        for (enc, _) in records {
+                            table
+                                .insert(s.next_seq, enc.as_slice())
+                                .map_err(|x| e(x.into()))?;
+                            s.next_seq += 1;
+                        }
+                        s.bytes += bytes;
+                        appended.push(Appended {
+                            first_seq,
+                            last_seq: s.next_seq - 1,
+                        });
+                    }
+                    Cmd::Ack { upto_seq, .. } => {
+                        let upto = (*upto_seq).min(s.next_seq - 1);
+                        let mut deleted = 0u64;
+                        let mut bytes = 0u64;
+                        if upto >= s.first_seq {
+                            table
+                                .retain_in(s.first_seq..=upto, |_, v| {
+                                    deleted += 1;
+                                    bytes += v.len() as u64 + RECORD_OVERHEAD;
+                                    false
+                                })
+                                .map_err(|x| e(x.into()))?;
+                            s.first_seq = upto + 1;
+                        }
+                        s.bytes = s.bytes.saturating_sub(bytes);
+                        freed += bytes;
+                        acked.push((deleted, *upto_seq));
+                    }
+                }
+            }
+            if self.budget.policy() == FullPolicy::DropOldest {
+                while s.bytes > self.budget.max_bytes() {
+                    let Some((k, v)) = table.pop_first().map_err(|x| e(x.into()))? else {
+                        break;
+                    };
+                    let size = v.value().len() as u64 + RECORD_OVERHEAD;
+                    s.first_seq = k.value() + 1;
+                    s.bytes = s.bytes.saturating_sub(size);
+                    freed += size;
+                    dropped += 1;
+                }
+                s.dropped_total += dropped;
+            }
+            if s.first_seq < s.next_seq {
+                s.oldest_ts = table
+                    .first()
+                    .map_err(|x| e(x.into()))?
+                    .and_then(|(_, v)| decode_ts(v.value()));
+            } else {
+                s.first_seq = s.next_seq;
+                s.oldest_ts = None;
+            }
+            let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+            meta.insert("next_seq", s.next_seq)
+                .map_err(|x| e(x.into()))?;
+            meta.insert("bytes", s.bytes).map_err(|x| e(x.into()))?;
+            meta.insert("dropped_total", s.dropped_total)
+                .map_err(|x| e(x.into()))?;
+        }
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(Applied {
+            shared: s,
+            appended,
+            acked,
+            freed,
+            dropped,
+        })
+    }
+}
+
+fn cmd_len(c: &Cmd) -> usize {
+    match c {
+        Cmd::Append { records, .. } => records.len(),
+        Cmd::Ack { .. } => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::contract;
+    use super::*;
+
+    fn open(dir: &Path, max_bytes: u64, policy: FullPolicy) -> RedbBuffer {
+        RedbBuffer::open(
+            dir,
+            RedbOptions {
+                max_bytes,
+                policy,
+                commit_max_readings: 10_000,
+            },
+        )
+        .unwrap()
+    }
+
+    fn one_size() -> u64 {
+        postcard::to_allocvec(&contract::reading(1)).unwrap().len() as u64 + RECORD_OVERHEAD
+    }
+
+    #[tokio::test]
+    async fn contract_appends() {
+        let d = tempfile::tempdir().unwrap();
+        contract::appends_are_consecutive(&open(d.path(), 1 << 20, FullPolicy::Block)).await;
+    }
+
+    #[tokio::test]
+    async fn contract_ack() {
+        let d = tempfile::tempdir().unwrap();
+        contract::ack_deletes_prefix_of_current_epoch_only(&open(
+            d.path(),
+            1 << 20,
+            FullPolicy::Block,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn contract_block() {
+        let d = tempfile::tempdir().unwrap();
+        contract::block_policy_waits_for_ack(Arc::new(open(
+            d.path(),
+            one_size() * 10,
+            FullPolicy::Block,
+        )))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn contract_drop_oldest() {
+        let d = tempfile::tempdir().unwrap();
+        let b = open(d.path(), one_size() * 10, FullPolicy::DropOldest);
+        contract::drop_oldest_policy_drops_and_counts(&b).await;
+        let s = b.stats();
+        drop(b);
+        // The drop count and the surviving range persist.
+        let b = open(d.path(), one_size() * 10, FullPolicy::DropOldest);
+        let s2 = b.stats();
+        assert_eq!(s, s2);
+    }
+
+    #[tokio::test]
+    async fn epoch_seq_and_data_persist_across_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let b = open(d.path(), 1 << 20, FullPolicy::Block);
+        let epoch = b.epoch();
+        b.append((1..=5).map(contract::reading).collect())
+            .await
+            .unwrap();
+        b.ack(epoch, 2).await.unwrap();
+        let before = b.stats();
+        drop(b);
+        let b = open(d.path(), 1 << 20, FullPolicy::Block);
+        assert_eq!(b.epoch(), epoch);
+        assert_eq!(b.stats(), before);
+        assert_eq!(*b.watch_last_seq().borrow(), 5);
+        let got = b.read(0, 100, usize::MAX).await.unwrap();
+        assert_eq!(
+            got,
+            (3..=5)
+                .map(|i| (i, contract::reading(i)))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            b.append(vec![contract::reading(6)])
+                .await
+                .unwrap()
+                .first_seq,
+            6
+        );
+        // A different directory is a different epoch.
+        let d2 = tempfile::tempdir().unwrap();
+        assert_ne!(open(d2.path(), 1 << 20, FullPolicy::Block).epoch(), epoch);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_commits_and_get_distinct_seqs() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Arc::new(open(d.path(), 1 << 30, FullPolicy::Block));
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..50u64 {
+                    let a = b
+                        .append(vec![contract::reading(t * 1000 + i)])
+                        .await
+                        .unwrap();
+                    seqs.push(a.first_seq);
+                }
+                seqs
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=800).collect::<Vec<_>>());
+        assert_eq!(b.stats().readings, 800);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_and_left_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(FILE_NAME);
+        let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(&path, &garbage).unwrap();
+        let err = RedbBuffer::open(d.path(), RedbOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(
+            matches!(
+                err,
+                OpenError::Corrupt { .. }
+                    | OpenError::WrongFormat { .. }
+                    | OpenError::Storage { .. }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            garbage,
+            "file must be untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn second_open_reports_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let _b = open(d.path(), 1 << 20, FullPolicy::Block);
+        let err = RedbBuffer::open(d.path(), RedbOptions::default()).unwrap_err();
+        assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
+    }
+}

@@ -215,8 +215,7 @@ pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError
     let (kind, rest) = peek(bytes, limits)?;
     Ok(match kind {
         MessageKind::Batch => {
-            let b = body::<WireBatch>(kind, rest)?.into_batch()?;
-            b.validate(limits)?;
+            let b = body::<WireBatch>(kind, rest)?.into_batch(limits)?;
             Message::Batch(b)
         }
         MessageKind::Ack => {

@@ -128,6 +128,15 @@ pub fn check_reading(
     value: &Value,
     limits: &Limits,
 ) -> Result<(), ValidationError> {
+    check_metric(index, metric, limits)?;
+    check_value(index, value, limits)
+}
+
+/// Checks a metric name: not empty, not too long, no control characters.
+///
+/// # Errors
+/// The first rule the name breaks; `index` is reported back in the error.
+pub fn check_metric(index: usize, metric: &str, limits: &Limits) -> Result<(), ValidationError> {
     if metric.is_empty() {
         return Err(ValidationError::MetricEmpty { index });
     }
@@ -147,6 +156,14 @@ pub fn check_reading(
     if has_control {
         return Err(ValidationError::MetricControlChar { index });
     }
+    Ok(())
+}
+
+/// Checks a value: floats finite, strings within the limit.
+///
+/// # Errors
+/// The rule the value breaks; `index` is reported back in the error.
+pub fn check_value(index: usize, value: &Value, limits: &Limits) -> Result<(), ValidationError> {
     match value {
         Value::F64(v) if !v.is_finite() => Err(ValidationError::NonFiniteValue { index }),
         Value::Str(s) if s.len() > limits.max_string_len => Err(ValidationError::StringTooLong {
@@ -164,6 +181,15 @@ impl Batch {
     /// # Errors
     /// The first rule the batch breaks.
     pub fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
+        self.validate_shape(limits)?;
+        for (index, r) in self.readings.iter().enumerate() {
+            check_reading(index, &r.metric, &r.value, limits)?;
+        }
+        Ok(())
+    }
+
+    /// Everything but the per-reading metric and value checks.
+    pub(crate) fn validate_shape(&self, limits: &Limits) -> Result<(), ValidationError> {
         check_device_id(self.device.as_str())?;
         if self.readings.is_empty() {
             return Err(ValidationError::EmptyBatch);
@@ -183,9 +209,6 @@ impl Batch {
             .is_none()
         {
             return Err(ValidationError::SeqOverflow);
-        }
-        for (index, r) in self.readings.iter().enumerate() {
-            check_reading(index, &r.metric, &r.value, limits)?;
         }
         Ok(())
     }

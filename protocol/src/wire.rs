@@ -25,7 +25,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::ValidationError;
+use crate::limits::{self, Limits, ValidationError};
 use crate::types::{Batch, CompactString, DeviceId, Reading, Value};
 
 /// Dictionaries up to this size are searched linearly; beyond it a hash map takes over.
@@ -122,11 +122,13 @@ impl<'a> WireBatchRef<'a> {
 }
 
 impl WireBatch {
-    /// Resolves metric indices and timestamps.
+    /// Resolves metric indices and timestamps and validates the batch. Each dictionary name is
+    /// checked once (errors report the first reading that uses it), each value once.
     ///
     /// # Errors
-    /// [`ValidationError::MetricIndexOutOfRange`] for an index past the dictionary.
-    pub(crate) fn into_batch(self) -> Result<Batch, ValidationError> {
+    /// The first rule broken, e.g. [`ValidationError::MetricIndexOutOfRange`].
+    pub(crate) fn into_batch(self, limits: &Limits) -> Result<Batch, ValidationError> {
+        let mut checked = vec![false; self.metrics.len()];
         let mut prev_ts = 0u64;
         let names = self.metrics.len();
         let readings = self
@@ -134,15 +136,21 @@ impl WireBatch {
             .into_iter()
             .enumerate()
             .map(|(at, r)| {
+                let i = r.metric as usize;
                 let metric = self
                     .metrics
-                    .get(r.metric as usize)
+                    .get(i)
                     .ok_or(ValidationError::MetricIndexOutOfRange {
                         index: at,
                         metric: r.metric,
                         names,
-                    })?
-                    .clone();
+                    })?;
+                if !checked[i] {
+                    limits::check_metric(at, metric, limits)?;
+                    checked[i] = true;
+                }
+                limits::check_value(at, &r.value, limits)?;
+                let metric = metric.clone();
                 let ts = prev_ts.wrapping_add_signed(r.ts_delta);
                 prev_ts = ts;
                 Ok(Reading {
@@ -152,11 +160,13 @@ impl WireBatch {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Batch {
+        let batch = Batch {
             device: self.device,
             epoch: self.epoch,
             first_seq: self.first_seq,
             readings,
-        })
+        };
+        batch.validate_shape(limits)?;
+        Ok(batch)
     }
 }

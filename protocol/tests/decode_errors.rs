@@ -228,11 +228,13 @@ fn metric_index_past_the_dictionary_is_rejected() {
     bytes[at] = 5;
     assert_eq!(
         envelope::decode(&bytes),
-        Err(DecodeError::Invalid(ValidationError::MetricIndexOutOfRange {
-            index: 0,
-            metric: 5,
-            names: 1
-        }))
+        Err(DecodeError::Invalid(
+            ValidationError::MetricIndexOutOfRange {
+                index: 0,
+                metric: 5,
+                names: 1
+            }
+        ))
     );
 }
 

@@ -1,4 +1,146 @@
-fn main() {
-    eprintln!("breakwater-agent: not implemented yet");
-    std::process::exit(2);
+//! `breakwater-agent run --config FILE` / `breakwater-agent check-config --config FILE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use breakwater_agent::config::AgentConfig;
+use breakwater_agent::Agent;
+use clap::{Parser, Subcommand};
+use sd_notify::NotifyState;
+
+#[derive(Parser, Debug)]
+#[command(name = "breakwater-agent", version, about = "Breakwater device agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent.
+    Run {
+        #[arg(long, short, env = "BREAKWATER_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; prints every error with its key, exits 2 if any.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match AgentConfig::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (device {}, gateway {}:{}{}, buffer {} max {} bytes {}, ingest {})",
+                    config.display(),
+                    c.device_id,
+                    c.gateway.host,
+                    c.gateway.port,
+                    if c.gateway.tls.is_some() { " tls" } else { "" },
+                    c.buffer.dir.display(),
+                    c.buffer.max_bytes,
+                    c.buffer.when_full.as_str(),
+                    if c.ingest.enabled {
+                        c.ingest.listen.to_string()
+                    } else {
+                        "off".into()
+                    },
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing();
+            match run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("breakwater-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BREAKWATER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if under_journald {
+        // journald stamps each line itself; colours would show as escape codes.
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .thread_name("bw-agent")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        let agent = Agent::start(cfg).await.context("agent failed to start")?;
+        let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+        let mut usec = 0u64;
+        let watchdog = if sd_notify::watchdog_enabled(false, &mut usec) {
+            let period = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+            tracing::info!(?period, "systemd watchdog enabled");
+            Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tick.tick().await;
+                    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                }
+            }))
+        } else {
+            None
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            r = tokio::signal::ctrl_c() => {
+                r.context("cannot wait for SIGINT")?;
+                tracing::info!("SIGINT: shutting down");
+            }
+        }
+        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+        let report = agent.shutdown().await;
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        tracing::info!(
+            acked_upto = report.sender.acked_upto,
+            left_buffered = report.left_buffered,
+            "bye"
+        );
+        Ok(())
+    })
 }

@@ -1,0 +1,580 @@
+//! One device's send loop: connect, send batches within credit, apply acks, reconnect.
+//!
+//! See the module docs of [`crate::sender`] for the policy; this file keeps the state.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use breakwater_protocol::{envelope, Batch, DeviceId, Limits, Status, StatusKind, Topic};
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::link::{self, LinkEvent, LinkOptions};
+use super::{Backoff, Control, DisconnectReason, EventSink, SenderEvent, SenderExit};
+use crate::buffer::{AckOutcome, Buffer};
+use crate::config::SenderConfig;
+
+/// Room left for the envelope header, device id and framing inside the payload limit.
+const PAYLOAD_HEADROOM: usize = 4 * 1024;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    last_seq: u64,
+    sent_at: Instant,
+}
+
+/// How one connection ended.
+enum End {
+    Lost {
+        reason: String,
+        connected_for: Option<Duration>,
+    },
+    Cut(Duration),
+    Shutdown,
+}
+
+pub(crate) struct Session {
+    device: DeviceId,
+    buffer: Arc<dyn Buffer>,
+    link: Arc<LinkOptions>,
+    cfg: SenderConfig,
+    events: Option<EventSink>,
+    backoff: Backoff,
+    ctl: mpsc::Receiver<Control>,
+    acked_tx: watch::Sender<u64>,
+    connected_tx: watch::Sender<bool>,
+    cancel: CancellationToken,
+    epoch: u64,
+    telemetry_topic: String,
+    status_topic: String,
+    ack_topic: String,
+    last_seq: watch::Receiver<u64>,
+    // Flow state.
+    acked_upto: u64,
+    next_send: u64,
+    in_flight: VecDeque<InFlight>,
+    credit: u32,
+    paused_until: Option<Instant>,
+    retry_hint: Option<Duration>,
+    pending_since: Option<Instant>,
+    send_now: bool,
+    rate_next: Instant,
+    /// Highest seq ever published (to flag resends).
+    max_sent: u64,
+    /// Set by a graceful shutdown request: drain until this deadline.
+    draining: Option<Instant>,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        device: DeviceId,
+        buffer: Arc<dyn Buffer>,
+        link: Arc<LinkOptions>,
+        cfg: SenderConfig,
+        events: Option<EventSink>,
+        backoff: Backoff,
+        ctl: mpsc::Receiver<Control>,
+        acked_tx: watch::Sender<u64>,
+        connected_tx: watch::Sender<bool>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let epoch = buffer.epoch();
+        let acked_upto = buffer.stats().first_seq.saturating_sub(1);
+        let last_seq = buffer.watch_last_seq();
+        Self {
+            telemetry_topic: Topic::telemetry(&device),
+            status_topic: Topic::status(&device),
+            ack_topic: Topic::ack(&device),
+            device,
+            buffer,
+            link,
+            cfg,
+            events,
+            backoff,
+            ctl,
+            acked_tx,
+            connected_tx,
+            cancel,
+            epoch,
+            last_seq,
+            acked_upto,
+            next_send: acked_upto + 1,
+            in_flight: VecDeque::new(),
+            credit: 1,
+            paused_until: None,
+            retry_hint: None,
+            pending_since: None,
+            send_now: false,
+            rate_next: Instant::now(),
+            max_sent: acked_upto,
+            draining: None,
+        }
+    }
+
+    fn emit(&self, ev: &SenderEvent) {
+        if let Some(sink) = &self.events {
+            sink(&self.device, ev);
+        }
+    }
+
+    fn exit(&self) -> SenderExit {
+        let last_seq = *self.last_seq.borrow();
+        SenderExit {
+            acked_upto: self.acked_upto,
+            last_seq,
+            drained: self.acked_upto >= last_seq,
+        }
+    }
+
+    /// The device's whole life: connect, run a session, back off, repeat.
+    pub(crate) async fn run(mut self) -> SenderExit {
+        let mut delay = Duration::ZERO;
+        loop {
+            if !delay.is_zero() {
+                self.emit(&SenderEvent::Backoff { delay });
+                let until = Instant::now() + delay;
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => break,
+                        () = self.cancel.cancelled() => return self.exit(),
+                        ctl = self.ctl.recv() => match ctl {
+                            // Offline: nothing can drain; what is buffered stays on disk.
+                            Some(Control::Shutdown(_)) | None => return self.exit(),
+                            Some(Control::Cut(_) | Control::FlushNow) => {}
+                        },
+                    }
+                }
+            }
+            let attempt = self.backoff.attempt();
+            self.emit(&SenderEvent::Connecting { attempt });
+            let end = self.connection().await;
+            self.connected_tx.send_replace(false);
+            match end {
+                End::Shutdown => {
+                    self.emit(&SenderEvent::Disconnected {
+                        reason: DisconnectReason::Shutdown,
+                    });
+                    return self.exit();
+                }
+                End::Cut(outage) => {
+                    metrics::counter!("breakwater_agent_disconnects_total", "reason" => "cut")
+                        .increment(1);
+                    self.emit(&SenderEvent::Disconnected {
+                        reason: DisconnectReason::Cut,
+                    });
+                    delay = outage + self.backoff.next_delay(None);
+                }
+                End::Lost {
+                    reason,
+                    connected_for,
+                } => {
+                    if connected_for.is_some_and(|d| d >= self.cfg.backoff.reset_after) {
+                        self.backoff.reset();
+                    }
+                    metrics::counter!("breakwater_agent_disconnects_total", "reason" => "error")
+                        .increment(1);
+                    let hint = self.retry_hint.take();
+                    delay = self.backoff.next_delay(hint);
+                    if connected_for.is_some() {
+                        tracing::warn!(device = %self.device, %reason, retry_in = ?delay, "connection lost");
+                    } else {
+                        tracing::info!(device = %self.device, %reason, retry_in = ?delay, "connect failed");
+                    }
+                    self.emit(&SenderEvent::Disconnected {
+                        reason: DisconnectReason::Error(reason),
+                    });
+                }
+            }
+            metrics::counter!("breakwater_agent_reconnects_total").increment(1);
+        }
+    }
+
+    /// One connection, from CONNECT to its end.
+    async fn connection(&mut self) -> End {
+        let cap = usize::try_from(self.cfg.max_in_flight).unwrap_or(64) + 8;
+        let options = self.link.mqtt_options(
+            &self.device,
+            self.epoch,
+            now_ms(),
+            u16::try_from(self.cfg.max_in_flight).unwrap_or(u16::MAX - 8),
+        );
+        let (client, mut events, poller) = link::connect(options, self.link.connect_timeout, cap);
+        let _abort = AbortOnDrop(poller.abort_handle());
+
+        // Phase 1: CONNECT -> CONNACK -> SUBSCRIBE -> SUBACK, bounded in time.
+        let deadline = Instant::now() + self.link.connect_timeout + Duration::from_secs(1);
+        let mut subscribed = false;
+        while !subscribed {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    return End::Lost { reason: "connect/subscribe timed out".into(), connected_for: None };
+                }
+                () = self.cancel.cancelled() => return End::Shutdown,
+                ctl = self.ctl.recv() => match ctl {
+                    Some(Control::Cut(d)) => return End::Cut(d),
+                    Some(Control::Shutdown(_)) | None => return End::Shutdown,
+                    Some(Control::FlushNow) => {}
+                },
+                ev = events.recv() => match ev {
+                    Some(LinkEvent::ConnAck) => {
+                        let birth = self.status(StatusKind::Birth);
+                        if let Err(e) = client
+                            .try_subscribe(self.ack_topic.clone(), QoS::AtLeastOnce)
+                            .and_then(|()| client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, false, birth))
+                        {
+                            return End::Lost { reason: format!("request queue: {e}"), connected_for: None };
+                        }
+                    }
+                    Some(LinkEvent::SubAck) => subscribed = true,
+                    Some(LinkEvent::Publish(_)) => {}
+                    Some(LinkEvent::Disconnected) | None => {
+                        return End::Lost { reason: "disconnected while connecting".into(), connected_for: None };
+                    }
+                    Some(LinkEvent::Error(e)) => return End::Lost { reason: e, connected_for: None },
+                },
+            }
+        }
+        let connected_at = Instant::now();
+        self.connected_tx.send_replace(true);
+        metrics::counter!("breakwater_agent_connects_total").increment(1);
+        tracing::info!(device = %self.device, host = %self.link.host, port = self.link.port, "connected");
+        self.emit(&SenderEvent::Connected);
+
+        // Every connection restarts from the oldest unacked reading.
+        self.in_flight.clear();
+        self.next_send = self.acked_upto + 1;
+        self.credit = self.cfg.initial_credit.min(self.cfg.max_in_flight).max(1);
+        self.paused_until = None;
+        self.send_now = true;
+        self.pending_since = None;
+
+        // Phase 2: steady state.
+        loop {
+            if let Err(reason) = self.send_ready(&client).await {
+                return End::Lost {
+                    reason,
+                    connected_for: Some(connected_at.elapsed()),
+                };
+            }
+            if let Some(deadline) = self.draining {
+                let last = *self.last_seq.borrow();
+                if self.acked_upto >= last || Instant::now() >= deadline {
+                    self.graceful_close(&client, &mut events).await;
+                    return End::Shutdown;
+                }
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                () = self.cancel.cancelled() => {
+                    self.graceful_close(&client, &mut events).await;
+                    return End::Shutdown;
+                }
+                ctl = self.ctl.recv() => match ctl {
+                    Some(Control::Cut(d)) => return End::Cut(d),
+                    Some(Control::FlushNow) => self.send_now = true,
+                    Some(Control::Shutdown(drain)) => {
+                        self.send_now = true;
+                        self.draining = Some(Instant::now() + drain);
+                    }
+                    None => {
+                        self.graceful_close(&client, &mut events).await;
+                        return End::Shutdown;
+                    }
+                },
+                ev = events.recv() => match ev {
+                    Some(LinkEvent::Publish(p)) => self.on_publish(&p).await,
+                    Some(LinkEvent::ConnAck | LinkEvent::SubAck) => {}
+                    Some(LinkEvent::Disconnected) | None => {
+                        return End::Lost { reason: "disconnected by the broker".into(), connected_for: Some(connected_at.elapsed()) };
+                    }
+                    Some(LinkEvent::Error(e)) => {
+                        return End::Lost { reason: e, connected_for: Some(connected_at.elapsed()) };
+                    }
+                },
+                res = self.last_seq.changed() => {
+                    if res.is_err() {
+                        // The buffer is gone: nothing more can be sent.
+                        self.graceful_close(&client, &mut events).await;
+                        return End::Shutdown;
+                    }
+                }
+                () = sleep_until_opt(wake) => self.on_timer(),
+            }
+        }
+    }
+
+    fn status(&self, kind: StatusKind) -> Vec<u8> {
+        envelope::encode_status(&Status {
+            device: self.device.clone(),
+            epoch: self.epoch,
+            kind,
+            ts: now_ms(),
+        })
+    }
+
+    /// Publishes `Death`, sends DISCONNECT and waits (bounded) until the poller wrote it.
+    async fn graceful_close(&self, client: &AsyncClient, events: &mut mpsc::Receiver<LinkEvent>) {
+        let death = self.status(StatusKind::Death);
+        let _ = client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, false, death);
+        if client.try_disconnect().is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(ev) = events.recv().await {
+                if matches!(ev, LinkEvent::Disconnected | LinkEvent::Error(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        tracing::info!(device = %self.device, acked_upto = self.acked_upto, "disconnected gracefully");
+    }
+
+    fn effective_credit(&self) -> usize {
+        usize::try_from(self.credit.min(self.cfg.max_in_flight)).unwrap_or(1)
+    }
+
+    /// Sends as many batches as credit, linger, pause and rate allow.
+    async fn send_ready(&mut self, client: &AsyncClient) -> Result<(), String> {
+        loop {
+            let now = Instant::now();
+            if let Some(t) = self.paused_until {
+                if now < t {
+                    return Ok(());
+                }
+                self.paused_until = None;
+                if self.credit == 0 {
+                    self.credit = 1; // probe
+                }
+            }
+            if self.in_flight.len() >= self.effective_credit() {
+                return Ok(());
+            }
+            let last = *self.last_seq.borrow_and_update();
+            if self.next_send > last {
+                self.pending_since = None;
+                self.send_now = self.draining.is_some();
+                return Ok(());
+            }
+            let available = last - self.next_send + 1;
+            let since = *self.pending_since.get_or_insert(now);
+            let full = available >= self.cfg.batch_max_readings as u64;
+            let due = now >= since + self.cfg.batch_max_delay;
+            if !(full || due || self.send_now || self.draining.is_some()) {
+                return Ok(());
+            }
+            if self.cfg.max_readings_per_sec > 0 && now < self.rate_next {
+                return Ok(());
+            }
+            let rows = self
+                .buffer
+                .read(
+                    self.next_send,
+                    self.cfg.batch_max_readings,
+                    Limits::DEFAULT.max_payload_bytes - PAYLOAD_HEADROOM,
+                )
+                .await
+                .map_err(|e| format!("buffer read failed: {e}"))?;
+            let Some(&(first_seq, _)) = rows.first() else {
+                // Everything from next_send was deleted meanwhile (acked or dropped).
+                let first = self.buffer.stats().first_seq;
+                if first > self.next_send {
+                    self.next_send = first;
+                    continue;
+                }
+                return Ok(());
+            };
+            if first_seq > self.next_send {
+                tracing::warn!(
+                    device = %self.device,
+                    from = self.next_send,
+                    to = first_seq - 1,
+                    "readings were dropped before they were sent"
+                );
+            }
+            let n = rows.len() as u64;
+            let batch = Batch {
+                device: self.device.clone(),
+                epoch: self.epoch,
+                first_seq,
+                readings: rows.into_iter().map(|(_, r)| r).collect(),
+            };
+            let last_seq = batch.last_seq();
+            let payload = envelope::encode_batch(&batch);
+            if let Err(e) = client.try_publish(
+                self.telemetry_topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            ) {
+                // The request queue is full: try again shortly.
+                tracing::debug!(device = %self.device, error = %e, "publish queue full");
+                self.paused_until = Some(now + Duration::from_millis(10));
+                return Ok(());
+            }
+            let resend = first_seq <= self.max_sent;
+            self.max_sent = self.max_sent.max(last_seq);
+            self.in_flight.push_back(InFlight {
+                last_seq,
+                sent_at: now,
+            });
+            self.next_send = last_seq + 1;
+            if self.next_send <= last {
+                // More is waiting: give the rest its own linger window unless sending at once.
+                self.pending_since = Some(now);
+            }
+            if self.cfg.max_readings_per_sec > 0 {
+                let cost =
+                    Duration::from_secs_f64(n as f64 / f64::from(self.cfg.max_readings_per_sec));
+                self.rate_next = self.rate_next.max(now) + cost;
+            }
+            metrics::counter!("breakwater_agent_sent_batches_total").increment(1);
+            metrics::counter!("breakwater_agent_sent_readings_total").increment(n);
+            self.emit(&SenderEvent::Sent {
+                first_seq,
+                last_seq,
+                resend,
+            });
+        }
+    }
+
+    /// The next instant something may become due without an outside event.
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut add = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if let Some(f) = self.in_flight.front() {
+            add(f.sent_at + self.cfg.ack_timeout);
+        }
+        if let Some(t) = self.paused_until {
+            add(t);
+        }
+        let has_data = self.next_send <= *self.last_seq.borrow();
+        if has_data && self.in_flight.len() < self.effective_credit() {
+            if let Some(since) = self.pending_since {
+                add(since + self.cfg.batch_max_delay);
+            }
+            if self.cfg.max_readings_per_sec > 0 {
+                add(self.rate_next);
+            }
+        }
+        if let Some(d) = self.draining {
+            add(d);
+        }
+        wake
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if let Some(f) = self.in_flight.front() {
+            if now >= f.sent_at + self.cfg.ack_timeout {
+                let from_seq = self.acked_upto + 1;
+                tracing::warn!(
+                    device = %self.device,
+                    from_seq,
+                    in_flight = self.in_flight.len(),
+                    "no ack within {:?}, resending",
+                    self.cfg.ack_timeout
+                );
+                metrics::counter!("breakwater_agent_resends_total").increment(1);
+                self.in_flight.clear();
+                self.next_send = from_seq;
+                self.send_now = true;
+                self.emit(&SenderEvent::AckTimeout { from_seq });
+            }
+        }
+    }
+
+    async fn on_publish(&mut self, p: &rumqttc::Publish) {
+        if p.topic != self.ack_topic {
+            return;
+        }
+        let ack = match envelope::decode_ack(&p.payload) {
+            Ok(a) => a,
+            Err(e) => {
+                metrics::counter!("breakwater_agent_acks_rejected_total", "reason" => e.reason())
+                    .increment(1);
+                tracing::warn!(device = %self.device, error = %e, "undecodable ack ignored");
+                return;
+            }
+        };
+        if ack.device != self.device {
+            metrics::counter!("breakwater_agent_acks_rejected_total", "reason" => "wrong_device")
+                .increment(1);
+            return;
+        }
+        if ack.epoch != self.epoch {
+            metrics::counter!("breakwater_agent_acks_rejected_total", "reason" => "wrong_epoch")
+                .increment(1);
+            tracing::warn!(device = %self.device, ours = self.epoch, theirs = ack.epoch, "ack for another epoch ignored");
+            return;
+        }
+        metrics::counter!("breakwater_agent_acks_total").increment(1);
+        let now = Instant::now();
+        self.credit = ack.credit.min(self.cfg.max_in_flight);
+        if let Some(ms) = ack.retry_after_ms {
+            let d = Duration::from_millis(u64::from(ms));
+            self.paused_until = Some(now + d);
+            self.retry_hint = Some(d);
+        } else if ack.credit == 0 {
+            self.paused_until = Some(now + self.cfg.ack_timeout);
+        } else {
+            self.retry_hint = None;
+        }
+        let last_stored = *self.last_seq.borrow();
+        let upto = ack.upto_seq.min(last_stored);
+        let mut latency = None;
+        if upto > self.acked_upto {
+            while let Some(f) = self.in_flight.front() {
+                if f.last_seq > upto {
+                    break;
+                }
+                latency = Some(now - f.sent_at);
+                self.in_flight.pop_front();
+            }
+            self.acked_upto = upto;
+            if self.next_send <= upto {
+                self.next_send = upto + 1;
+            }
+            if let Some(l) = latency {
+                metrics::histogram!("breakwater_agent_ack_latency_seconds").record(l.as_secs_f64());
+            }
+            match self.buffer.ack(self.epoch, upto).await {
+                Ok(AckOutcome::Deleted { .. } | AckOutcome::WrongEpoch { .. }) => {}
+                Err(e) => {
+                    tracing::error!(device = %self.device, error = %e, "deleting acked readings failed; they stay buffered");
+                }
+            }
+            self.acked_tx.send_replace(upto);
+        }
+        self.emit(&SenderEvent::Acked {
+            upto_seq: ack.upto_seq,
+            latency,
+            credit: ack.credit,
+        });
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

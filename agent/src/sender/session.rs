@@ -548,13 +548,13 @@ impl Session {
             if let Some(l) = latency {
                 metrics::histogram!("breakwater_agent_ack_latency_seconds").record(l.as_secs_f64());
             }
+            self.acked_tx.send_replace(upto);
             match self.buffer.ack(self.epoch, upto).await {
                 Ok(AckOutcome::Deleted { .. } | AckOutcome::WrongEpoch { .. }) => {}
                 Err(e) => {
                     tracing::error!(device = %self.device, error = %e, "deleting acked readings failed; they stay buffered");
                 }
             }
-            self.acked_tx.send_replace(upto);
         }
         self.emit(&SenderEvent::Acked {
             upto_seq: ack.upto_seq,

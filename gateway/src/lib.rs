@@ -1,1 +1,42 @@
-//! Breakwater gateway (skeleton; filled in by its own issue).
+//! Breakwater gateway: an embedded MQTT broker that absorbs reconnection storms and moves device
+//! batches into Kafka, acking each device only once its readings are durable.
+//!
+//! The path of a batch, one module per stage:
+//!
+//! 1. [`broker`] — rumqttd embedded in-process; the gateway reads through local links.
+//! 2. [`link`] — the link consumer: decode, validate, never block.
+//! 3. [`sequencer`] — per (device, epoch): duplicates, gaps, what may be acked.
+//! 4. [`spool`] — the redb spool every accepted batch is written to (group commit, fsync).
+//! 5. [`kafka`] — the drain from the spool into Kafka (idempotent producer), topic creation.
+//! 6. [`ack`] — acks with credit and retry hints once a batch is durable.
+//!
+//! Around it: [`admission`] (connect pacing and authentication), [`events`] (fleet lifecycle
+//! records), [`http`] (`/metrics`, `/healthz`, `/readyz`), [`config`], [`service`] (wiring and
+//! shutdown), [`stats`] (metric names).
+//!
+//! # Invariants
+//!
+//! * A device is acked up to `seq` only when every reading `<= seq` of its epoch is durable: in
+//!   the spool after fsync (ack mode `spool`, or no Kafka) or in Kafka after the delivery report
+//!   (ack mode `kafka`). An ack never passes a gap.
+//! * Nothing downstream can block the link consumer; whatever it cannot hand on is dropped,
+//!   counted, and not acked, so the device resends it.
+//! * Every drop or refusal has a counter (`breakwater_gateway_dropped_batches_total{reason}`,
+//!   `..._invalid_payloads_total{reason}`, `..._acks_dropped_total`, `..._events_dropped_total`).
+
+pub mod ack;
+#[path = "admission_shim.rs"]
+pub mod admission;
+pub mod broker;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod kafka;
+pub mod link;
+pub mod sequencer;
+pub mod service;
+pub mod spool;
+pub mod stats;
+
+pub use config::Config;
+pub use service::Gateway;

@@ -1,4 +1,194 @@
-fn main() {
-    eprintln!("breakwater-gateway: not implemented yet");
-    std::process::exit(2);
+//! `breakwater-gateway`: run the gateway, check or print its configuration, export the spool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use breakwater_gateway::config::{Config, ConfigError};
+use breakwater_gateway::Gateway;
+use clap::{Parser, Subcommand};
+use tracing::{error, info};
+
+#[derive(Debug, Parser)]
+#[command(name = "breakwater-gateway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (TOML). Without it, the built-in defaults.
+    #[arg(long, short, global = true, env = "BREAKWATER_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration; prints every problem with its key, exits non-zero on any.
+    CheckConfig,
+    /// Print the default configuration as TOML.
+    PrintDefaultConfig,
+    /// Inspect the spool.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SpoolCommand {
+    /// Print every spooled batch as a JSON line (stop the gateway first: the spool is locked
+    /// while it runs).
+    Export {
+        /// Spool directory; default `[spool] dir` of the configuration.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BREAKWATER_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| {
+            // rumqttd logs every accept at info.
+            tracing_subscriber::EnvFilter::new("info,rumqttd=warn,librdkafka=warn")
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| match e {
+        ConfigError::Invalid(_) => anyhow::anyhow!("{e}"),
+        other => anyhow::Error::new(other),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::PrintDefaultConfig => {
+            print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match Config::load(cli.config.as_deref()) {
+            Ok(_) => {
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(ConfigError::Invalid(problems)) => {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                eprintln!("{} problem(s) found", problems.len());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Spool {
+            command: SpoolCommand::Export { dir },
+        } => {
+            let res = (|| -> anyhow::Result<u64> {
+                let dir = match dir {
+                    Some(d) => d,
+                    None => load(cli.config.as_deref())?.spool.dir,
+                };
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                breakwater_gateway::spool::export(&dir, &mut out)
+                    .with_context(|| format!("exporting the spool in {}", dir.display()))
+            })();
+            match res {
+                Ok(n) => {
+                    eprintln!("{n} batch(es) exported");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run => {
+            init_tracing();
+            match run(cli.config.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bw-gateway")
+        .build()
+        .context("building the tokio runtime")?;
+    rt.block_on(async move {
+        let gateway = Gateway::start(cfg).await.context("starting the gateway")?;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let watchdog = spawn_watchdog(gateway.health.clone());
+        wait_for_signal().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        gateway.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Pings systemd's watchdog at half its interval while the pipeline is alive.
+fn spawn_watchdog(
+    health: std::sync::Arc<breakwater_gateway::http::Health>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = Duration::from_micros(usec / 2);
+    info!(?every, "systemd watchdog enabled");
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if health.alive.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }))
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => info!("SIGINT"),
+            _ = term.recv() => info!("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

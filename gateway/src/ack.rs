@@ -1,0 +1,158 @@
+//! Acks to devices, and the backpressure they carry.
+//!
+//! An ack is published on `bw/v1/{device}/ack` only after the readings it covers are durable
+//! (spool fsync or Kafka delivery, per ack mode). It is cumulative (`upto_seq`), so a lost ack is
+//! healed by the next one or by re-acking a resent duplicate.
+//!
+//! Backpressure: [`Pressure::level`] is the fuller of the spool-writer queue and the spool
+//! (0..1). Credit falls linearly from `max_credit` to `min_credit` with it, and above
+//! `retry_after_pressure` acks carry a `retry_after_ms` rising to `max_retry_after_ms`. At the
+//! bound (queue or spool full) batches are refused, so nothing more is acked: devices keep their
+//! data on their own disks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use breakwater_protocol::{envelope, Ack, DeviceId, Topic};
+use rumqttd::local::LinkTx;
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::config::AckConfig;
+use crate::spool::Spool;
+use crate::stats as m;
+
+/// How full the gateway is.
+#[derive(Debug)]
+pub struct Pressure {
+    pub queue_depth: Arc<AtomicUsize>,
+    pub queue_capacity: usize,
+    pub spool: Arc<Spool>,
+}
+
+impl Pressure {
+    /// 0 (idle) ..= 1 (full).
+    #[must_use]
+    pub fn level(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let q = self.queue_depth.load(Ordering::Relaxed) as f64 / self.queue_capacity as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let s = self.spool.bytes() as f64 / self.spool.max_bytes() as f64;
+        q.max(s).clamp(0.0, 1.0)
+    }
+}
+
+/// Credit and retry hint for a pressure level.
+#[must_use]
+pub fn hints(cfg: &AckConfig, level: f64) -> (u32, Option<u32>) {
+    let level = level.clamp(0.0, 1.0);
+    let span = f64::from(cfg.max_credit - cfg.min_credit);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let credit = cfg.max_credit - (span * level).round() as u32;
+    let retry = if level >= cfg.retry_after_pressure && cfg.max_retry_after_ms > 0 {
+        let over = if cfg.retry_after_pressure >= 1.0 {
+            1.0
+        } else {
+            (level - cfg.retry_after_pressure) / (1.0 - cfg.retry_after_pressure)
+        };
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ms = (f64::from(cfg.max_retry_after_ms) * over).round().max(1.0) as u32;
+        Some(ms)
+    } else {
+        None
+    };
+    (credit.max(cfg.min_credit), retry)
+}
+
+#[derive(Debug)]
+pub struct AckRequest {
+    pub device: DeviceId,
+    pub epoch: u64,
+    pub upto: u64,
+}
+
+/// Cheap handle to queue acks; never blocks.
+#[derive(Debug, Clone)]
+pub struct Acker {
+    tx: mpsc::Sender<AckRequest>,
+}
+
+impl Acker {
+    #[must_use]
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<AckRequest>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx }, rx)
+    }
+
+    /// Queues an ack; when the queue is full it is dropped and counted (the device resends its
+    /// unacked batches and gets re-acked).
+    pub fn ack(&self, device: DeviceId, epoch: u64, upto: u64) {
+        if self
+            .tx
+            .try_send(AckRequest {
+                device,
+                epoch,
+                upto,
+            })
+            .is_err()
+        {
+            metrics::counter!(m::ACKS_DROPPED, "reason" => "queue_full").increment(1);
+        }
+    }
+}
+
+/// Publishes queued acks through the broker link, on its own thread (publishing may block
+/// briefly on the router's channel). Returns when every [`Acker`] is dropped.
+pub fn spawn_publisher(
+    mut link: LinkTx,
+    mut rx: mpsc::Receiver<AckRequest>,
+    pressure: Arc<Pressure>,
+    cfg: AckConfig,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("bw-ack".into())
+        .spawn(move || {
+            let mut buf = Vec::with_capacity(256);
+            while rx.blocking_recv_many(&mut buf, 256) > 0 {
+                let level = pressure.level();
+                metrics::gauge!(m::PRESSURE).set(level);
+                let (credit, retry_after_ms) = hints(&cfg, level);
+                for req in buf.drain(..) {
+                    let ack = Ack {
+                        device: req.device,
+                        epoch: req.epoch,
+                        upto_seq: req.upto,
+                        credit,
+                        retry_after_ms,
+                    };
+                    let topic = Topic::ack(&ack.device);
+                    if let Err(e) = link.publish(topic, envelope::encode_ack(&ack)) {
+                        error!(error = %e, "ack publish failed: broker link gone");
+                        metrics::counter!(m::ACKS_DROPPED, "reason" => "publish_error")
+                            .increment(1);
+                        return;
+                    }
+                    metrics::counter!(m::ACKS_SENT).increment(1);
+                }
+            }
+            info!("ack publisher stopped");
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_falls_and_retry_rises_with_pressure() {
+        let cfg = AckConfig::default();
+        assert_eq!(hints(&cfg, 0.0), (cfg.max_credit, None));
+        let (c_half, r_half) = hints(&cfg, 0.6);
+        assert!(c_half < cfg.max_credit && c_half > cfg.min_credit);
+        assert!(r_half.is_some());
+        let (c_full, r_full) = hints(&cfg, 1.0);
+        assert_eq!(c_full, cfg.min_credit);
+        assert_eq!(r_full, Some(cfg.max_retry_after_ms));
+        assert!(r_half < r_full);
+    }
+}

@@ -1,0 +1,189 @@
+//! The embedded MQTT broker (rumqttd 0.20) and the gateway's local links into it.
+//!
+//! Threads: rumqttd runs one router thread, one thread (a current-thread tokio runtime) per
+//! listener, and a timer thread that pushes alerts every second; `Broker::start` blocks, so it
+//! gets its own thread too. rumqttd has no stop method: the broker lives until the process
+//! exits, and the gateway talks to it only through links.
+//!
+//! Links:
+//! * `telemetry` subscribes to `bw/v1/+/telemetry` and `bw/v1/+/status` (read by
+//!   [`crate::link`]).
+//! * `acks` publishes acks. It also subscribes to `bw/v1/+/ack` and never reads it: rumqttd
+//!   disconnects a link that publishes to a topic no filter matches (a device not subscribed to
+//!   its ack topic yet), and this filter always matches. Because the link never calls `ready()`,
+//!   the router stops forwarding to it after one buffer (~200 messages); that filter's
+//!   in-memory log is bounded by the small ack segment settings below.
+//! * an alerts link receives `CursorJump` alerts (see [`crate::link::spawn_alerts`]).
+//!
+//! For a 10k-device reconnection storm the per-listener accept thread and the single router
+//! thread are the serial parts; admission control (`crate::admission`) paces CONNECTs in the
+//! auth hook so neither is flooded.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use breakwater_protocol::topic::{STATUS_FILTER, TELEMETRY_FILTER};
+use rumqttd::alerts::AlertsLink;
+use rumqttd::local::{LinkRx, LinkTx};
+use serde_json::json;
+use thiserror::Error;
+
+use crate::admission::Admission;
+use crate::config::MqttConfig;
+
+/// Filter matching every device's ack topic.
+pub const ACK_FILTER: &str = "bw/v1/+/ack";
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("MQTT listener {addr} is not available: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("building the rumqttd configuration: {0}")]
+    Config(serde_json::Error),
+    #[error("creating the {name} link: {source}")]
+    Link {
+        name: &'static str,
+        source: Box<rumqttd::local::LinkError>,
+    },
+    #[error("creating the alerts link: {0}")]
+    Alerts(Box<rumqttd::alerts::LinkError>),
+    #[error("starting the broker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("MQTT listener {0} did not come up within 10 s")]
+    NotListening(SocketAddr),
+}
+
+/// The links the gateway uses.
+pub struct Links {
+    pub telemetry: (LinkTx, LinkRx),
+    pub acks: (LinkTx, LinkRx),
+    pub alerts: AlertsLink,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links").finish_non_exhaustive()
+    }
+}
+
+/// Builds the rumqttd configuration.
+///
+/// # Errors
+/// Only if the JSON shape no longer matches rumqttd's `Config` (a rumqttd upgrade).
+pub fn rumqttd_config(
+    cfg: &MqttConfig,
+    max_connections: usize,
+    admission: Option<&std::sync::Arc<Admission>>,
+) -> Result<rumqttd::Config, BrokerError> {
+    // Built through serde because some rumqttd settings types have private fields.
+    let v = json!({
+        "id": 0,
+        "router": {
+            // + the gateway's own three links
+            "max_connections": max_connections + 8,
+            "max_outgoing_packet_count": 200,
+            // Device ack topics and the gateway's ack filter: small logs.
+            "max_segment_size": 64 * 1024,
+            "max_segment_count": 2,
+            "custom_segment": {
+                TELEMETRY_FILTER: {
+                    "max_segment_size": cfg.segment_bytes,
+                    "max_segment_count": cfg.segment_count,
+                },
+                STATUS_FILTER: {
+                    "max_segment_size": 1024 * 1024,
+                    "max_segment_count": 4,
+                },
+            },
+        },
+        "v4": {
+            "1": {
+                "name": "v4",
+                "listen": cfg.listen.to_string(),
+                "next_connection_delay_ms": 0,
+                "connections": {
+                    "connection_timeout_ms": cfg.connection_timeout_ms,
+                    "max_payload_size": cfg.max_payload_bytes,
+                    "max_inflight_count": cfg.max_inflight_count,
+                    "dynamic_filters": false,
+                },
+            },
+        },
+        "metrics": {
+            "alerts": { "push_interval": 1 },
+        },
+    });
+    let mut config: rumqttd::Config = serde_json::from_value(v).map_err(BrokerError::Config)?;
+    if let (Some(adm), Some(v4)) = (admission, config.v4.as_mut()) {
+        for server in v4.values_mut() {
+            adm.install(&mut server.connections);
+        }
+    }
+    Ok(config)
+}
+
+/// Starts rumqttd, creates the gateway's links (before the listener accepts anyone, so no
+/// publish can find no subscriber), then starts the listener and waits until it accepts TCP.
+///
+/// # Errors
+/// The listen address is taken, a link cannot be created, or the listener does not come up.
+pub fn start(config: rumqttd::Config, listen: SocketAddr) -> Result<Links, BrokerError> {
+    // rumqttd only logs a bind failure on its own thread; check first for a clear error.
+    drop(
+        std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+            addr: listen,
+            source,
+        })?,
+    );
+    let mut broker = rumqttd::Broker::new(config);
+    let (mut ttx, trx) = broker
+        .link("breakwater-gateway-telemetry")
+        .map_err(|source| BrokerError::Link {
+            name: "telemetry",
+            source: Box::new(source),
+        })?;
+    for f in [TELEMETRY_FILTER, STATUS_FILTER] {
+        ttx.subscribe(f).map_err(|source| BrokerError::Link {
+            name: "telemetry",
+            source: Box::new(source),
+        })?;
+    }
+    let (mut atx, arx) =
+        broker
+            .link("breakwater-gateway-acks")
+            .map_err(|source| BrokerError::Link {
+                name: "acks",
+                source: Box::new(source),
+            })?;
+    atx.subscribe(ACK_FILTER)
+        .map_err(|source| BrokerError::Link {
+            name: "acks",
+            source: Box::new(source),
+        })?;
+    let alerts = broker
+        .alerts()
+        .map_err(|e| BrokerError::Alerts(Box::new(e)))?;
+    std::thread::Builder::new()
+        .name("bw-rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(BrokerError::NotListening(listen));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Links {
+        telemetry: (ttx, trx),
+        acks: (atx, arx),
+        alerts,
+    })
+}

@@ -1,0 +1,105 @@
+//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the pipeline threads are alive),
+//! `/readyz` (the MQTT listener is up and, with Kafka configured, the drain is not stalled on
+//! errors).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Health flags the service maintains.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub ready: AtomicBool,
+    pub alive: AtomicBool,
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+#[must_use]
+pub fn recorder() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+                ])
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed: then this handle renders nothing,
+            // which /metrics shows plainly.
+            let _ = metrics::set_global_recorder(recorder);
+            crate::stats::describe();
+            handle
+        })
+        .clone()
+}
+
+#[derive(Clone)]
+struct AppState {
+    prom: PrometheusHandle,
+    health: Arc<Health>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+}
+
+async fn metrics_page(State(s): State<AppState>) -> String {
+    (s.refresh)();
+    s.prom.render()
+}
+
+async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.health.alive.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "pipeline stopped\n")
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds `addr` and serves until `cancel`. Returns the bound address (port 0 resolved).
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let state = AppState {
+        prom: recorder(),
+        health,
+        refresh,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    Ok((local, task))
+}

@@ -1,0 +1,10 @@
+//! The Kafka sink: producer settings ([`config`]), topic creation at start-up ([`admin`]) and
+//! the drain that moves spooled batches into Kafka in order ([`sink`]).
+//!
+//! Record format (see `breakwater_protocol::kafka`): one record per device batch, key = device
+//! id, headers `bw-device`, `bw-epoch`, `bw-first-seq`, `bw-last-seq`, `content-type`; value
+//! the postcard envelope or the protocol JSON per `[kafka] encoding`.
+
+pub mod admin;
+pub mod config;
+pub mod sink;

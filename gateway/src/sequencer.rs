@@ -1,0 +1,355 @@
+//! Per-(device, epoch) sequencing: what is accepted, what is durable, what may be acked.
+//!
+//! # Invariants
+//!
+//! * For each device the sequencer knows one epoch. A batch with another epoch resets the
+//!   device's state (a new agent buffer restarts `seq`).
+//! * `accepted` is the highest seq handed to the pipeline (in flight or durable), contiguous from
+//!   the first batch seen; `durable` is the highest seq such that every seq `<= durable` is
+//!   durable. `durable <= accepted` always.
+//! * A batch entirely `<= accepted` is a duplicate: dropped (if it is `<= durable`, the caller
+//!   re-acks so a lost ack heals). A batch starting after `accepted + 1` is a gap: dropped, never
+//!   acked, so an ack can never claim a reading the gateway did not get. A batch overlapping
+//!   `accepted` is trimmed to its new readings.
+//! * The first batch of an unknown device sets the baseline (`first_seq - 1`): the gateway holds
+//!   no memory of earlier seqs (the spool seeds it on restart, see [`Sequencer::seed`]).
+//! * `durable` only advances over a contiguous prefix of the pending batches, whatever the order
+//!   in which they become durable.
+//! * When a batch cannot be taken after all ([`Sequencer::reject`]), `accepted` rewinds to just
+//!   before it and the batches pending after it are forgotten: the device resends from there.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+
+use breakwater_protocol::{Batch, DeviceId};
+use parking_lot::Mutex;
+
+const SHARDS: usize = 16;
+
+/// What to do with an incoming batch.
+#[derive(Debug, PartialEq)]
+pub enum Admit {
+    /// New readings: hand this (possibly trimmed) batch to the pipeline.
+    Accept(Batch),
+    /// Every reading was seen already. `durable` is the device's current durable seq when the
+    /// whole batch is durable (re-ack it), `None` while part of it is still in flight.
+    Duplicate { durable: Option<u64> },
+    /// The batch starts after a missing seq (`expected`): dropped, not acked.
+    Gap { expected: u64 },
+}
+
+#[derive(Debug)]
+struct Pending {
+    first: u64,
+    last: u64,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct DeviceState {
+    epoch: u64,
+    accepted: u64,
+    durable: u64,
+    pending: VecDeque<Pending>,
+}
+
+impl DeviceState {
+    fn new(epoch: u64, baseline: u64) -> Self {
+        Self {
+            epoch,
+            accepted: baseline,
+            durable: baseline,
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+/// The sequencer, shared by the link consumer (admission of batches) and the durability path
+/// (spool commits, Kafka deliveries). Sharded by device to keep lock hold times short.
+#[derive(Debug)]
+pub struct Sequencer {
+    shards: Vec<Mutex<HashMap<DeviceId, DeviceState>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Sequencer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sequencer {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, device: &DeviceId) -> &Mutex<HashMap<DeviceId, DeviceState>> {
+        // The modulo keeps the value below SHARDS, so the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        let i = (self.hasher.hash_one(device) % SHARDS as u64) as usize;
+        &self.shards[i]
+    }
+
+    /// Number of devices known.
+    #[must_use]
+    pub fn devices(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Decides what to do with `batch` and, on [`Admit::Accept`], records it as in flight.
+    #[must_use]
+    pub fn admit(&self, batch: Batch) -> Admit {
+        let mut shard = self.shard(&batch.device).lock();
+        let state = match shard.get_mut(&batch.device) {
+            Some(s) if s.epoch == batch.epoch => s,
+            _ => {
+                let baseline = batch.first_seq - 1;
+                shard.insert(
+                    batch.device.clone(),
+                    DeviceState::new(batch.epoch, baseline),
+                );
+                match shard.get_mut(&batch.device) {
+                    Some(s) => s,
+                    None => unreachable!("just inserted"),
+                }
+            }
+        };
+        let last = batch.last_seq();
+        if last <= state.accepted {
+            return Admit::Duplicate {
+                durable: (last <= state.durable).then_some(state.durable),
+            };
+        }
+        if batch.first_seq > state.accepted + 1 {
+            return Admit::Gap {
+                expected: state.accepted + 1,
+            };
+        }
+        let mut batch = batch;
+        if batch.first_seq <= state.accepted {
+            // Overlap: keep only the new readings. `skip < readings.len()` because
+            // `last > accepted`.
+            let skip = usize::try_from(state.accepted + 1 - batch.first_seq).unwrap_or(0);
+            batch.readings.drain(..skip);
+            batch.first_seq = state.accepted + 1;
+        }
+        state.pending.push_back(Pending {
+            first: batch.first_seq,
+            last,
+            done: false,
+        });
+        state.accepted = last;
+        Admit::Accept(batch)
+    }
+
+    /// The pipeline could not take an accepted batch (queue or spool full): forget it and
+    /// everything accepted after it for this device, so the device's resend is taken again.
+    pub fn reject(&self, device: &DeviceId, epoch: u64, first_seq: u64) {
+        let mut shard = self.shard(device).lock();
+        let Some(state) = shard.get_mut(device) else {
+            return;
+        };
+        if state.epoch != epoch || first_seq <= state.durable {
+            return;
+        }
+        state.pending.retain(|p| p.first < first_seq);
+        state.accepted = state.accepted.min(first_seq - 1).max(state.durable);
+    }
+
+    /// Marks `first..=last` of `(device, epoch)` durable. Returns the device's new durable seq
+    /// when it advanced (the ack to send), `None` otherwise (stale epoch, unknown batch, or a
+    /// hole before it still in flight).
+    pub fn durable(&self, device: &DeviceId, epoch: u64, first: u64, last: u64) -> Option<u64> {
+        let mut shard = self.shard(device).lock();
+        let state = shard.get_mut(device)?;
+        if state.epoch != epoch {
+            return None;
+        }
+        let p = state
+            .pending
+            .iter_mut()
+            .find(|p| p.first == first && p.last == last)?;
+        p.done = true;
+        let before = state.durable;
+        while state.pending.front().is_some_and(|p| p.done) {
+            if let Some(p) = state.pending.pop_front() {
+                state.durable = p.last;
+            }
+        }
+        (state.durable > before).then_some(state.durable)
+    }
+
+    /// Restores state found on disk at start-up: `durable` readings are durable, `pending`
+    /// batches (first, last) are in flight (not durable yet).
+    pub fn seed(&self, device: DeviceId, epoch: u64, durable: u64, pending: &[(u64, u64)]) {
+        let mut shard = self.shard(&device).lock();
+        let mut st = DeviceState::new(epoch, durable);
+        for &(first, last) in pending {
+            if first == st.accepted + 1 {
+                st.pending.push_back(Pending {
+                    first,
+                    last,
+                    done: false,
+                });
+                st.accepted = last;
+            }
+        }
+        shard.insert(device, st);
+    }
+
+    /// The device's (epoch, durable seq), if known.
+    #[must_use]
+    pub fn position(&self, device: &DeviceId) -> Option<(u64, u64)> {
+        let shard = self.shard(device).lock();
+        shard.get(device).map(|s| (s.epoch, s.durable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use breakwater_protocol::Reading;
+    use proptest::prelude::*;
+
+    fn batch(epoch: u64, first: u64, n: usize) -> Batch {
+        Batch {
+            device: DeviceId::parse("d").unwrap(),
+            epoch,
+            first_seq: first,
+            readings: (0..n).map(|i| Reading::new("m", i as i64, 1)).collect(),
+        }
+    }
+
+    fn dev() -> DeviceId {
+        DeviceId::parse("d").unwrap()
+    }
+
+    #[test]
+    fn duplicates_gaps_and_trims() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        // In flight, not durable: duplicate without re-ack.
+        assert_eq!(s.admit(batch(1, 1, 5)), Admit::Duplicate { durable: None });
+        assert_eq!(s.admit(batch(1, 7, 2)), Admit::Gap { expected: 6 });
+        // Overlap 4..=8 -> 6..=8
+        match s.admit(batch(1, 4, 5)) {
+            Admit::Accept(b) => {
+                assert_eq!(b.first_seq, 6);
+                assert_eq!(b.readings.len(), 3);
+                assert_eq!(b.readings[0].value, breakwater_protocol::Value::I64(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Durable out of order: second batch first does not advance past the first.
+        assert_eq!(s.durable(&dev(), 1, 6, 8), None);
+        assert_eq!(s.durable(&dev(), 1, 1, 5), Some(8));
+        assert_eq!(
+            s.admit(batch(1, 1, 5)),
+            Admit::Duplicate { durable: Some(8) }
+        );
+    }
+
+    #[test]
+    fn new_epoch_resets_and_stale_reports_are_ignored() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert!(matches!(s.admit(batch(2, 1, 3)), Admit::Accept(_)));
+        assert_eq!(s.durable(&dev(), 1, 1, 5), None);
+        assert_eq!(s.durable(&dev(), 2, 1, 3), Some(3));
+    }
+
+    #[test]
+    fn reject_rewinds_so_the_resend_is_taken() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert!(matches!(s.admit(batch(1, 6, 5)), Admit::Accept(_)));
+        assert!(matches!(s.admit(batch(1, 11, 5)), Admit::Accept(_)));
+        s.reject(&dev(), 1, 6);
+        // 11.. is now a gap, 6.. is taken again.
+        assert_eq!(s.admit(batch(1, 11, 5)), Admit::Gap { expected: 6 });
+        assert!(matches!(s.admit(batch(1, 6, 5)), Admit::Accept(_)));
+        assert_eq!(s.durable(&dev(), 1, 1, 5), Some(5));
+        assert_eq!(s.durable(&dev(), 1, 6, 10), Some(10));
+    }
+
+    #[test]
+    fn first_batch_rejected_still_blocks_later_ones() {
+        // An unknown device whose first batch is refused must not get a later batch acked
+        // (the ack would claim the refused readings).
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 500, 5)), Admit::Accept(_)));
+        s.reject(&dev(), 1, 500);
+        assert_eq!(s.admit(batch(1, 505, 5)), Admit::Gap { expected: 500 });
+    }
+
+    #[test]
+    fn seed_restores_durable_and_pending() {
+        let s = Sequencer::new();
+        s.seed(dev(), 7, 10, &[(11, 20), (21, 30)]);
+        assert_eq!(
+            s.admit(batch(7, 11, 10)),
+            Admit::Duplicate { durable: None }
+        );
+        assert_eq!(
+            s.admit(batch(7, 1, 10)),
+            Admit::Duplicate { durable: Some(10) }
+        );
+        assert!(matches!(s.admit(batch(7, 31, 1)), Admit::Accept(_)));
+        assert_eq!(s.durable(&dev(), 7, 11, 20), Some(20));
+    }
+
+    proptest! {
+        /// Against a model: whatever arrives (resends, overlaps, gaps, rejects, out-of-order
+        /// durability), the durable seq never exceeds what was accepted contiguously and
+        /// made durable, and acks never go backwards.
+        #[test]
+        fn never_acks_past_what_is_durable(ops in proptest::collection::vec((0u8..4, 1u64..40, 1usize..6), 1..200)) {
+            let s = Sequencer::new();
+            let mut accepted: Vec<(u64, u64)> = Vec::new();
+            let mut durable_set = std::collections::BTreeSet::new();
+            let mut last_ack = 0;
+            for (op, a, n) in ops {
+                match op {
+                    0 | 1 => {
+                        if let Admit::Accept(b) = s.admit(batch(1, a, n)) {
+                            accepted.push((b.first_seq, b.last_seq()));
+                        }
+                    }
+                    2 => {
+                        if !accepted.is_empty() {
+                            let i = (a as usize) % accepted.len();
+                            let (f, l) = accepted.remove(i);
+                            if let Some(d) = s.durable(&dev(), 1, f, l) {
+                                prop_assert!(d >= last_ack);
+                                last_ack = d;
+                            }
+                            durable_set.extend(f..=l);
+                        }
+                    }
+                    _ => {
+                        if !accepted.is_empty() {
+                            let i = (a as usize) % accepted.len();
+                            let (f, _) = accepted[i];
+                            s.reject(&dev(), 1, f);
+                            accepted.retain(|&(x, _)| x < f);
+                        }
+                    }
+                }
+                if last_ack > 0 {
+                    let base = s.position(&dev()).map(|p| p.1).unwrap();
+                    prop_assert_eq!(base, last_ack.max(base));
+                }
+            }
+            // Everything acked was made durable (from the first batch's baseline on).
+            if let Some(&min) = durable_set.iter().next() {
+                for seq in min..=last_ack {
+                    prop_assert!(durable_set.contains(&seq), "acked {} but {} not durable", last_ack, seq);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Wires the stages together and shuts them down in order.
+//!
+//! ```text
+//! rumqttd ──link──> link consumer ──queue──> spool writer ──(spool mode: ack)
+//!                     │  sequencer                │ committed
+//!                     └─ status ─> events ──> Kafka events topic
+//!                                                 v
+//!                                   Kafka drain ──> telemetry topic ──(kafka mode: ack)
+//! acks ──> ack publisher ──link──> rumqttd ──> bw/v1/{device}/ack
+//! ```
+//!
+//! Shutdown stages (each bounded by `[shutdown] deadline` overall): stop the link consumer
+//! (nothing new is accepted), let the spool writer commit what was accepted, let the drain
+//! deliver what it can until the deadline (the rest stays in the spool), flush the producers.
+//! The embedded broker has no stop method and ends with the process.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use breakwater_protocol::Limits;
+use rdkafka::producer::{FutureProducer, Producer};
+use thiserror::Error;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::ack::{Acker, Pressure};
+use crate::admission::Admission;
+use crate::config::{AckMode, Config};
+use crate::http::Health;
+use crate::kafka::sink::Drain;
+use crate::link::LinkConsumer;
+use crate::sequencer::Sequencer;
+use crate::spool::writer::{Deletes, Writer};
+use crate::spool::{self, Spool, SpoolError};
+use crate::stats as m;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("opening the spool: {0}")]
+    Spool(#[from] Box<SpoolError>),
+    #[error("creating the Kafka producer: {0}")]
+    Producer(rdkafka::error::KafkaError),
+    #[error("admission control: {0}")]
+    Admission(String),
+    #[error(transparent)]
+    Broker(#[from] Box<crate::broker::BrokerError>),
+    #[error("binding the metrics listener {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub mqtt_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub health: Arc<Health>,
+    pub sequencer: Arc<Sequencer>,
+    pub spool: Arc<Spool>,
+    deadline: Duration,
+    link_stop: Arc<AtomicBool>,
+    link_thread: Option<std::thread::JoinHandle<()>>,
+    writer: tokio::task::JoinHandle<()>,
+    writer_done: Arc<AtomicBool>,
+    drain: Option<tokio::task::JoinHandle<()>>,
+    drain_stop: CancellationToken,
+    drain_abort: CancellationToken,
+    events: tokio::task::JoinHandle<()>,
+    refused: tokio::task::JoinHandle<()>,
+    ack_thread: Option<std::thread::JoinHandle<()>>,
+    producer: Option<FutureProducer>,
+    http_cancel: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("mqtt_addr", &self.mqtt_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn seed(sequencer: &Sequencer, rec: &spool::Recovery, mode: AckMode) {
+    for (device, (epoch, upto)) in spool::parse_devices(&rec.cursors) {
+        let pending: Vec<(u64, u64)> = rec
+            .pending
+            .get(device.as_str())
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        match (mode, pending.first()) {
+            (AckMode::Kafka, Some(&(first, _))) => {
+                sequencer.seed(device, epoch, first - 1, &pending);
+            }
+            _ => sequencer.seed(device, epoch, upto, &[]),
+        }
+    }
+}
+
+impl Gateway {
+    /// Starts every stage. Call from a multi-thread tokio runtime.
+    ///
+    /// # Errors
+    /// See [`StartError`]. A Kafka cluster that is down is *not* an error: the gateway runs on
+    /// its spool and the drain retries.
+    pub async fn start(cfg: Config) -> Result<Self, StartError> {
+        let prom = crate::http::recorder();
+        drop(prom);
+        let mode = cfg.effective_ack_mode();
+        let health = Arc::new(Health::default());
+
+        // Spool and sequencer state.
+        let dir = cfg.spool.dir.clone();
+        let max_bytes = cfg.spool.max_bytes;
+        let (spool, recovery) = tokio::task::spawn_blocking(move || Spool::open(&dir, max_bytes))
+            .await
+            .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
+            .map_err(Box::new)?;
+        let sequencer = Arc::new(Sequencer::new());
+        seed(&sequencer, &recovery, mode);
+        info!(
+            dir = %cfg.spool.dir.display(),
+            records = recovery.records,
+            bytes = spool.bytes(),
+            devices = recovery.cursors.len(),
+            ack_mode = ?mode,
+            "spool opened"
+        );
+
+        // Kafka.
+        let producer: Option<FutureProducer> = match cfg.kafka.brokers() {
+            None => {
+                info!("no [kafka] brokers: running on the spool alone");
+                None
+            }
+            Some(brokers) => {
+                if cfg.kafka.create_topics {
+                    match crate::kafka::admin::ensure_topics(
+                        &cfg.kafka,
+                        brokers,
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    {
+                        Ok(()) => {
+                            info!(topic = %cfg.kafka.topic, events_topic = %cfg.kafka.events_topic, "Kafka topics ready");
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "could not create Kafka topics; continuing on the spool");
+                        }
+                    }
+                }
+                Some(
+                    crate::kafka::config::producer_config(&cfg.kafka, brokers)
+                        .create()
+                        .map_err(StartError::Producer)?,
+                )
+            }
+        };
+
+        // Admission control.
+        let (refused_tx, refused_rx) = mpsc::channel(1024);
+        let admission = Admission::new(&cfg.admission, &cfg.auth, Some(refused_tx))
+            .map_err(|e| StartError::Admission(e.to_string()))?;
+
+        // Broker and links.
+        let rcfg =
+            crate::broker::rumqttd_config(&cfg.mqtt, admission.max_connections(), Some(&admission))
+                .map_err(Box::new)?;
+        let listen = cfg.mqtt.listen;
+        let links = tokio::task::spawn_blocking(move || crate::broker::start(rcfg, listen))
+            .await
+            .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
+            .map_err(Box::new)?;
+        let crate::broker::Links {
+            telemetry: (ttx, trx),
+            acks: (atx, arx),
+            alerts,
+        } = links;
+
+        // Channels.
+        let (queue_tx, queue_rx) = mpsc::channel(cfg.pipeline.queue_capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let (events_tx, events_rx) = mpsc::channel(cfg.pipeline.events_queue_capacity);
+        let (acker, ack_rx) = Acker::channel(cfg.ack.queue_capacity);
+        let pressure = Arc::new(Pressure {
+            queue_depth: depth.clone(),
+            queue_capacity: cfg.pipeline.queue_capacity,
+            spool: spool.clone(),
+        });
+        // The ack link's receiver is deliberately never read (see broker.rs). It must outlive
+        // the link, and the broker lives as long as the process: leak it (one small struct).
+        std::mem::forget(arx);
+        let ack_thread = crate::ack::spawn_publisher(atx, ack_rx, pressure, cfg.ack.clone())
+            .map_err(StartError::Thread)?;
+
+        // Spool writer.
+        let deletes = Arc::new(Deletes::default());
+        let committed = Arc::new(Notify::new());
+        let writer_done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let w = Writer {
+                spool: spool.clone(),
+                rx: queue_rx,
+                depth: depth.clone(),
+                deletes: deletes.clone(),
+                sequencer: sequencer.clone(),
+                acker: (mode == AckMode::Spool).then(|| acker.clone()),
+                committed: committed.clone(),
+                max_batches_per_commit: cfg.spool.max_batches_per_commit,
+            };
+            let done = writer_done.clone();
+            tokio::spawn(async move {
+                w.run().await;
+                done.store(true, Ordering::Release);
+            })
+        };
+
+        // Kafka drain.
+        let drain_stop = CancellationToken::new();
+        let drain_abort = CancellationToken::new();
+        let drain = producer.as_ref().map(|p| {
+            let d = Drain {
+                spool: spool.clone(),
+                producer: p.clone(),
+                topic: cfg.kafka.topic.clone(),
+                encoding: cfg.kafka.encoding,
+                deletes: deletes.clone(),
+                committed: committed.clone(),
+                sequencer: sequencer.clone(),
+                acker: (mode == AckMode::Kafka).then(|| acker.clone()),
+                max_in_flight: cfg.kafka.max_in_flight_records,
+                writer_done: writer_done.clone(),
+            };
+            tokio::spawn(d.run(drain_stop.clone(), drain_abort.clone()))
+        });
+
+        // Events.
+        let refused = tokio::spawn(crate::events::forward_refused(
+            refused_rx,
+            events_tx.clone(),
+        ));
+        let events = tokio::spawn(crate::events::run(
+            events_rx,
+            producer.clone(),
+            cfg.kafka.events_topic.clone(),
+            Duration::from_secs(2),
+        ));
+
+        // Link consumer and alerts.
+        let link_stop = Arc::new(AtomicBool::new(false));
+        let consumer = LinkConsumer {
+            rx: trx,
+            tx: ttx,
+            sequencer: sequencer.clone(),
+            spool: spool.clone(),
+            queue: queue_tx,
+            depth: depth.clone(),
+            acker,
+            events: events_tx,
+            admission: Some(admission.clone()),
+            limits: Limits::DEFAULT,
+            stop: link_stop.clone(),
+        };
+        let link_thread = std::thread::Builder::new()
+            .name("bw-link".into())
+            .spawn(move || consumer.run())
+            .map_err(StartError::Thread)?;
+        crate::link::spawn_alerts(alerts, link_stop.clone()).map_err(StartError::Thread)?;
+
+        // HTTP.
+        let http_cancel = CancellationToken::new();
+        let refresh: Arc<dyn Fn() + Send + Sync> = {
+            let spool = spool.clone();
+            let depth = depth.clone();
+            let sequencer = sequencer.clone();
+            Arc::new(move || {
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    metrics::gauge!(m::SPOOL_BYTES).set(spool.bytes() as f64);
+                    metrics::gauge!(m::SPOOL_RECORDS).set(spool.records() as f64);
+                    metrics::gauge!(m::QUEUE_DEPTH).set(depth.load(Ordering::Relaxed) as f64);
+                    metrics::gauge!(m::DEVICES).set(sequencer.devices() as f64);
+                }
+            })
+        };
+        let (metrics_addr, http) = crate::http::serve(
+            cfg.metrics.listen,
+            health.clone(),
+            refresh,
+            http_cancel.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Http {
+            addr: cfg.metrics.listen,
+            source,
+        })?;
+
+        health.alive.store(true, Ordering::Relaxed);
+        health.ready.store(true, Ordering::Relaxed);
+        info!(mqtt = %cfg.mqtt.listen, metrics = %metrics_addr, ack_mode = ?mode, kafka = producer.is_some(), "gateway ready");
+        Ok(Self {
+            mqtt_addr: cfg.mqtt.listen,
+            metrics_addr,
+            health,
+            sequencer,
+            spool,
+            deadline: cfg.shutdown.deadline,
+            link_stop,
+            link_thread: Some(link_thread),
+            writer,
+            writer_done,
+            drain,
+            drain_stop,
+            drain_abort,
+            events,
+            refused,
+            ack_thread: Some(ack_thread),
+            producer,
+            http_cancel,
+            http,
+        })
+    }
+
+    /// True while the pipeline threads run.
+    #[must_use]
+    pub fn is_alive(&self) -> bool {
+        self.link_thread.as_ref().is_some_and(|t| !t.is_finished())
+            && self.ack_thread.as_ref().is_some_and(|t| !t.is_finished())
+            && !self.writer.is_finished()
+    }
+
+    /// Graceful shutdown in stages within `[shutdown] deadline`.
+    pub async fn shutdown(mut self) {
+        let start = Instant::now();
+        let left = |d: Duration| d.saturating_sub(start.elapsed());
+        self.health.ready.store(false, Ordering::Relaxed);
+        info!(deadline = ?self.deadline, "shutting down: no longer accepting batches");
+
+        // 1. Stop accepting.
+        self.link_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.link_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        // 2. Commit what was accepted.
+        if tokio::time::timeout(left(self.deadline), &mut self.writer)
+            .await
+            .is_err()
+        {
+            warn!("shutdown deadline passed while committing the spool");
+        }
+        self.writer_done.store(true, Ordering::Release);
+        // 3. Deliver to Kafka until the deadline; the rest stays in the spool.
+        self.drain_stop.cancel();
+        if let Some(mut d) = self.drain.take() {
+            if tokio::time::timeout(left(self.deadline), &mut d)
+                .await
+                .is_err()
+            {
+                self.drain_abort.cancel();
+                let _ = d.await;
+            }
+        }
+        self.refused.abort();
+        let _ = tokio::time::timeout(left(self.deadline), &mut self.events).await;
+        if let Some(p) = &self.producer {
+            let p = p.clone();
+            let t = left(self.deadline).max(Duration::from_millis(100));
+            let _ = tokio::task::spawn_blocking(move || p.flush(t)).await;
+        }
+        if let Some(t) = self.ack_thread.take() {
+            let _ = tokio::time::timeout(
+                left(self.deadline).max(Duration::from_millis(100)),
+                tokio::task::spawn_blocking(move || t.join()),
+            )
+            .await;
+        }
+        self.http_cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.http).await;
+        info!(
+            elapsed = ?start.elapsed(),
+            spool_records = self.spool.records(),
+            "gateway stopped"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Metric names, in one place (`breakwater_gateway_<what>_<unit>`), and their descriptions.
+//!
+//! Every place that drops or refuses data increments [`DROPPED_BATCHES`] with a `reason`, or
+//! [`INVALID_PAYLOADS`] for undecodable input.
+
+pub const RECEIVED_BATCHES: &str = "breakwater_gateway_received_batches_total";
+pub const RECEIVED_READINGS: &str = "breakwater_gateway_received_readings_total";
+pub const ACCEPTED_READINGS: &str = "breakwater_gateway_accepted_readings_total";
+/// Labels: `reason` = decode reason (`bad_magic`, `malformed`, ...), `bad_topic`,
+/// `device_mismatch`, `wrong_kind`.
+pub const INVALID_PAYLOADS: &str = "breakwater_gateway_invalid_payloads_total";
+/// Labels: `reason` = `duplicate`, `gap`, `queue_full`, `spool_full`, `spool_error`.
+pub const DROPPED_BATCHES: &str = "breakwater_gateway_dropped_batches_total";
+pub const LINK_CURSOR_JUMPS: &str = "breakwater_gateway_link_cursor_jumps_total";
+pub const LINK_LOST_MESSAGES: &str = "breakwater_gateway_link_lost_messages_total";
+pub const QUEUE_DEPTH: &str = "breakwater_gateway_queue_batches";
+pub const SPOOL_BYTES: &str = "breakwater_gateway_spool_bytes";
+pub const SPOOL_RECORDS: &str = "breakwater_gateway_spool_records";
+pub const SPOOL_WRITTEN_BATCHES: &str = "breakwater_gateway_spool_written_batches_total";
+pub const SPOOL_DELETED_BATCHES: &str = "breakwater_gateway_spool_deleted_batches_total";
+pub const SPOOL_COMMIT_SECONDS: &str = "breakwater_gateway_spool_commit_seconds";
+pub const KAFKA_DELIVERED_BATCHES: &str = "breakwater_gateway_kafka_delivered_batches_total";
+pub const KAFKA_ERRORS: &str = "breakwater_gateway_kafka_errors_total";
+pub const KAFKA_IN_FLIGHT: &str = "breakwater_gateway_kafka_in_flight_records";
+pub const ACKS_SENT: &str = "breakwater_gateway_acks_sent_total";
+/// Labels: `reason` = `queue_full`, `publish_error`.
+pub const ACKS_DROPPED: &str = "breakwater_gateway_acks_dropped_total";
+pub const PRESSURE: &str = "breakwater_gateway_pressure_ratio";
+/// Labels: `kind` = `birth`, `death`, `lost`, `refused`.
+pub const EVENTS: &str = "breakwater_gateway_events_total";
+/// Labels: `reason` = `queue_full`, `kafka_error`.
+pub const EVENTS_DROPPED: &str = "breakwater_gateway_events_dropped_total";
+pub const DEVICES: &str = "breakwater_gateway_devices";
+
+/// Registers descriptions with the installed recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(RECEIVED_BATCHES, "Telemetry payloads read from the broker");
+    describe_counter!(RECEIVED_READINGS, "Readings in decoded batches");
+    describe_counter!(
+        ACCEPTED_READINGS,
+        "Readings accepted into the pipeline (new, not duplicates)"
+    );
+    describe_counter!(INVALID_PAYLOADS, "Payloads that failed decoding, by reason");
+    describe_counter!(DROPPED_BATCHES, "Batches dropped or refused, by reason");
+    describe_counter!(
+        LINK_CURSOR_JUMPS,
+        "rumqttd skipped the gateway's link ahead (it fell behind)"
+    );
+    describe_counter!(
+        LINK_LOST_MESSAGES,
+        "Messages lost in rumqttd cursor jumps as reported by rumqttd"
+    );
+    describe_gauge!(QUEUE_DEPTH, "Accepted batches waiting for the spool writer");
+    describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes of batches in the spool");
+    describe_gauge!(SPOOL_RECORDS, "Batches in the spool");
+    describe_counter!(SPOOL_WRITTEN_BATCHES, "Batches committed to the spool");
+    describe_counter!(
+        SPOOL_DELETED_BATCHES,
+        "Batches deleted after Kafka delivery"
+    );
+    describe_histogram!(SPOOL_COMMIT_SECONDS, Unit::Seconds, "Spool commit time");
+    describe_counter!(KAFKA_DELIVERED_BATCHES, "Batches Kafka confirmed");
+    describe_counter!(KAFKA_ERRORS, "Kafka produce or delivery errors");
+    describe_gauge!(
+        KAFKA_IN_FLIGHT,
+        "Records handed to the producer, not yet confirmed"
+    );
+    describe_counter!(ACKS_SENT, "Acks published to devices");
+    describe_counter!(ACKS_DROPPED, "Acks not published, by reason");
+    describe_gauge!(
+        PRESSURE,
+        "Backpressure level 0..1 used for credit and retry hints"
+    );
+    describe_counter!(EVENTS, "Fleet events seen, by kind");
+    describe_counter!(EVENTS_DROPPED, "Fleet events not published, by reason");
+    describe_gauge!(DEVICES, "Devices known to the sequencer");
+}

@@ -34,13 +34,18 @@ impl GatewayProc {
     /// Writes a config (`extra` is appended TOML) into `dir` and starts the gateway on fresh
     /// ports, waiting for `/readyz`.
     pub fn start(dir: &Path, extra: &str) -> Self {
+        Self::start_with(dir, "", extra)
+    }
+
+    /// Like [`Self::start`]; `spool_extra` goes into the `[spool]` section.
+    pub fn start_with(dir: &Path, spool_extra: &str, extra: &str) -> Self {
         let mqtt_port = breakwater_testkit::free_port();
         let metrics_port = breakwater_testkit::free_port();
         let config = dir.join("gateway.toml");
         std::fs::write(
             &config,
             format!(
-                "[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[spool]\ndir = \"{}\"\n{extra}\n",
+                "[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[spool]\ndir = \"{}\"\n{spool_extra}\n{extra}\n",
                 dir.join("spool").display()
             ),
         )

@@ -14,16 +14,24 @@ pub struct AdmissionConfig {
     pub connect_burst: u32,
     pub max_wait_ms: u64,
     pub max_waiting: usize,
+    pub burst_window_ms: u64,
+    pub burst_baseline_secs: u64,
+    pub burst_factor: f64,
+    pub burst_min_rate: f64,
 }
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             max_connections: 20_000,
-            connect_rate_per_sec: 2_000,
-            connect_burst: 500,
+            connect_rate_per_sec: 1_000,
+            connect_burst: 2_000,
             max_wait_ms: 5_000,
-            max_waiting: 4_096,
+            max_waiting: 10_000,
+            burst_window_ms: 5_000,
+            burst_baseline_secs: 300,
+            burst_factor: 4.0,
+            burst_min_rate: 20.0,
         }
     }
 }
@@ -35,10 +43,19 @@ impl AdmissionConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Open,
+    File,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    pub mode: String,
+    pub mode: AuthMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<std::path::PathBuf>,
 }
 

@@ -234,6 +234,13 @@ async fn handle_auth(
     // if authentication is configured and connect packet doesn't have login details
     // return an error
     let Some(login) = login else {
+        // Breakwater patch: an external hook also decides about a CONNECT without login
+        // details (it gets an empty user name and password), so it can admit anonymous clients.
+        if let Some(auth) = &config.external_auth {
+            if auth(client_id.to_owned(), String::new(), String::new()).await {
+                return Ok(());
+            }
+        }
         return Err(Error::InvalidAuth);
     };
 
@@ -378,5 +385,21 @@ mod tests {
         let mut cfg = config();
         cfg.set_auth_handler(closure);
         cfg.set_auth_handler(fnptr);
+    }
+
+    // Breakwater patch: the external hook decides about CONNECTs without login details.
+    #[tokio::test]
+    async fn no_login_external_auth_decides() {
+        let mut allow = config();
+        allow.set_auth_handler(|id: String, user: String, pass: String| async move {
+            id == "dev" && user.is_empty() && pass.is_empty()
+        });
+        let allow = Arc::new(allow);
+        assert!(handle_auth(allow.clone(), None, "dev").await.is_ok());
+        assert!(handle_auth(allow, None, "other").await.is_err());
+
+        let mut deny = config();
+        deny.set_auth_handler(|_: String, _: String, _: String| async { false });
+        assert!(handle_auth(Arc::new(deny), None, "dev").await.is_err());
     }
 }

@@ -13,14 +13,14 @@
 //! See `ARCHITECTURE.md` in this crate for the invariants and the exactly-once argument.
 
 pub mod anomaly;
-//pub mod checkpoint;
-//pub mod config;
+pub mod checkpoint;
+pub mod config;
 pub mod dedupe;
 pub mod ids;
-//pub mod kafka;
-//pub mod metrics;
+pub mod kafka;
+pub mod metrics;
 pub mod output;
-//pub mod run;
+pub mod run;
 pub mod session;
 pub mod state;
 pub mod window;

@@ -1,0 +1,538 @@
+//! The processing loop: consume, apply to the core, produce outputs, checkpoint.
+//!
+//! # Exactly-once with respect to the input
+//! * A checkpoint ([`crate::checkpoint`]) stores, in one redb transaction, every partition's
+//!   state and the next offset of both input topics. On start (explicit assignment) or on
+//!   assignment (consumer group), each partition's state is loaded and the consumer is
+//!   positioned at the stored offsets (at the beginning when there is no checkpoint). A record
+//!   at an offset below the stored one is never applied again. So each input record changes the
+//!   state exactly once, whatever crashes happen.
+//! * Before a checkpoint commits, the producer is flushed and every output produced so far must
+//!   have been acknowledged by Kafka. If any was not, the processor stops **without**
+//!   committing: the restart replays from the previous checkpoint and produces those outputs
+//!   again. Outputs are therefore at-least-once, and a replayed output has the same `id` as the
+//!   first copy (ids are derived from the input, never from time or randomness), so consumers
+//!   drop repeats by `id`.
+//!
+//! # On a Kafka cluster with transactions (tansu 0.6 has none)
+//! The output producer would be transactional (`transactional.id` per input partition set, or
+//! one per instance with the consumer-group generation fencing zombies, KIP-447). Each
+//! checkpoint interval becomes one Kafka transaction: produce the outputs, then
+//! `send_offsets_to_transaction` with the input offsets, then commit; consumers of the outputs
+//! read with `isolation.level=read_committed`. The redb commit would follow the Kafka commit and
+//! store the same offsets; on restart, the offsets committed to Kafka win if they are ahead, and
+//! the local state is rebuilt by replaying from the checkpoint while producing nothing until
+//! the committed offset is reached. Outputs would then be exactly-once, not just deduplicable.
+//!
+//! # Partitions moving between instances
+//! State is local to an instance. A partition assigned to an instance that has no checkpoint
+//! for it is rebuilt from the beginning of the retained input (outputs repeat with the same ids);
+//! one with an older checkpoint of it replays from there. Static membership
+//! (`group_instance_id`) keeps assignments stable across restarts. A compacted state changelog
+//! topic, so that any instance could restore any partition quickly, is not implemented.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use breakwater_protocol::kafka::{
+    decode_record_value, FleetEvent, HEADER_CONTENT_TYPE, HEADER_DEVICE, HEADER_EPOCH,
+    HEADER_LAST_SEQ,
+};
+use breakwater_protocol::Limits;
+use metrics::{counter, gauge, histogram};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Store;
+use crate::config::Config;
+use crate::kafka::{self, Deliveries, OutputProducer};
+use crate::metrics as m;
+use crate::output::Output;
+use crate::state::{Partition, Stats};
+
+/// What a run did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub stats: Stats,
+    pub telemetry_records: u64,
+    pub event_records: u64,
+    pub decode_errors: u64,
+    pub outputs: u64,
+    pub checkpoints: u64,
+}
+
+/// Everything the loop and the rebalance callbacks share.
+struct Worker {
+    cfg: Arc<Config>,
+    store: Store,
+    parts: BTreeMap<i32, Partition>,
+    stats: Stats,
+    reported: Stats,
+    out: Vec<Output>,
+    producer: OutputProducer,
+    deliveries: Arc<Deliveries>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    fatal: Option<anyhow::Error>,
+    summary: Summary,
+    limits: Limits,
+}
+
+fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    let hs = m.headers()?;
+    hs.iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+impl Worker {
+    fn load_partitions(&mut self, ids: &[i32]) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let mut devices = 0;
+        for &id in ids {
+            if self.parts.contains_key(&id) {
+                continue;
+            }
+            let l = self
+                .store
+                .load(
+                    id,
+                    &self.cfg.kafka.telemetry_topic,
+                    &self.cfg.kafka.events_topic,
+                )
+                .with_context(|| format!("loading the checkpoint of partition {id}"))?;
+            tracing::info!(
+                partition = id,
+                devices = l.devices,
+                ms = l.duration.as_millis(),
+                telemetry_offset = ?l.partition.telemetry_next,
+                events_offset = ?l.partition.events_next,
+                "recovered partition state"
+            );
+            devices += l.devices;
+            self.parts.insert(id, l.partition);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        gauge!(m::RECOVERY_DURATION).set(secs);
+        counter!(m::RECOVERED_DEVICES).increment(devices as u64);
+        gauge!(m::DEVICES).set(self.device_count() as f64);
+        tracing::info!(partitions = ?ids, devices, secs, "recovery complete");
+        Ok(())
+    }
+
+    fn device_count(&self) -> usize {
+        self.parts.values().map(|p| p.devices.len()).sum()
+    }
+
+    /// Both input topics' partitions `ids`, positioned at the checkpointed offsets.
+    fn positions(&self, ids: &[i32]) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for &id in ids {
+            let p = self.parts.get(&id);
+            let off = |o: Option<i64>| o.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(
+                &self.cfg.kafka.telemetry_topic,
+                id,
+                off(p.and_then(|p| p.telemetry_next)),
+            )?;
+            tpl.add_partition_offset(
+                &self.cfg.kafka.events_topic,
+                id,
+                off(p.and_then(|p| p.events_next)),
+            )?;
+        }
+        Ok(tpl)
+    }
+
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) {
+        let id = msg.partition();
+        let offset = msg.offset();
+        let is_telemetry = msg.topic() == self.cfg.kafka.telemetry_topic;
+        if !self.parts.contains_key(&id) {
+            // Not expected (assignment loads first); load rather than lose state.
+            if let Err(e) = self.load_partitions(&[id]) {
+                self.fatal = Some(e);
+                return;
+            }
+        }
+        let Some(part) = self.parts.get_mut(&id) else {
+            return;
+        };
+        let next = if is_telemetry {
+            &mut part.telemetry_next
+        } else {
+            &mut part.events_next
+        };
+        if next.is_some_and(|n| offset < n) {
+            // Already applied before the checkpoint we started from.
+            return;
+        }
+        *next = Some(offset + 1);
+        self.since_checkpoint += 1;
+        let p = &self.cfg.params;
+        let payload = msg.payload().unwrap_or_default();
+        if is_telemetry {
+            self.summary.telemetry_records += 1;
+            counter!(m::RECORDS, "topic" => "telemetry").increment(1);
+            // Skip a whole duplicate record from its headers, without decoding it.
+            if let (Some(dev), Some(epoch), Some(last)) = (
+                header(msg, HEADER_DEVICE),
+                header(msg, HEADER_EPOCH).and_then(|v| v.parse::<u64>().ok()),
+                header(msg, HEADER_LAST_SEQ).and_then(|v| v.parse::<u64>().ok()),
+            ) {
+                if part.is_duplicate(dev, epoch, last) {
+                    self.stats.batches += 1;
+                    self.stats.duplicate_batches += 1;
+                    return;
+                }
+            }
+            match decode_record_value(payload, header(msg, HEADER_CONTENT_TYPE), &self.limits) {
+                Ok(batch) => part.on_batch(&batch, p, &mut self.stats, &mut self.out),
+                Err(e) => {
+                    self.summary.decode_errors += 1;
+                    counter!(m::DECODE_ERRORS, "topic" => "telemetry").increment(1);
+                    tracing::warn!(partition = id, offset, error = %e, "undecodable telemetry record skipped");
+                }
+            }
+        } else {
+            self.summary.event_records += 1;
+            counter!(m::RECORDS, "topic" => "events").increment(1);
+            match FleetEvent::decode(payload) {
+                Ok(ev) => part.on_event(&ev, p, &mut self.stats, &mut self.out),
+                Err(e) => {
+                    self.summary.decode_errors += 1;
+                    counter!(m::DECODE_ERRORS, "topic" => "events").increment(1);
+                    tracing::warn!(partition = id, offset, error = %e, "undecodable fleet event skipped");
+                }
+            }
+        }
+        if let Err(e) = self.produce_outputs() {
+            self.fatal = Some(e);
+        }
+    }
+
+    fn produce_outputs(&mut self) -> anyhow::Result<()> {
+        for o in self.out.drain(..) {
+            let topic = match &o {
+                Output::Session(_) => self.cfg.kafka.sessions_topic.as_str(),
+                Output::Anomaly(_) => self.cfg.kafka.anomalies_topic.as_str(),
+                Output::Window(_) => match &self.cfg.kafka.windows_topic {
+                    Some(t) => t.as_str(),
+                    None => continue,
+                },
+            };
+            let value = o.to_json();
+            let mut rec = BaseRecord::to(topic).key(o.key()).payload(&value);
+            let deadline = Instant::now() + self.cfg.kafka.flush_timeout;
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::error::RDKafkaErrorCode::QueueFull)
+                            && Instant::now() < deadline =>
+                    {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => bail!("producing to {topic}: {e}"),
+                }
+            }
+            self.summary.outputs += 1;
+            counter!(m::OUTPUTS, "topic" => topic.to_owned()).increment(1);
+        }
+        Ok(())
+    }
+
+    /// Flushes outputs and commits state + offsets of every held partition.
+    fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        self.produce_outputs()?;
+        self.producer
+            .flush(self.cfg.kafka.flush_timeout)
+            .context("outputs not acknowledged within kafka.flush_timeout; not checkpointing")?;
+        let failed = self
+            .deliveries
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if failed > 0 {
+            counter!(m::OUTPUT_ERRORS).increment(failed);
+            bail!("{failed} output records were not acknowledged; stopping without a checkpoint so a restart replays them");
+        }
+        let s = self
+            .store
+            .commit(
+                self.parts.values_mut(),
+                &self.cfg.kafka.telemetry_topic,
+                &self.cfg.kafka.events_topic,
+            )
+            .context("committing the checkpoint")?;
+        let secs = t0.elapsed().as_secs_f64();
+        let size = self.store.size_bytes();
+        histogram!(m::CHECKPOINT_DURATION).record(secs);
+        gauge!(m::CHECKPOINT_SIZE).set(size as f64);
+        counter!(m::CHECKPOINT_DEVICES).increment(s.devices_written as u64);
+        let offsets: Vec<(i32, Option<i64>, Option<i64>)> = self
+            .parts
+            .values()
+            .map(|p| (p.id, p.telemetry_next, p.events_next))
+            .collect();
+        tracing::info!(
+            devices_written = s.devices_written,
+            commit_ms = s.duration.as_millis(),
+            total_ms = t0.elapsed().as_millis(),
+            size_bytes = size,
+            records = self.since_checkpoint,
+            ?offsets,
+            "checkpoint committed"
+        );
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.summary.checkpoints += 1;
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&mut self) -> anyhow::Result<()> {
+        let st = &self.cfg.state;
+        if self.since_checkpoint >= st.checkpoint_records
+            || (self.since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= st.checkpoint_interval)
+        {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn report(&mut self) {
+        m::report_stats(&self.stats, &self.reported);
+        self.reported = self.stats;
+        gauge!(m::DEVICES).set(self.device_count() as f64);
+    }
+}
+
+fn lock(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
+    w.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Consumer context: rebalances load and flush partition state.
+struct Ctx {
+    worker: Arc<Mutex<Worker>>,
+}
+
+impl ClientContext for Ctx {}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    let mut ids: Vec<i32> = tpl
+        .elements()
+        .iter()
+        .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let ids = partitions_of(tpl);
+        tracing::info!(kind = kafka::rebalance_kind(err), partitions = ?ids, "rebalance");
+        let mut w = lock(&self.worker);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let positioned = w.load_partitions(&ids).and_then(|()| w.positions(&ids));
+                match positioned {
+                    Ok(pos) => {
+                        if let Err(e) = consumer.assign(&pos) {
+                            w.fatal = Some(anyhow!("assigning {ids:?}: {e}"));
+                        }
+                    }
+                    Err(e) => {
+                        w.fatal = Some(e);
+                        let _ = consumer.unassign();
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Flush outputs and checkpoint before another member may take these partitions.
+                if let Err(e) = w.checkpoint() {
+                    w.fatal = Some(e.context("checkpoint on revocation"));
+                } else {
+                    for id in &ids {
+                        w.parts.remove(id);
+                    }
+                }
+                let _ = consumer.unassign();
+            }
+            _ => {
+                tracing::error!(?err, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Runs the processor until `cancel`, then flushes and checkpoints.
+///
+/// # Errors
+/// Configuration the clients reject, topic creation, an unreadable state database, an output
+/// Kafka did not acknowledge, a failed checkpoint. On an error after start-up no final
+/// checkpoint is written: the last good one stands and a restart replays from it.
+pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Summary> {
+    if cfg.kafka.create_topics {
+        kafka::ensure_output_topics(&cfg.kafka)
+            .await
+            .context("creating output topics")?;
+    }
+    let cfg = Arc::new(cfg);
+    tokio::task::spawn_blocking(move || run_blocking(&cfg, &cancel))
+        .await
+        .context("processing thread panicked")?
+}
+
+/// The blocking body of [`run`] (output topics must exist).
+///
+/// # Errors
+/// See [`run`].
+pub fn run_blocking(cfg: &Arc<Config>, cancel: &CancellationToken) -> anyhow::Result<Summary> {
+    let t0 = Instant::now();
+    let store = Store::open(&cfg.state.path)?;
+    let (producer, deliveries) = kafka::producer(&cfg.kafka).context("creating the producer")?;
+    let worker = Arc::new(Mutex::new(Worker {
+        cfg: cfg.clone(),
+        store,
+        parts: BTreeMap::new(),
+        stats: Stats::default(),
+        reported: Stats::default(),
+        out: Vec::new(),
+        producer,
+        deliveries,
+        since_checkpoint: 0,
+        last_checkpoint: Instant::now(),
+        fatal: None,
+        summary: Summary::default(),
+        limits: Limits::DEFAULT,
+    }));
+    let consumer: BaseConsumer<Ctx> = kafka::consumer_config(&cfg.kafka)
+        .create_with_context(Ctx {
+            worker: worker.clone(),
+        })
+        .context("creating the consumer")?;
+    match &cfg.kafka.assign {
+        Some(ids) => {
+            let mut w = lock(&worker);
+            w.load_partitions(ids)?;
+            let pos = w.positions(ids)?;
+            consumer.assign(&pos).context("assigning partitions")?;
+            tracing::info!(partitions = ?ids, startup_ms = t0.elapsed().as_millis(), "explicit assignment");
+        }
+        None => {
+            consumer
+                .subscribe(&[&cfg.kafka.telemetry_topic, &cfg.kafka.events_topic])
+                .context("subscribing")?;
+            tracing::info!(group = %cfg.kafka.group_id, "joined consumer group (assignment follows)");
+        }
+    }
+    let result = consume(&consumer, &worker, cfg, cancel);
+    let mut w = lock(&worker);
+    // On error, no final checkpoint: the last good one stands.
+    result?;
+    w.checkpoint().context("final checkpoint")?;
+    w.report();
+    let summary = Summary {
+        stats: w.stats,
+        ..w.summary
+    };
+    // Revocation on close finds nothing dirty.
+    drop(w);
+    drop(consumer);
+    tracing::info!(?summary, "stopped after a final checkpoint");
+    Ok(summary)
+}
+
+fn consume(
+    consumer: &BaseConsumer<Ctx>,
+    worker: &Mutex<Worker>,
+    cfg: &Config,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut last_report = Instant::now();
+    let mut last_records = 0u64;
+    let mut last_lag = Instant::now();
+    let mut last_error_log = Instant::now() - Duration::from_secs(60);
+    while !cancel.is_cancelled() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => lock(worker).handle(&msg),
+            Some(Err(e)) if kafka::is_benign(&e) => {}
+            Some(Err(e)) if last_error_log.elapsed() > Duration::from_secs(10) => {
+                tracing::warn!(error = %e, "consumer error");
+                last_error_log = Instant::now();
+            }
+            Some(Err(_)) | None => {}
+        }
+        let mut w = lock(worker);
+        if let Some(e) = w.fatal.take() {
+            return Err(e);
+        }
+        w.maybe_checkpoint()?;
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            let records = w.summary.telemetry_records + w.summary.event_records;
+            let rate = (records - last_records) as f64 / last_report.elapsed().as_secs_f64();
+            m::records_rate(rate);
+            last_records = records;
+            last_report = Instant::now();
+            w.report();
+        }
+        if last_lag.elapsed() >= cfg.kafka.lag_interval {
+            let held: Vec<(i32, Option<i64>, Option<i64>)> = w
+                .parts
+                .values()
+                .map(|p| (p.id, p.telemetry_next, p.events_next))
+                .collect();
+            drop(w);
+            report_lag(consumer, cfg, &held);
+            last_lag = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// Consumer lag per partition: broker high watermark minus our next offset. Reported as is,
+/// even when negative: tansu 0.6 returns wrong high watermarks, and this gauge shows that
+/// rather than hiding it.
+fn report_lag(
+    consumer: &BaseConsumer<Ctx>,
+    cfg: &Config,
+    held: &[(i32, Option<i64>, Option<i64>)],
+) {
+    for &(id, tel, ev) in held {
+        for (topic, next) in [
+            (&cfg.kafka.telemetry_topic, tel),
+            (&cfg.kafka.events_topic, ev),
+        ] {
+            match consumer.fetch_watermarks(topic, id, Duration::from_secs(2)) {
+                Ok((low, high)) => {
+                    let lag = high - next.unwrap_or(low);
+                    gauge!(m::LAG, "topic" => topic.clone(), "partition" => id.to_string())
+                        .set(lag as f64);
+                    tracing::debug!(topic = %topic, partition = id, low, high, lag, "consumer lag");
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %topic, partition = id, error = %e, "fetching watermarks");
+                }
+            }
+        }
+    }
+}

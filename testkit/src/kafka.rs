@@ -97,7 +97,6 @@ pub async fn fresh_topic(bootstrap: &str, prefix: &str, partitions: i32) -> Stri
 ///
 /// # Panics
 /// If the client cannot be created.
-#[must_use]
 pub fn producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

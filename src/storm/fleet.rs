@@ -1,0 +1,287 @@
+//! The virtual fleet: N devices in one process, each the agent's real [`DeviceSender`] over an
+//! in-memory buffer, fed by a generator at a fixed rate, observed through the sender's events.
+//!
+//! Why in-memory buffers: the simulator measures the gateway and the sending logic (credit,
+//! resend, backoff), not a device's flash. 10,000 redb files (one per device, each with its own
+//! fsync) would measure this machine's disk and hit the open-files limit long before the
+//! gateway. The durable buffer has its own benchmark (`cargo bench -p breakwater-agent`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater_agent::buffer::{Buffer, FullPolicy, MemoryBuffer};
+use breakwater_agent::config::SenderConfig;
+use breakwater_agent::sender::{DeviceSender, LinkOptions, SenderEvent, SenderHandle};
+use breakwater_protocol::{DeviceId, Reading, Value};
+use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
+
+/// Counters shared by every device's event sink. Cheap atomics; the histogram is behind a
+/// mutex that is held for one `record` call.
+#[derive(Debug)]
+pub struct FleetCounters {
+    pub connects_total: AtomicU64,
+    pub connect_attempts_total: AtomicU64,
+    pub disconnects_total: AtomicU64,
+    pub acked_readings: AtomicU64,
+    pub produced_readings: AtomicU64,
+    pub resends_total: AtomicU64,
+    pub ack_timeouts_total: AtomicU64,
+    pub ack_latency_us: Mutex<Histogram<u64>>,
+    /// Last acked seq per device (index = device number), to turn cumulative acks into counts.
+    acked_upto: Vec<AtomicU64>,
+    index: HashMap<DeviceId, usize>,
+    /// When true, ack latencies are recorded (off during warm-up phases if wanted).
+    pub record_latency: AtomicBool,
+}
+
+impl FleetCounters {
+    fn new(devices: &[DeviceId]) -> Self {
+        Self {
+            connects_total: AtomicU64::new(0),
+            connect_attempts_total: AtomicU64::new(0),
+            disconnects_total: AtomicU64::new(0),
+            acked_readings: AtomicU64::new(0),
+            produced_readings: AtomicU64::new(0),
+            resends_total: AtomicU64::new(0),
+            ack_timeouts_total: AtomicU64::new(0),
+            // 1 us .. 10 min, 3 significant digits.
+            ack_latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+                    Histogram::new(3).unwrap_or_else(|_| unreachable!("3 sigfigs is valid"))
+                }),
+            ),
+            acked_upto: devices.iter().map(|_| AtomicU64::new(0)).collect(),
+            index: devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.clone(), i))
+                .collect(),
+            record_latency: AtomicBool::new(true),
+        }
+    }
+
+    fn on_event(&self, device: &DeviceId, ev: &SenderEvent) {
+        match ev {
+            SenderEvent::Connected => {
+                self.connects_total.fetch_add(1, Ordering::Relaxed);
+            }
+            SenderEvent::Connecting { .. } => {
+                self.connect_attempts_total.fetch_add(1, Ordering::Relaxed);
+            }
+            SenderEvent::Disconnected { .. } => {
+                // Also emitted for attempts that never connected; the connected gauge comes
+                // from the handles (`Fleet::connected`), not from these events.
+                self.disconnects_total.fetch_add(1, Ordering::Relaxed);
+            }
+            SenderEvent::Sent { resend: true, .. } => {
+                self.resends_total.fetch_add(1, Ordering::Relaxed);
+            }
+            SenderEvent::AckTimeout { .. } => {
+                self.ack_timeouts_total.fetch_add(1, Ordering::Relaxed);
+            }
+            SenderEvent::Acked {
+                upto_seq, latency, ..
+            } => {
+                if let Some(&i) = self.index.get(device) {
+                    let prev = self.acked_upto[i].fetch_max(*upto_seq, Ordering::Relaxed);
+                    if *upto_seq > prev {
+                        self.acked_readings
+                            .fetch_add(upto_seq - prev, Ordering::Relaxed);
+                    }
+                }
+                if let (Some(l), true) = (latency, self.record_latency.load(Ordering::Relaxed)) {
+                    let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX).max(1);
+                    if let Ok(mut h) = self.ack_latency_us.lock() {
+                        h.saturating_record(us);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One virtual device.
+#[derive(Debug)]
+pub struct Device {
+    pub id: DeviceId,
+    pub buffer: Arc<MemoryBuffer>,
+    pub handle: Option<SenderHandle>,
+    /// Readings generated so far (all of them were appended: the buffer blocks, never drops).
+    pub produced: u64,
+}
+
+/// The fleet: devices plus shared counters.
+#[derive(Debug)]
+pub struct Fleet {
+    pub devices: Vec<Device>,
+    pub counters: Arc<FleetCounters>,
+    link: Arc<LinkOptions>,
+    sender: SenderConfig,
+    cancel: CancellationToken,
+}
+
+/// Device ids `{prefix}-00000 ...`.
+#[must_use]
+pub fn device_ids(prefix: &str, n: usize) -> Vec<DeviceId> {
+    (0..n)
+        .filter_map(|i| DeviceId::parse(format!("{prefix}-{i:05}")).ok())
+        .collect()
+}
+
+impl Fleet {
+    /// Builds (does not start) `ids.len()` devices.
+    #[must_use]
+    pub fn new(
+        ids: &[DeviceId],
+        link: LinkOptions,
+        sender: SenderConfig,
+        cancel: CancellationToken,
+    ) -> Self {
+        let counters = Arc::new(FleetCounters::new(ids));
+        let devices = ids
+            .iter()
+            .map(|id| Device {
+                id: id.clone(),
+                // Generous budget with `block`: the simulator must never drop at the device.
+                buffer: Arc::new(MemoryBuffer::new(1 << 30, FullPolicy::Block)),
+                handle: None,
+                produced: 0,
+            })
+            .collect();
+        Self {
+            devices,
+            counters,
+            link: Arc::new(link),
+            sender,
+            cancel,
+        }
+    }
+
+    /// Starts the senders of devices `range` (they connect at once, then follow their backoff).
+    pub fn start(&mut self, range: std::ops::Range<usize>, seed: u64) {
+        for i in range {
+            let Some(d) = self.devices.get_mut(i) else {
+                continue;
+            };
+            if d.handle.is_some() {
+                continue;
+            }
+            let counters = Arc::clone(&self.counters);
+            let buffer: Arc<dyn Buffer> = d.buffer.clone();
+            let handle = DeviceSender::new(
+                d.id.clone(),
+                buffer,
+                Arc::clone(&self.link),
+                self.sender.clone(),
+            )
+            .with_seed(seed.wrapping_add(i as u64))
+            .with_events(Arc::new(move |dev, ev| counters.on_event(dev, ev)))
+            .spawn(self.cancel.child_token());
+            d.handle = Some(handle);
+        }
+    }
+
+    /// Appends `n` readings to device `i` (timestamps from the wall clock).
+    ///
+    /// # Errors
+    /// The buffer refused the append (it should not: the budget is huge).
+    pub async fn produce(&mut self, i: usize, n: u64, now_ms: u64) -> anyhow::Result<()> {
+        let Some(d) = self.devices.get_mut(i) else {
+            return Ok(());
+        };
+        let readings = (0..n)
+            .map(|k| {
+                let seq = d.produced + k + 1;
+                #[allow(clippy::cast_precision_loss)]
+                let v = 20.0 + (seq % 100) as f64 * 0.1;
+                Reading::new(
+                    if seq % 2 == 0 { "temp" } else { "pressure" },
+                    Value::F64(v),
+                    now_ms,
+                )
+            })
+            .collect();
+        d.buffer.append(readings).await?;
+        d.produced += n;
+        self.counters
+            .produced_readings
+            .fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Cuts every started device's connection for `outage` (a network cut on the device side).
+    pub fn cut_all(&self, outage: Duration) -> usize {
+        self.devices
+            .iter()
+            .filter_map(|d| d.handle.as_ref())
+            .filter(|h| h.cut(outage))
+            .count()
+    }
+
+    /// Devices whose link is up now.
+    #[must_use]
+    pub fn connected(&self) -> usize {
+        self.devices
+            .iter()
+            .filter_map(|d| d.handle.as_ref())
+            .filter(|h| h.is_connected())
+            .count()
+    }
+
+    /// Readings acked so far, summed from the handles (exact, unlike event counting if a sink
+    /// call were skipped).
+    #[must_use]
+    pub fn acked(&self) -> u64 {
+        self.devices
+            .iter()
+            .filter_map(|d| d.handle.as_ref())
+            .map(SenderHandle::acked_upto)
+            .sum()
+    }
+
+    /// Asks every sender to send what it has now.
+    pub fn flush_all(&self) {
+        for h in self.devices.iter().filter_map(|d| d.handle.as_ref()) {
+            h.flush_now();
+        }
+    }
+
+    #[must_use]
+    pub fn total_produced(&self) -> u64 {
+        self.devices.iter().map(|d| d.produced).sum()
+    }
+
+    /// Stops every sender gracefully (death message, disconnect), draining for at most `drain`.
+    pub async fn shutdown(&mut self, drain: Duration) {
+        let mut set = tokio::task::JoinSet::new();
+        for d in &mut self.devices {
+            if let Some(h) = d.handle.take() {
+                set.spawn(async move { h.shutdown(drain).await });
+            }
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+/// Waits until `cond` holds or `timeout` passes, checking every `every`. Returns the elapsed time
+/// when it held.
+pub async fn wait_until(
+    timeout: Duration,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

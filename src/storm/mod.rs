@@ -1,0 +1,350 @@
+//! `breakwater-storm`: a fleet simulator and reconnection-storm benchmark.
+//!
+//! N virtual devices run the agent's real sending logic ([`fleet`]) against a gateway (or, for
+//! the baseline, against Mosquitto with the forwarder in `crate::baseline`). Scenarios:
+//!
+//! * `steady`: every device connects and sends `--readings-per-device` readings at `--rate`.
+//! * `storm`: as steady, then every connection is cut at once (a network cut on the device
+//!   side) for `--outage` seconds while readings keep accumulating in the device buffers; then
+//!   all devices reconnect under the agent's own jittered backoff.
+//! * `ramp`: devices join linearly over `--ramp` seconds.
+//!
+//! At the end it reads the Kafka topic back and checks every `(device, epoch, seq)` ([`verify`]),
+//! writes a JSON report ([`report`]) and a PNG chart ([`chart`]).
+
+pub mod chart;
+pub mod fleet;
+pub mod report;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use breakwater_agent::buffer::Buffer as _;
+use breakwater_agent::config::{BackoffConfig, SenderConfig};
+use breakwater_agent::sender::LinkOptions;
+use tokio_util::sync::CancellationToken;
+
+use self::fleet::{device_ids, Fleet};
+use self::report::{peak_rate, rss_bytes, Latency, Report, Sample};
+use self::verify::Expected;
+
+/// Which load shape to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Steady,
+    Storm,
+    Ramp,
+}
+
+/// Command-line options of `breakwater-storm`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "breakwater-storm",
+    about = "Fleet simulator and reconnection-storm benchmark"
+)]
+pub struct Options {
+    /// MQTT address of the gateway (or of Mosquitto, for the baseline).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub gateway: String,
+    /// Kafka bootstrap address to verify delivery against; without it, no verification.
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// Telemetry topic to verify.
+    #[arg(long, default_value = breakwater_protocol::kafka::DEFAULT_TOPIC)]
+    pub topic: String,
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+    #[arg(long, default_value_t = 100)]
+    pub readings_per_device: u64,
+    /// Readings per batch (the agent's `batch_max_readings`).
+    #[arg(long, default_value_t = 50)]
+    pub batch: usize,
+    /// Readings per second per device.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    #[arg(long, value_enum, default_value_t = Scenario::Steady)]
+    pub scenario: Scenario,
+    /// Length of the network cut (storm), seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub outage: f64,
+    /// When to cut (storm), seconds after the start; default: a third of the generation time,
+    /// and never before every device connected once.
+    #[arg(long)]
+    pub cut_at: Option<f64>,
+    /// Ramp duration (ramp), seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub ramp: f64,
+    /// Agent backoff: first retry window and cap, milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub backoff_initial_ms: u64,
+    #[arg(long, default_value_t = 30_000)]
+    pub backoff_max_ms: u64,
+    /// Resend from the oldest unacked reading when no ack came within this, milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub ack_timeout_ms: u64,
+    /// Sample this process's RSS as the gateway's (from /proc).
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+    /// Label for the report ("breakwater", "baseline").
+    #[arg(long, default_value = "breakwater")]
+    pub target: String,
+    #[arg(long, default_value = "sim")]
+    pub device_prefix: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Bound on the whole run (connect, send, drain), seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Bound on reading the topic back, seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub verify_timeout: f64,
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+}
+
+impl Options {
+    fn sender_config(&self) -> SenderConfig {
+        SenderConfig {
+            batch_max_readings: self.batch.clamp(1, 1_000),
+            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(self.backoff_initial_ms),
+                max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms)),
+                ..BackoffConfig::default()
+            },
+            ..SenderConfig::default()
+        }
+    }
+
+    fn link(&self) -> anyhow::Result<LinkOptions> {
+        let (host, port) = self
+            .gateway
+            .rsplit_once(':')
+            .context("--gateway must be HOST:PORT")?;
+        Ok(LinkOptions::plain(
+            host,
+            port.parse().context("--gateway port")?,
+        ))
+    }
+}
+
+/// Runs the scenario and returns the report (also written to `--report`/`--chart` if given).
+///
+/// # Errors
+/// Bad options, or the Kafka verification could not run.
+#[allow(clippy::too_many_lines)]
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    anyhow::ensure!(opts.devices > 0, "--devices must be at least 1");
+    anyhow::ensure!(opts.rate > 0.0, "--rate must be positive");
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let ids = device_ids(&opts.device_prefix, opts.devices);
+    let cancel = CancellationToken::new();
+    let mut fleet = Fleet::new(&ids, opts.link()?, opts.sender_config(), cancel.clone());
+    let n = fleet.devices.len();
+
+    let start = Instant::now();
+    let secs = |i: Instant| i.duration_since(start).as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let gen_duration = opts.readings_per_device as f64 / opts.rate;
+    let cut_at = opts.cut_at.unwrap_or(gen_duration / 3.0);
+    let outage = Duration::from_secs_f64(opts.outage.max(0.0));
+    let timeout = Duration::from_secs_f64(opts.timeout);
+
+    if opts.scenario != Scenario::Ramp {
+        fleet.start(0..n, opts.seed);
+    }
+    let mut timeline = Vec::new();
+    let mut initial_connect: Option<f64> = None;
+    let mut cut: Option<(Instant, Instant)> = None;
+    let mut produced_at_cut_end: Option<u64> = None;
+    let mut reconnect_seconds = None;
+    let mut drain_seconds = None;
+    let mut first_produce: Option<Instant> = None;
+    let mut all_acked_at: Option<Instant> = None;
+    let mut gateway_peak: Option<u64> = None;
+    let mut sim_peak: Option<u64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_sample = start - Duration::from_secs(1);
+
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let elapsed = now - start;
+        if elapsed > timeout {
+            tracing::warn!("timeout: stopping the run");
+            break;
+        }
+        let started = if opts.scenario == Scenario::Ramp {
+            #[allow(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss
+            )]
+            let k = ((elapsed.as_secs_f64() / opts.ramp.max(0.001)) * n as f64).ceil() as usize;
+            let k = k.min(n);
+            fleet.start(0..k, opts.seed);
+            k
+        } else {
+            n
+        };
+
+        // Generate: each started device catches up to rate * time since the run started.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let due = ((elapsed.as_secs_f64() * opts.rate) as u64).min(opts.readings_per_device);
+        let now_ms = breakwater_agent::now_ms();
+        for i in 0..started {
+            let have = fleet.devices[i].produced;
+            if due > have {
+                first_produce.get_or_insert(now);
+                fleet.produce(i, due - have, now_ms).await?;
+            }
+        }
+
+        let connected = fleet.connected();
+        if initial_connect.is_none() && connected == n {
+            initial_connect = Some(secs(now));
+        }
+        let produced = fleet.total_produced();
+        let acked = fleet.acked();
+
+        // Storm: cut everyone once, when everyone has connected and the cut time came.
+        if opts.scenario == Scenario::Storm
+            && cut.is_none()
+            && initial_connect.is_some()
+            && elapsed.as_secs_f64() >= cut_at
+        {
+            let k = fleet.cut_all(outage);
+            tracing::info!(devices = k, ?outage, "network cut");
+            cut = Some((now, now + outage));
+        }
+        if let Some((_, end)) = cut {
+            if now >= end {
+                let base = *produced_at_cut_end.get_or_insert(produced);
+                if reconnect_seconds.is_none() && connected == n {
+                    reconnect_seconds = Some((now - end).as_secs_f64());
+                }
+                if drain_seconds.is_none() && acked >= base {
+                    drain_seconds = Some((now - end).as_secs_f64());
+                }
+            }
+        }
+
+        if now - last_sample >= Duration::from_millis(250) {
+            last_sample = now;
+            let gw = opts.gateway_pid.and_then(rss_bytes);
+            gateway_peak = gateway_peak.max(gw);
+            sim_peak = sim_peak.max(rss_bytes(std::process::id()));
+            timeline.push(Sample {
+                t: secs(now),
+                connected: connected as u64,
+                connects_total: fleet.counters.connects_total.load(Ordering::Relaxed),
+                produced_total: produced,
+                acked_total: acked,
+                gateway_rss: gw,
+            });
+        }
+
+        let all_produced = produced >= opts.readings_per_device * n as u64;
+        let storm_done = opts.scenario != Scenario::Storm
+            || (reconnect_seconds.is_some() && drain_seconds.is_some());
+        if all_produced && acked >= produced && storm_done {
+            all_acked_at = Some(now);
+            break;
+        }
+        if all_produced {
+            fleet.flush_all();
+        }
+    }
+
+    let total_produced = fleet.total_produced();
+    let total_acked = fleet.acked();
+    let expected: Vec<Expected> = fleet
+        .devices
+        .iter()
+        .map(|d| Expected {
+            device: d.id.clone(),
+            epoch: d.buffer.epoch(),
+            produced: d.produced,
+        })
+        .collect();
+    fleet.shutdown(Duration::from_secs(2)).await;
+    cancel.cancel();
+
+    let verification = match &opts.kafka {
+        Some(bootstrap) => {
+            let bootstrap = bootstrap.clone();
+            let topic = opts.topic.clone();
+            let t = Duration::from_secs_f64(opts.verify_timeout);
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    verify::verify(&bootstrap, &topic, &expected, t)
+                })
+                .await??,
+            )
+        }
+        None => None,
+    };
+
+    let end = all_acked_at.unwrap_or_else(Instant::now);
+    let send_secs = first_produce.map_or(0.0, |f| (end - f).as_secs_f64());
+    #[allow(clippy::cast_precision_loss)]
+    let readings_per_second = if send_secs > 0.0 {
+        total_acked as f64 / send_secs
+    } else {
+        0.0
+    };
+    let latency = fleet
+        .counters
+        .ack_latency_us
+        .lock()
+        .map(|h| Latency::from_histogram(&h))
+        .unwrap_or_default();
+    let report = Report {
+        target: opts.target.clone(),
+        scenario: format!("{:?}", opts.scenario).to_lowercase(),
+        devices: n,
+        readings_per_device: opts.readings_per_device,
+        batch: opts.batch,
+        rate_per_device: opts.rate,
+        outage_seconds: if opts.scenario == Scenario::Storm {
+            opts.outage
+        } else {
+            0.0
+        },
+        initial_connect_seconds: initial_connect,
+        readings_per_second,
+        total_seconds: start.elapsed().as_secs_f64(),
+        cut_at: cut.map(|(a, _)| secs(a)),
+        cut_end: cut.map(|(_, b)| secs(b)),
+        reconnect_seconds,
+        drain_seconds,
+        peak_connects_per_second: peak_rate(&timeline, |s| s.connects_total),
+        connects_total: fleet.counters.connects_total.load(Ordering::Relaxed),
+        connect_attempts_total: fleet
+            .counters
+            .connect_attempts_total
+            .load(Ordering::Relaxed),
+        resends_total: fleet.counters.resends_total.load(Ordering::Relaxed),
+        ack_timeouts_total: fleet.counters.ack_timeouts_total.load(Ordering::Relaxed),
+        ack_latency: latency,
+        gateway_peak_rss_bytes: gateway_peak,
+        simulator_peak_rss_bytes: sim_peak,
+        all_acked: all_acked_at.is_some() && total_acked >= total_produced,
+        verification,
+        timeline,
+    };
+    if let Some(path) = &opts.report {
+        report.write(path)?;
+    }
+    if let Some(path) = &opts.chart {
+        chart::draw(&report, path)?;
+    }
+    Ok(report)
+}

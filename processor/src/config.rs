@@ -411,6 +411,7 @@ impl Config {
             Duration::from_millis(d.allowed_lateness),
             true,
         ));
+        let idle_timeout = ms(s.duration("idle_timeout", Duration::from_millis(d.idle_timeout)));
         let max_metrics_per_device = usize::try_from(s.int(
             "max_metrics_per_device",
             i64::try_from(d.max_metrics_per_device).unwrap_or(64),
@@ -536,6 +537,7 @@ impl Config {
                 params: Params {
                     window,
                     allowed_lateness,
+                    idle_timeout,
                     inactivity_gap,
                     metric,
                     fleet,

@@ -8,16 +8,23 @@
 //!
 //! # Order of work for one batch
 //! 1. Dedupe by `(device, epoch, seq)` ([`crate::dedupe`]); repeats are counted and skipped.
-//! 2. For each new reading, the late test: `ts < watermark` where the watermark is
-//!    `max event time seen in the partition - allowed_lateness`. Late readings are counted and
-//!    dropped (from sessions, windows and the baseline alike).
+//! 2. For each new reading, the late test: `ts < watermark`. Watermarks are **per device**:
+//!    `max(device's newest event time - allowed_lateness, idle floor)`. Per device, because
+//!    agents store and forward: a device back from an hour offline sends an hour of backlog,
+//!    which a partition-wide watermark would drop wholesale. The idle floor is the partition's
+//!    newest event time minus `allowed_lateness + idle_timeout`: it closes the windows and
+//!    sessions of devices that went quiet, and bounds how far behind the partition a device's
+//!    data may arrive. Late readings are counted and dropped (from sessions, windows and the
+//!    baseline alike).
 //! 3. Activity session ([`crate::session`]), connectivity session reading count.
 //! 4. Numeric readings (`i64`, `f64`): the (device, metric) window ([`crate::window`]) and the
 //!    anomaly test against the baseline ([`crate::anomaly`]). `bool` and string readings count in
 //!    sessions only.
-//! 5. When the watermark has advanced by `scan_interval` since the last scan, every device's
-//!    closed windows and idle activity sessions are emitted. The content of what is emitted does
-//!    not depend on when the scan runs (see the invariants of `window.rs` and `session.rs`).
+//! 5. After the batch, the device's windows and activity sessions that its watermark closed are
+//!    emitted. When the partition's idle floor has advanced by `scan_interval` since the last
+//!    scan, every device's floor is raised to it and what that closes is emitted. Scans are
+//!    triggered by event time in the stream, never by the wall clock, so a replay scans at the
+//!    same points.
 //!
 //! Given the same state and the same sequence of records of one topic-partition, the outputs
 //! derived from it are the same records with the same ids. (The one exception is the
@@ -41,6 +48,9 @@ use crate::window::MetricWindows;
 pub struct Params {
     pub window: u64,
     pub allowed_lateness: u64,
+    /// How far behind its partition's newest event time a device may fall before its windows
+    /// and sessions are closed anyway (and its older data counts as late).
+    pub idle_timeout: u64,
     pub inactivity_gap: u64,
     pub metric: MetricParams,
     pub fleet: FleetParams,
@@ -63,6 +73,7 @@ impl Default for Params {
         Self {
             window: 60_000,
             allowed_lateness: 30_000,
+            idle_timeout: 600_000,
             inactivity_gap: 300_000,
             metric: MetricParams {
                 alpha: 0.05,
@@ -117,6 +128,10 @@ pub struct DeviceState {
     pub conn: Option<Connectivity>,
     pub activity: Activity,
     pub metrics: Vec<MetricState>,
+    /// Newest reading timestamp admitted.
+    pub max_ts: u64,
+    /// Idle floor: readings older than this are late (raised by partition scans).
+    pub floor: u64,
     /// Changed since the last checkpoint.
     #[serde(skip)]
     dirty: bool,
@@ -125,9 +140,9 @@ pub struct DeviceState {
 /// Per-partition state that is not per device.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionMeta {
-    /// Highest reading timestamp admitted (the watermark is this minus the allowed lateness).
+    /// Newest reading timestamp admitted in the partition.
     pub max_ts: u64,
-    /// Scan for closed windows and idle sessions once the watermark reaches this.
+    /// Scan (raise every device's floor) once the idle floor reaches this.
     pub next_scan: u64,
     /// Highest fleet-event gateway timestamp seen.
     pub events_max_ts: u64,
@@ -175,6 +190,55 @@ fn numeric(v: &Value) -> Option<f64> {
     }
 }
 
+impl DeviceState {
+    /// Readings older than this are late.
+    #[inline]
+    #[must_use]
+    pub fn watermark(&self, p: &Params) -> u64 {
+        self.max_ts
+            .saturating_sub(p.allowed_lateness)
+            .max(self.floor)
+    }
+}
+
+/// Emits the windows and activity sessions of one device that watermark `wm` closed.
+fn close_device(
+    device: &str,
+    d: &mut DeviceState,
+    wm: u64,
+    p: &Params,
+    st: &mut Stats,
+    out: &mut Vec<Output>,
+) {
+    for m in &mut d.metrics {
+        m.windows.close(wm, p.window, |start, w| {
+            st.windows_closed += 1;
+            if p.emit_windows {
+                out.push(Output::Window(WindowRecord {
+                    id: IdHasher::new("window")
+                        .str(device)
+                        .str(&m.name)
+                        .u64(start)
+                        .finish(),
+                    device: device.to_owned(),
+                    metric: m.name.to_string(),
+                    start,
+                    end: start + p.window,
+                    count: w.count,
+                    min: w.min,
+                    max: w.max,
+                    mean: w.mean,
+                    stddev: w.stddev(),
+                }));
+            }
+        });
+    }
+    d.activity.close(wm, p.inactivity_gap, |r| {
+        st.sessions_closed += 1;
+        out.push(Output::Session(r.record(device)));
+    });
+}
+
 impl Partition {
     #[must_use]
     pub fn new(id: i32) -> Self {
@@ -203,10 +267,12 @@ impl Partition {
         }
     }
 
-    /// The watermark: readings older than this are dropped as late.
+    /// The partition's idle floor: no device's watermark is below it.
     #[must_use]
-    pub fn watermark(&self, p: &Params) -> u64 {
-        self.meta.max_ts.saturating_sub(p.allowed_lateness)
+    pub fn idle_floor(&self, p: &Params) -> u64 {
+        self.meta
+            .max_ts
+            .saturating_sub(p.allowed_lateness.saturating_add(p.idle_timeout))
     }
 
     /// True if every reading of `epoch`, `first..=last` of `device` was admitted before: the
@@ -242,16 +308,27 @@ impl Partition {
                 skip
             }
         };
+        let idle_floor = self
+            .meta
+            .max_ts
+            .saturating_sub(p.allowed_lateness.saturating_add(p.idle_timeout));
+        if d.floor < idle_floor {
+            // A device new to (or idle in) this partition starts at the idle floor.
+            d.floor = idle_floor;
+        }
         let meta = &mut self.meta;
         for (seq, r) in batch.iter_seq().skip(skip) {
             st.readings += 1;
             let ts = r.ts;
-            if ts < meta.max_ts.saturating_sub(p.allowed_lateness) {
+            if ts < d.watermark(p) {
                 st.late_readings += 1;
                 continue;
             }
-            if ts > meta.max_ts {
-                meta.max_ts = ts;
+            if ts > d.max_ts {
+                d.max_ts = ts;
+                if ts > meta.max_ts {
+                    meta.max_ts = ts;
+                }
             }
             d.activity.reading(ts, batch.epoch, p.inactivity_gap);
             if let Some(c) = &mut d.conn {
@@ -301,51 +378,29 @@ impl Partition {
                 }));
             }
         }
-        if self.watermark(p) >= self.meta.next_scan {
+        let wm = d.watermark(p);
+        close_device(device, d, wm, p, st, out);
+        if self.idle_floor(p) >= self.meta.next_scan {
             self.scan(p, st, out);
         }
     }
 
-    /// Emits every closed window and idle activity session of every device.
+    /// Raises every device's floor to the partition's idle floor and emits what that closes.
     pub fn scan(&mut self, p: &Params, st: &mut Stats, out: &mut Vec<Output>) {
-        let wm = self.watermark(p);
+        let floor = self.idle_floor(p);
         for (device, d) in &mut self.devices {
-            let mut changed = false;
-            for m in &mut d.metrics {
-                m.windows.close(wm, p.window, |start, w| {
-                    changed = true;
-                    st.windows_closed += 1;
-                    if p.emit_windows {
-                        out.push(Output::Window(WindowRecord {
-                            id: IdHasher::new("window")
-                                .str(device)
-                                .str(&m.name)
-                                .u64(start)
-                                .finish(),
-                            device: device.clone(),
-                            metric: m.name.to_string(),
-                            start,
-                            end: start + p.window,
-                            count: w.count,
-                            min: w.min,
-                            max: w.max,
-                            mean: w.mean,
-                            stddev: w.stddev(),
-                        }));
-                    }
-                });
+            if d.floor >= floor {
+                continue;
             }
-            d.activity.close(wm, p.inactivity_gap, |r| {
-                changed = true;
-                st.sessions_closed += 1;
-                out.push(Output::Session(r.record(device)));
-            });
-            if changed && !d.dirty {
+            d.floor = floor;
+            let wm = d.watermark(p);
+            close_device(device, d, wm, p, st, out);
+            if !d.dirty {
                 d.dirty = true;
                 self.dirty.push(device.clone());
             }
         }
-        self.meta.next_scan = wm.saturating_add(p.scan_interval());
+        self.meta.next_scan = floor.saturating_add(p.scan_interval());
     }
 
     /// Processes one fleet event.
@@ -442,6 +497,7 @@ mod tests {
         Params {
             window: 1_000,
             allowed_lateness: 500,
+            idle_timeout: 5_000,
             inactivity_gap: 2_000,
             ..Params::default()
         }
@@ -540,6 +596,33 @@ mod tests {
         let w = windows(&out);
         assert_eq!(w.len(), 1);
         assert_eq!((w[0].start, w[0].count, w[0].max), (1_000, 3, 5.0));
+    }
+
+    #[test]
+    fn watermarks_are_per_device_with_an_idle_floor() {
+        let p = params(); // lateness 500, idle timeout 5_000
+        let mut part = Partition::new(0);
+        let mut st = Stats::default();
+        let mut out = Vec::new();
+        part.on_batch(&batch("a", 1, 1, &[(10_000, 1.0)]), &p, &mut st, &mut out);
+        // b's backlog is 4 s behind a: not late (a partition-wide watermark would drop it).
+        part.on_batch(&batch("b", 1, 1, &[(6_000, 2.0)]), &p, &mut st, &mut out);
+        assert_eq!(st.late_readings, 0);
+        // c is more than lateness + idle timeout behind the partition: late.
+        part.on_batch(&batch("c", 1, 1, &[(4_000, 3.0)]), &p, &mut st, &mut out);
+        assert_eq!(st.late_readings, 1);
+        assert!(windows(&out).is_empty());
+        // a moves on; the idle floor (20_000 - 5_500) closes b's window.
+        part.on_batch(&batch("a", 1, 2, &[(20_000, 1.0)]), &p, &mut st, &mut out);
+        let w = windows(&out);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w
+            .iter()
+            .any(|w| w.device == "b" && w.start == 6_000 && w.count == 1));
+        assert!(w.iter().any(|w| w.device == "a" && w.start == 10_000));
+        // b's late data below the floor is dropped now.
+        part.on_batch(&batch("b", 1, 2, &[(6_500, 2.0)]), &p, &mut st, &mut out);
+        assert_eq!(st.late_readings, 2);
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! Helpers for the real-broker tests: produce records exactly as the gateway does (key, headers,
+//! value), build configurations, read outputs back.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use breakwater_processor::config::Config;
+use breakwater_processor::ids::IdHasher;
+use breakwater_protocol::kafka::{
+    Encoding, FleetEvent, FleetEventKind, HEADER_CONTENT_TYPE, HEADER_DEVICE, HEADER_EPOCH,
+    HEADER_FIRST_SEQ, HEADER_LAST_SEQ,
+};
+use breakwater_protocol::{Batch, DeviceId, Reading};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+pub const PARTITIONS: i32 = 2;
+
+/// The partition tests put a device in (both topics), like a key-hashing partitioner would.
+pub fn partition_of(device: &str) -> i32 {
+    let h = IdHasher::new("p").str(device).finish();
+    i32::try_from(u64::from_str_radix(&h, 16).unwrap() % PARTITIONS as u64).unwrap()
+}
+
+/// One input record, in production order.
+#[derive(Debug, Clone)]
+pub enum In {
+    Batch(Batch),
+    Event(FleetEvent),
+}
+
+pub fn batch(device: &str, epoch: u64, first_seq: u64, readings: Vec<Reading>) -> In {
+    In::Batch(Batch {
+        device: DeviceId::parse(device).unwrap(),
+        epoch,
+        first_seq,
+        readings,
+    })
+}
+
+pub fn event(device: &str, epoch: u64, kind: FleetEventKind, ts: u64) -> In {
+    In::Event(FleetEvent {
+        device: DeviceId::parse(device).unwrap(),
+        epoch,
+        kind,
+        ts,
+        gateway_ts: ts,
+        reason: None,
+    })
+}
+
+pub struct Topics {
+    pub telemetry: String,
+    pub events: String,
+    pub sessions: String,
+    pub anomalies: String,
+    pub windows: String,
+}
+
+pub async fn topics(bootstrap: &str) -> Topics {
+    let k = breakwater_testkit::kafka::fresh_topic;
+    Topics {
+        telemetry: k(bootstrap, "proc-tel", PARTITIONS).await,
+        events: k(bootstrap, "proc-ev", PARTITIONS).await,
+        sessions: k(bootstrap, "proc-sess", 1).await,
+        anomalies: k(bootstrap, "proc-anom", 1).await,
+        windows: k(bootstrap, "proc-win", 1).await,
+    }
+}
+
+/// Produces records in order, each to its device's partition, in the gateway's format.
+pub async fn produce(p: &FutureProducer, t: &Topics, records: &[In]) {
+    for (i, r) in records.iter().enumerate() {
+        let (topic, key, value, headers) = match r {
+            In::Batch(b) => {
+                // Alternate encodings: the processor must read both.
+                let enc = if i % 3 == 0 {
+                    Encoding::Json
+                } else {
+                    Encoding::Postcard
+                };
+                let h = OwnedHeaders::new()
+                    .insert(Header {
+                        key: HEADER_DEVICE,
+                        value: Some(b.device.as_str()),
+                    })
+                    .insert(Header {
+                        key: HEADER_EPOCH,
+                        value: Some(&b.epoch.to_string()),
+                    })
+                    .insert(Header {
+                        key: HEADER_FIRST_SEQ,
+                        value: Some(&b.first_seq.to_string()),
+                    })
+                    .insert(Header {
+                        key: HEADER_LAST_SEQ,
+                        value: Some(&b.last_seq().to_string()),
+                    })
+                    .insert(Header {
+                        key: HEADER_CONTENT_TYPE,
+                        value: Some(enc.content_type()),
+                    });
+                (&t.telemetry, b.device.as_str(), enc.encode(b), Some(h))
+            }
+            In::Event(e) => (&t.events, e.device.as_str(), e.encode(), None),
+        };
+        let mut rec = FutureRecord::to(topic)
+            .key(key)
+            .payload(&value)
+            .partition(partition_of(key));
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        p.send(rec, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+pub fn config_text(bootstrap: &str, t: &Topics, state: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{bootstrap}"
+telemetry_topic = "{}"
+events_topic = "{}"
+sessions_topic = "{}"
+anomalies_topic = "{}"
+windows_topic = "{}"
+group_id = "{}"
+assign = [0, 1]
+create_topics = false
+lag_interval = "1s"
+[state]
+path = "{}"
+checkpoint_interval = "200ms"
+{extra}
+"#,
+        t.telemetry,
+        t.events,
+        t.sessions,
+        t.anomalies,
+        t.windows,
+        breakwater_testkit::kafka::unique_topic("proc-group"),
+        state.display()
+    )
+}
+
+pub fn config(text: &str) -> Config {
+    Config::parse(text, &|_| None).unwrap()
+}
+
+/// Reads an output topic as JSON values.
+pub async fn read_json(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Value> {
+    let (b, t) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        breakwater_testkit::kafka::read_all(&b, &t, 1, expected, timeout)
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| serde_json::from_slice(&r.value.unwrap()).unwrap())
+    .collect()
+}
+
+/// Deduplicates by `id`, asserting that repeats are identical.
+pub fn by_id(records: &[Value]) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        let id = r["id"].as_str().unwrap().to_owned();
+        if let Some(prev) = m.insert(id.clone(), r.clone()) {
+            assert_eq!(prev, *r, "two different records share id {id}");
+        }
+    }
+    m
+}

@@ -1,0 +1,353 @@
+//! The processor against the real Kafka-API broker, in process, with explicit assignment:
+//! scripted sessions, anomalies (metric spike and reconnect storm), late and out-of-order data.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use breakwater_processor::run::{self, Summary};
+use breakwater_protocol::kafka::FleetEventKind::{Birth, Death, Lost};
+use breakwater_protocol::Reading;
+use common::{batch, event, partition_of, In};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const T: u64 = 1_700_000_000_000;
+
+fn start(text: &str) -> (CancellationToken, JoinHandle<anyhow::Result<Summary>>) {
+    let cfg = common::config(text);
+    let cancel = CancellationToken::new();
+    let h = tokio::spawn(run::run(cfg, cancel.clone()));
+    (cancel, h)
+}
+
+async fn stop(c: CancellationToken, h: JoinHandle<anyhow::Result<Summary>>) -> Summary {
+    c.cancel();
+    h.await.unwrap().unwrap()
+}
+
+/// A device name in partition `p`.
+fn name_in(prefix: &str, p: i32, skip: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|n| partition_of(n) == p)
+        .nth(skip)
+        .unwrap()
+}
+
+/// One far-future reading per partition: moves every watermark past everything before it.
+fn sentinels(ts: u64) -> Vec<In> {
+    (0..common::PARTITIONS)
+        .map(|p| {
+            batch(
+                &name_in("clock", p, 0),
+                1,
+                1,
+                vec![Reading::new("tick", 0i64, ts)],
+            )
+        })
+        .collect()
+}
+
+fn readings(metric: &str, from: u64, to: u64, step: u64, f: impl Fn(u64) -> f64) -> Vec<Reading> {
+    (from..=to)
+        .step_by(usize::try_from(step).unwrap())
+        .map(|ts| Reading::new(metric, f(ts), ts))
+        .collect()
+}
+
+/// Splits readings into batches of `n` with consecutive sequence numbers from `first`.
+fn batches(device: &str, epoch: u64, first: u64, rs: &[Reading], n: usize) -> Vec<In> {
+    rs.chunks(n)
+        .enumerate()
+        .map(|(i, c)| batch(device, epoch, first + (i * n) as u64, c.to_vec()))
+        .collect()
+}
+
+fn session_view(s: &Value) -> Value {
+    json!([
+        s["device"],
+        s["kind"],
+        s["start"],
+        s["end"],
+        s["duration_ms"],
+        s["readings"],
+        s["end_reason"]
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_from_scripted_births_readings_and_deaths() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let t = common::topics(&bootstrap).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &bootstrap,
+        &t,
+        &dir.path().join("s.redb"),
+        "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\nallowed_lateness = \"1s\"\nidle_timeout = \"10s\"\n",
+    );
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    let (cancel, h) = start(&text);
+
+    // Births first, and give the processor time to apply them before the readings arrive:
+    // telemetry and events are separate topics, and a connectivity session counts the readings
+    // processed while it is open.
+    common::produce(
+        &producer,
+        &t,
+        &[
+            event("alpha", 1, Birth, T),
+            event("bravo", 4, Birth, T + 500),
+            event("charlie", 9, Birth, T),
+            event("charlie", 9, Birth, T + 3_000),
+            // A repeated birth (gateway redelivery) changes nothing.
+            event("charlie", 9, Birth, T + 3_000),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tel = batches(
+        "alpha",
+        1,
+        1,
+        &readings("temp", T + 100, T + 4_000, 100, |_| 1.0),
+        10,
+    );
+    tel.extend(batches(
+        "bravo",
+        4,
+        1,
+        &readings("temp", T + 600, T + 2_500, 100, |_| 2.0),
+        7,
+    ));
+    // Redelivered batch: must not count twice anywhere.
+    tel.push(tel[1].clone());
+    common::produce(&producer, &t, &tel).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::produce(
+        &producer,
+        &t,
+        &[
+            event("alpha", 1, Death, T + 6_000),
+            event("bravo", 4, Lost, T + 3_000),
+            event("charlie", 9, Death, T + 9_000),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tail = batches(
+        "alpha",
+        1,
+        41,
+        &readings("temp", T + 20_000, T + 21_000, 100, |_| 1.0),
+        4,
+    );
+    tail.extend(sentinels(T + 100_000));
+    common::produce(&producer, &t, &tail).await;
+
+    let got = common::read_json(&bootstrap, &t.sessions, 7, Duration::from_secs(30)).await;
+    let summary = stop(cancel, h).await;
+    let mut views: Vec<Value> = got.iter().map(session_view).collect();
+    views.sort_by_key(ToString::to_string);
+    let mut want = vec![
+        json!([
+            "charlie",
+            "connectivity",
+            T,
+            T + 3_000,
+            3_000,
+            0,
+            "superseded"
+        ]),
+        json!([
+            "charlie",
+            "connectivity",
+            T + 3_000,
+            T + 9_000,
+            6_000,
+            0,
+            "death"
+        ]),
+        json!(["alpha", "connectivity", T, T + 6_000, 6_000, 40, "death"]),
+        json!([
+            "bravo",
+            "connectivity",
+            T + 500,
+            T + 3_000,
+            2_500,
+            20,
+            "lost"
+        ]),
+        json!([
+            "alpha",
+            "activity",
+            T + 100,
+            T + 4_000,
+            3_900,
+            40,
+            "inactivity"
+        ]),
+        json!([
+            "alpha",
+            "activity",
+            T + 20_000,
+            T + 21_000,
+            1_000,
+            11,
+            "inactivity"
+        ]),
+        json!([
+            "bravo",
+            "activity",
+            T + 600,
+            T + 2_500,
+            1_900,
+            20,
+            "inactivity"
+        ]),
+    ];
+    want.sort_by_key(ToString::to_string);
+    assert_eq!(views, want, "sessions: {got:#?}");
+    // Ids are unique and deterministic.
+    assert_eq!(common::by_id(&got).len(), 7);
+    assert_eq!(summary.stats.duplicate_batches, 1);
+    assert_eq!(summary.decode_errors, 0);
+}
+
+/// Deterministic noise in [-1, 1].
+fn noise(i: u64) -> f64 {
+    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+    x as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_and_a_reconnect_storm_are_flagged_and_steady_data_is_not() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let t = common::topics(&bootstrap).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &bootstrap,
+        &t,
+        &dir.path().join("s.redb"),
+        "[anomaly]\nwarmup = 30\nz_threshold = 4.0\n[fleet]\nwindow = \"1s\"\nwarmup = 6\nz_threshold = 6.0\nmin_connects = 20\n[windows]\nallowed_lateness = \"1s\"\nidle_timeout = \"60s\"\n",
+    );
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    let mut input = Vec::new();
+    let per_device: Vec<Vec<In>> = ["steady", "spiky", "steady-2"]
+        .iter()
+        .map(|dev| {
+            let rs: Vec<Reading> = (0..400u64)
+                .map(|i| {
+                    let v = if *dev == "spiky" && i == 300 {
+                        60.0
+                    } else {
+                        20.0 + noise(i)
+                    };
+                    Reading::new("temp", v, T + i * 1_000)
+                })
+                .collect();
+            batches(dev, 5, 1, &rs, 20)
+        })
+        .collect();
+    // Devices send side by side, as a live fleet does.
+    for i in 0..per_device[0].len() {
+        for d in &per_device {
+            input.push(d[i].clone());
+        }
+    }
+    // Fleet: three connects per 1 s window for 20 windows, then 60 in one window, then quiet;
+    // all in partition 0 so one partition's baseline sees them.
+    let mut k = 0;
+    for w in 0..20u64 {
+        for j in 0..3 {
+            input.push(event(
+                &name_in("car", 0, k),
+                1,
+                Birth,
+                T + w * 1_000 + j * 10,
+            ));
+            k += 1;
+        }
+    }
+    for j in 0..60 {
+        input.push(event(&name_in("car", 0, k), 1, Birth, T + 20_000 + j * 10));
+        k += 1;
+    }
+    input.push(event(&name_in("car", 0, k), 1, Birth, T + 25_000));
+    common::produce(&producer, &t, &input).await;
+    let (cancel, h) = start(&text);
+    let got = common::read_json(&bootstrap, &t.anomalies, 2, Duration::from_secs(30)).await;
+    let summary = stop(cancel, h).await;
+    assert_eq!(got.len(), 2, "anomalies: {got:#?} {summary:?}");
+    let metric: Vec<&Value> = got.iter().filter(|a| a["kind"] == "metric").collect();
+    assert_eq!(metric.len(), 1, "{got:#?}");
+    let a = metric[0];
+    assert_eq!(
+        (a["device"].as_str(), a["seq"].as_u64(), a["value"].as_f64()),
+        (Some("spiky"), Some(301), Some(60.0))
+    );
+    assert!(a["z"].as_f64().unwrap() > 4.0);
+    let storm: Vec<&Value> = got
+        .iter()
+        .filter(|a| a["kind"] == "reconnect_storm")
+        .collect();
+    assert_eq!(storm.len(), 1, "{got:#?}");
+    assert_eq!(
+        (
+            storm[0]["partition"].as_i64(),
+            storm[0]["start"].as_u64(),
+            storm[0]["connects"].as_u64()
+        ),
+        (Some(0), Some(T + 20_000), Some(60))
+    );
+    assert_eq!(summary.stats.anomalies, 2);
+    assert_eq!(summary.stats.readings, 1_200);
+    assert_eq!(summary.stats.late_readings, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_out_of_order_readings_within_and_beyond_the_allowed_lateness() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let t = common::topics(&bootstrap).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &bootstrap,
+        &t,
+        &dir.path().join("s.redb"),
+        "[windows]\nsize = \"10s\"\nallowed_lateness = \"2s\"\nidle_timeout = \"10s\"\n",
+    );
+    let b = T - T % 10_000; // window-aligned
+    let r = |off: u64| Reading::new("temp", off as f64 / 1_000.0, b + off);
+    let input = vec![
+        batch("late", 1, 1, vec![r(1_000), r(5_000), r(9_000)]),
+        // 8 s is out of order but within the lateness (watermark 7 s).
+        batch("late", 1, 4, vec![r(8_000), r(12_000)]),
+        // Watermark now 10 s: 9.5 s and 6 s are late beyond the lateness; 10.5 s is on time.
+        batch("late", 1, 6, vec![r(9_500), r(6_000), r(10_500)]),
+        // Closes the second window.
+        batch("late", 1, 9, vec![r(30_000)]),
+    ];
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    common::produce(&producer, &t, &input).await;
+    let (cancel, h) = start(&text);
+    let got = common::read_json(&bootstrap, &t.windows, 2, Duration::from_secs(30)).await;
+    let summary = stop(cancel, h).await;
+    let mut w: Vec<Value> = got
+        .iter()
+        .map(|w| json!([w["start"], w["end"], w["count"], w["min"], w["max"], w["mean"]]))
+        .collect();
+    w.sort_by_key(ToString::to_string);
+    assert_eq!(
+        w,
+        vec![
+            json!([b, b + 10_000, 4, 1.0, 9.0, 5.75]),
+            json!([b + 10_000, b + 20_000, 2, 10.5, 12.0, 11.25]),
+        ],
+        "{got:#?}"
+    );
+    assert_eq!(summary.stats.late_readings, 2);
+    assert_eq!(summary.stats.readings, 9);
+}

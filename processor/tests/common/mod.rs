@@ -71,8 +71,10 @@ pub async fn topics(bootstrap: &str) -> Topics {
     }
 }
 
-/// Produces records in order, each to its device's partition, in the gateway's format.
+/// Produces records in order, each to its device's partition, in the gateway's format. All are
+/// enqueued first and then awaited: the idempotent producer keeps per-partition order.
 pub async fn produce(p: &FutureProducer, t: &Topics, records: &[In]) {
+    let mut pending = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         let (topic, key, value, headers) = match r {
             In::Batch(b) => {
@@ -114,14 +116,45 @@ pub async fn produce(p: &FutureProducer, t: &Topics, records: &[In]) {
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
-        p.send(rec, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        loop {
+            match p.send_result(rec) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((e, r)) => {
+                    assert!(
+                        e.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::QueueFull),
+                        "{e}"
+                    );
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
 }
 
 pub fn config_text(bootstrap: &str, t: &Topics, state: &Path, extra: &str) -> String {
+    config_text_with(
+        bootstrap,
+        t,
+        state,
+        "checkpoint_interval = \"200ms\"",
+        extra,
+    )
+}
+
+pub fn config_text_with(
+    bootstrap: &str,
+    t: &Topics,
+    state: &Path,
+    checkpoint: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [kafka]
@@ -137,7 +170,7 @@ create_topics = false
 lag_interval = "1s"
 [state]
 path = "{}"
-checkpoint_interval = "200ms"
+{checkpoint}
 {extra}
 "#,
         t.telemetry,

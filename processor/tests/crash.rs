@@ -1,0 +1,327 @@
+//! kill -9 of the real processor binary and a restart from its checkpoint give the same outputs
+//! (same ids, same content) as an uninterrupted run and as the pure core run directly, with no
+//! reading counted twice.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater_processor::state::{Partition, Stats};
+use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
+use breakwater_protocol::Reading;
+use common::{batch, event, partition_of, In, Topics};
+use serde_json::Value;
+
+const T: u64 = 1_700_000_000_000;
+const DEVICES: usize = 30;
+const BATCHES: u64 = 60;
+const PER_BATCH: u64 = 10;
+
+fn noise(i: u64) -> f64 {
+    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+    x as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+/// The input in production order, split into two phases.
+fn input() -> (Vec<In>, Vec<In>) {
+    let dev = |d: usize| format!("unit-{d:02}");
+    let mut one: Vec<In> = (0..DEVICES).map(|d| event(&dev(d), 7, Birth, T)).collect();
+    let mut two = Vec::new();
+    for b in 0..BATCHES {
+        let phase = if b < BATCHES / 2 { &mut one } else { &mut two };
+        for d in 0..DEVICES {
+            let rs: Vec<Reading> = (0..PER_BATCH)
+                .map(|j| {
+                    let i = b * PER_BATCH + j;
+                    // A 20 s pause half-way: two activity sessions per device.
+                    let ts = T + i * 1_000 + if b >= BATCHES / 2 { 20_000 } else { 0 };
+                    let v = if i == 400 {
+                        90.0
+                    } else {
+                        20.0 + noise(i + d as u64)
+                    };
+                    Reading::new("temp", v, ts)
+                })
+                .collect();
+            let rec = batch(&dev(d), 7, b * PER_BATCH + 1, rs);
+            phase.push(rec.clone());
+            // The gateway redelivers now and then.
+            if (b + d as u64).is_multiple_of(13) {
+                phase.push(rec);
+            }
+        }
+    }
+    for d in (0..DEVICES).step_by(2) {
+        two.push(event(&dev(d), 7, Death, T + 700_000));
+    }
+    // Far-future readings close every window and session of the other devices.
+    for p in 0..common::PARTITIONS {
+        let name = (0..)
+            .map(|i| format!("clock-{i}"))
+            .find(|n| partition_of(n) == p)
+            .unwrap();
+        two.push(batch(
+            &name,
+            1,
+            1,
+            vec![Reading::new("tick", 0i64, T + 10_000_000)],
+        ));
+    }
+    (one, two)
+}
+
+const EXTRA: &str = "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\nallowed_lateness = \"2s\"\nidle_timeout = \"60s\"\n[anomaly]\nwarmup = 30\n";
+
+/// The pure core over the same records, per partition in production order.
+fn oracle(text: &str, records: &[In]) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+    let p = common::config(text).params;
+    let mut parts: BTreeMap<i32, Partition> = BTreeMap::new();
+    let mut st = Stats::default();
+    let mut out = Vec::new();
+    for r in records {
+        match r {
+            In::Batch(b) => {
+                let id = partition_of(b.device.as_str());
+                parts
+                    .entry(id)
+                    .or_insert_with(|| Partition::new(id))
+                    .on_batch(b, &p, &mut st, &mut out);
+            }
+            In::Event(e) => {
+                let id = partition_of(e.device.as_str());
+                parts
+                    .entry(id)
+                    .or_insert_with(|| Partition::new(id))
+                    .on_event(e, &p, &mut st, &mut out);
+            }
+        }
+    }
+    let mut m: BTreeMap<&'static str, BTreeMap<String, Value>> = BTreeMap::new();
+    for o in &out {
+        let topic = match o {
+            breakwater_processor::output::Output::Session(_) => "sessions",
+            breakwater_processor::output::Output::Window(_) => "windows",
+            breakwater_processor::output::Output::Anomaly(_) => "anomalies",
+        };
+        let v: Value = serde_json::from_slice(&o.to_json()).unwrap();
+        m.entry(topic).or_default().insert(o.id().to_owned(), v);
+    }
+    m
+}
+
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-processor"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn dump(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM and wait: a graceful stop must exit 0 after a final checkpoint.
+    fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200));
+                let log = self.dump();
+                assert!(s.success(), "exit {s:?}\n{log}");
+                assert!(log.contains("stopped after a final checkpoint"), "{log}");
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM\n{}",
+                self.dump()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Reads all three output topics until their deduplicated sizes reach the oracle's.
+async fn outputs(
+    bootstrap: &str,
+    t: &Topics,
+    want: &BTreeMap<&'static str, BTreeMap<String, Value>>,
+) -> BTreeMap<&'static str, Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut got = BTreeMap::new();
+    for (name, topic) in [
+        ("sessions", &t.sessions),
+        ("windows", &t.windows),
+        ("anomalies", &t.anomalies),
+    ] {
+        let n = want.get(name).map_or(0, BTreeMap::len);
+        loop {
+            let v = common::read_json(bootstrap, topic, n, Duration::from_secs(10)).await;
+            if common::by_id(&v).len() >= n || Instant::now() > deadline {
+                got.insert(name, v);
+                break;
+            }
+        }
+    }
+    got
+}
+
+/// Connectivity sessions' `readings` depends on how the two input topics interleave (see
+/// `session.rs`); everything else must match exactly.
+fn comparable(mut v: Value) -> Value {
+    if v["kind"] == "connectivity" {
+        v["readings"] = Value::Null;
+    }
+    v
+}
+
+fn assert_same(
+    what: &str,
+    got: &BTreeMap<&'static str, BTreeMap<String, Value>>,
+    want: &BTreeMap<&'static str, BTreeMap<String, Value>>,
+) {
+    for topic in ["sessions", "windows", "anomalies"] {
+        let g = got.get(topic).cloned().unwrap_or_default();
+        let w = want.get(topic).cloned().unwrap_or_default();
+        assert_eq!(
+            g.keys().collect::<Vec<_>>(),
+            w.keys().collect::<Vec<_>>(),
+            "{what}: {topic} ids differ"
+        );
+        for (id, v) in &w {
+            assert_eq!(
+                comparable(g[id].clone()),
+                comparable(v.clone()),
+                "{what}: {topic} {id}"
+            );
+        }
+    }
+}
+
+fn dedup(
+    raw: &BTreeMap<&'static str, Vec<Value>>,
+) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+    raw.iter().map(|(k, v)| (*k, common::by_id(v))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let (one, two) = input();
+    let all: Vec<In> = one.iter().chain(two.iter()).cloned().collect();
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The uninterrupted run.
+    let ta = common::topics(&bootstrap).await;
+    let text_a = common::config_text_with(
+        &bootstrap,
+        &ta,
+        &dir.path().join("a.redb"),
+        "checkpoint_interval = \"1h\"\ncheckpoint_records = 250",
+        EXTRA,
+    );
+    let want = oracle(&text_a, &all);
+    assert_eq!(want["anomalies"].len(), DEVICES, "one spike per device");
+    common::produce(&producer, &ta, &all).await;
+    let cfg_a = dir.path().join("a.toml");
+    std::fs::write(&cfg_a, &text_a).unwrap();
+    let a = Proc::start(&cfg_a);
+    let got_a = outputs(&bootstrap, &ta, &want).await;
+    a.terminate();
+    let a_dedup = dedup(&got_a);
+    assert_same("uninterrupted run vs core", &a_dedup, &want);
+
+    // The crashed run: phase one, kill -9 after a few checkpoints, phase two, restart.
+    let tb = common::topics(&bootstrap).await;
+    let text_b = common::config_text_with(
+        &bootstrap,
+        &tb,
+        &dir.path().join("b.redb"),
+        "checkpoint_interval = \"1h\"\ncheckpoint_records = 250",
+        EXTRA,
+    );
+    let cfg_b = dir.path().join("b.toml");
+    std::fs::write(&cfg_b, &text_b).unwrap();
+    common::produce(&producer, &tb, &one).await;
+    let mut b = Proc::start(&cfg_b);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.count("checkpoint committed") < 3 {
+        assert!(Instant::now() < deadline, "no checkpoints:\n{}", b.dump());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let it run past the last checkpoint, then crash.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    assert!(!b.dump().contains("stopped after a final checkpoint"));
+    common::produce(&producer, &tb, &two).await;
+    let b2 = Proc::start(&cfg_b);
+    let got_b = outputs(&bootstrap, &tb, &want).await;
+    let log = b2.terminate();
+    assert!(log.contains("recovered partition state"), "{log}");
+    let b_dedup = dedup(&got_b);
+    assert_same("crashed run vs core", &b_dedup, &want);
+    assert_same("crashed run vs uninterrupted run", &b_dedup, &a_dedup);
+
+    // No double counting: every reading of every device is in exactly one window, once.
+    let mut per_device: BTreeMap<String, u64> = BTreeMap::new();
+    for w in b_dedup["windows"].values() {
+        *per_device
+            .entry(w["device"].as_str().unwrap().to_owned())
+            .or_default() += w["count"].as_u64().unwrap();
+    }
+    let units: Vec<u64> = per_device
+        .iter()
+        .filter(|(d, _)| d.starts_with("unit-"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(units, vec![BATCHES * PER_BATCH; DEVICES]);
+    let raw: usize = got_b.values().map(Vec::len).sum();
+    let unique: usize = b_dedup.values().map(BTreeMap::len).sum();
+    eprintln!(
+        "crashed run: {raw} output records, {unique} unique ids ({} replayed)",
+        raw - unique
+    );
+    assert!(raw >= unique);
+}

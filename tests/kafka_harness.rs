@@ -13,7 +13,13 @@ fn batch(device: &DeviceId, first_seq: u64) -> Batch {
         epoch: 42,
         first_seq,
         readings: (0..10u32)
-            .map(|i| Reading::new("temp", 20.0 + f64::from(i), 1_764_115_200_000 + u64::from(i)))
+            .map(|i| {
+                Reading::new(
+                    "temp",
+                    20.0 + f64::from(i),
+                    1_764_115_200_000 + u64::from(i),
+                )
+            })
             .collect(),
     }
 }
@@ -31,7 +37,11 @@ async fn records_round_trip_through_the_real_broker() {
     for round in 0..5u64 {
         for (i, d) in devices.iter().enumerate() {
             let b = batch(d, 1 + round * 10);
-            let enc = if i == 0 { Encoding::Json } else { Encoding::Postcard };
+            let enc = if i == 0 {
+                Encoding::Json
+            } else {
+                Encoding::Postcard
+            };
             let value = enc.encode(&b);
             let epoch = b.epoch.to_string();
             let first = b.first_seq.to_string();
@@ -61,7 +71,11 @@ async fn records_round_trip_through_the_real_broker() {
     })
     .await
     .expect("reader");
-    assert_eq!(records.len(), sent, "every produced record is read back once");
+    assert_eq!(
+        records.len(),
+        sent,
+        "every produced record is read back once"
+    );
 
     for d in &devices {
         let seqs: Vec<u64> = records
@@ -82,6 +96,10 @@ async fn records_round_trip_through_the_real_broker() {
                 b.first_seq
             })
             .collect();
-        assert_eq!(seqs, vec![1, 11, 21, 31, 41], "per-device order kept for {d}");
+        assert_eq!(
+            seqs,
+            vec![1, 11, 21, 31, 41],
+            "per-device order kept for {d}"
+        );
     }
 }

@@ -112,11 +112,12 @@ pub fn spawn_publisher(
     std::thread::Builder::new()
         .name("bw-ack".into())
         .spawn(move || {
-            let mut buf = Vec::with_capacity(256);
-            while rx.blocking_recv_many(&mut buf, 256) > 0 {
+            let mut buf = Vec::with_capacity(1024);
+            while rx.blocking_recv_many(&mut buf, 1024) > 0 {
                 let level = pressure.level();
                 metrics::gauge!(m::PRESSURE).set(level);
                 let (credit, retry_after_ms) = hints(&cfg, level);
+                coalesce(&mut buf);
                 for req in buf.drain(..) {
                     let ack = Ack {
                         device: req.device,
@@ -139,9 +140,58 @@ pub fn spawn_publisher(
         })
 }
 
+/// Keeps one ack per (device, epoch): the highest. Acks are cumulative, so the others say
+/// nothing more; this saves the router one publish per dropped ack under load.
+fn coalesce(buf: &mut Vec<AckRequest>) {
+    if buf.len() < 2 {
+        return;
+    }
+    let mut best: std::collections::HashMap<(DeviceId, u64), u64> =
+        std::collections::HashMap::with_capacity(buf.len());
+    for r in buf.iter() {
+        let e = best.entry((r.device.clone(), r.epoch)).or_insert(r.upto);
+        *e = (*e).max(r.upto);
+    }
+    buf.retain(|r| {
+        let key = (r.device.clone(), r.epoch);
+        if best.get(&key) == Some(&r.upto) {
+            best.remove(&key);
+            true
+        } else {
+            false
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coalesce_keeps_the_highest_per_device_epoch() {
+        let d = |s: &str| DeviceId::parse(s).unwrap();
+        let r = |dev: &str, epoch, upto| AckRequest {
+            device: d(dev),
+            epoch,
+            upto,
+        };
+        let mut v = vec![
+            r("a", 1, 5),
+            r("b", 1, 3),
+            r("a", 1, 9),
+            r("a", 2, 1),
+            r("a", 1, 9),
+        ];
+        coalesce(&mut v);
+        let got: Vec<_> = v
+            .iter()
+            .map(|x| (x.device.as_str().to_owned(), x.epoch, x.upto))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("b".into(), 1, 3), ("a".into(), 1, 9), ("a".into(), 2, 1)]
+        );
+    }
 
     #[test]
     fn credit_falls_and_retry_rises_with_pressure() {

@@ -217,6 +217,8 @@ pub struct DeviceSpec {
     pub credit: usize,
     pub resend_after: Duration,
     pub deadline: Duration,
+    /// When set: return (instead of panicking at `deadline`) once no ack advanced for this long.
+    pub stall_after: Option<Duration>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -311,7 +313,14 @@ pub async fn run_device(spec: DeviceSpec) -> DeviceReport {
     let mut last_progress = Instant::now();
     let mut credit = spec.credit;
     let deadline = Instant::now() + spec.deadline;
+    let mut last_advance = Instant::now();
     while report.acked_upto < spec.total {
+        if spec
+            .stall_after
+            .is_some_and(|s| last_advance.elapsed() >= s)
+        {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "device {} not fully acked within {:?}: acked {} of {}",
@@ -355,6 +364,7 @@ pub async fn run_device(spec: DeviceSpec) -> DeviceReport {
                 if a.upto_seq > report.acked_upto {
                     report.acked_upto = a.upto_seq;
                     last_progress = Instant::now();
+                    last_advance = last_progress;
                     while unacked
                         .front()
                         .is_some_and(|&(f, n)| f + n - 1 <= a.upto_seq)
@@ -398,6 +408,7 @@ pub fn spec(port: u16, device: &str, total: u64) -> DeviceSpec {
         credit: 4,
         resend_after: Duration::from_secs(2),
         deadline: Duration::from_secs(120),
+        stall_after: None,
     }
 }
 

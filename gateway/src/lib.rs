@@ -25,7 +25,6 @@
 //!   `..._invalid_payloads_total{reason}`, `..._acks_dropped_total`, `..._events_dropped_total`).
 
 pub mod ack;
-#[path = "admission_shim.rs"]
 pub mod admission;
 pub mod broker;
 pub mod config;

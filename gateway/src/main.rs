@@ -28,6 +28,9 @@ enum Command {
     CheckConfig,
     /// Print the default configuration as TOML.
     PrintDefaultConfig,
+    /// Hash a device secret for the credentials file (`[auth] mode = "file"`). Reads the
+    /// secret from the argument or, without one, from the first line of stdin; prints the hash.
+    HashSecret { secret: Option<String> },
     /// Inspect the spool.
     Spool {
         #[command(subcommand)]
@@ -71,6 +74,25 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::PrintDefaultConfig => {
             print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::HashSecret { secret } => {
+            let secret = match secret {
+                Some(s) => s,
+                None => {
+                    let mut line = String::new();
+                    if let Err(e) = std::io::stdin().read_line(&mut line) {
+                        eprintln!("error: reading the secret from stdin: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            if secret.is_empty() {
+                eprintln!("error: empty secret");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", breakwater_gateway::admission::hash_secret(&secret));
             ExitCode::SUCCESS
         }
         Command::CheckConfig => match Config::load(cli.config.as_deref()) {

@@ -3,14 +3,23 @@
 //! # Layout
 //!
 //! ```text
-//! table "readings": u64 seq -> postcard(Reading)        stored readings, contiguous seqs
-//! table "meta":     &str    -> u64
-//!     "format"         file layout version (FORMAT = 1)
+//! table "readings": u64 first_seq -> chunk        one row per commit group
+//!     chunk = count: u32 LE | accounted_bytes: u64 LE | count x (len: u32 LE | postcard(Reading))
+//!     the chunk holds seqs first_seq ..= first_seq + count - 1
+//! table "meta":     &str -> u64
+//!     "format"         file layout version (FORMAT = 2)
 //!     "epoch"          random non-zero u64 chosen when the file was created
+//!     "first_seq"      oldest seq not yet acked or dropped (a chunk may start before it)
 //!     "next_seq"       the seq the next appended reading gets
-//!     "bytes"          sum of record sizes (encoded length + RECORD_OVERHEAD)
+//!     "bytes"          sum of accounted bytes of stored chunks (encoded length +
+//!                      RECORD_OVERHEAD per reading), what `max_bytes` limits
 //!     "dropped_total"  readings deleted by drop-oldest, ever
 //! ```
+//!
+//! Storing one row per commit group instead of one per reading keeps redb's per-row cost out
+//! of the hot path. An ack deletes every chunk it fully covers and moves `first_seq`; a
+//! partially acked chunk stays (and keeps its bytes) until a later ack covers it. `drop-oldest`
+//! drops whole chunks, oldest first.
 //!
 //! # Group commit
 //!
@@ -45,11 +54,66 @@ use super::{
 const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Version of the layout above.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 /// The buffer file's name inside `[buffer] dir`.
 pub const FILE_NAME: &str = "buffer.redb";
-/// Per-record overhead counted against the budget (the 8-byte key plus redb bookkeeping).
+/// Per-reading overhead counted against the budget (length prefix, chunk and redb bookkeeping).
 pub const RECORD_OVERHEAD: u64 = 16;
+const CHUNK_HEADER: usize = 12;
+
+/// Appends the chunk header placeholder.
+fn chunk_start(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&[0u8; CHUNK_HEADER]);
+}
+
+fn chunk_finish(buf: &mut [u8], count: u32, accounted: u64) {
+    buf[..4].copy_from_slice(&count.to_le_bytes());
+    buf[4..CHUNK_HEADER].copy_from_slice(&accounted.to_le_bytes());
+}
+
+/// (count, accounted bytes) of a chunk.
+fn chunk_header(v: &[u8]) -> Result<(u64, u64), String> {
+    let Some((h, _)) = v.split_first_chunk::<CHUNK_HEADER>() else {
+        return Err(format!(
+            "chunk of {} bytes is shorter than its header",
+            v.len()
+        ));
+    };
+    let mut c = [0u8; 4];
+    c.copy_from_slice(&h[..4]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[4..]);
+    Ok((u64::from(u32::from_le_bytes(c)), u64::from_le_bytes(b)))
+}
+
+/// The encoded readings of a chunk, in seq order.
+fn chunk_records(v: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
+    let mut rest = v.get(CHUNK_HEADER..).unwrap_or_default();
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            rest = &[];
+            return Some(Err("truncated record length".to_owned()));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            rest = &[];
+            return Some(Err("truncated record".to_owned()));
+        }
+        let (rec, tail) = tail.split_at(len);
+        rest = tail;
+        Some(Ok(rec))
+    })
+}
+
+/// Decodes the reading with `seq` from the chunk starting at `first`.
+fn chunk_reading(first: u64, v: &[u8], seq: u64) -> Option<Reading> {
+    let idx = usize::try_from(seq.checked_sub(first)?).ok()?;
+    let raw = chunk_records(v).nth(idx)?.ok()?;
+    postcard::from_bytes(raw).ok()
+}
 
 /// A fresh random epoch (never 0).
 #[must_use]
@@ -179,8 +243,18 @@ fn map_db_error(path: &Path, e: redb::DatabaseError) -> OpenError {
     }
 }
 
-fn decode_ts(bytes: &[u8]) -> Option<u64> {
-    postcard::from_bytes::<Reading>(bytes).ok().map(|r| r.ts)
+fn oldest_ts(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    first_seq: u64,
+) -> Result<Option<u64>, redb::StorageError> {
+    let mut it = table.range(..=first_seq)?;
+    Ok(match it.next_back() {
+        Some(item) => {
+            let (k, v) = item?;
+            chunk_reading(k.value(), v.value(), first_seq).map(|r| r.ts)
+        }
+        None => None,
+    })
 }
 
 impl RedbBuffer {
@@ -259,6 +333,7 @@ impl RedbBuffer {
                     for (k, v) in [
                         ("format", FORMAT),
                         ("epoch", epoch),
+                        ("first_seq", 1),
                         ("next_seq", 1),
                         ("bytes", 0),
                         ("dropped_total", 0),
@@ -285,30 +360,58 @@ impl RedbBuffer {
                     let next_seq = get("next_seq")?.ok_or_else(|| missing("next_seq"))?;
                     let bytes = get("bytes")?.ok_or_else(|| missing("bytes"))?;
                     let dropped_total = get("dropped_total")?.unwrap_or(0);
-                    let first = readings.first().map_err(|e| se(e.into()))?;
-                    let (first_seq, oldest_ts) = match first {
-                        Some((k, v)) => (k.value(), decode_ts(v.value())),
-                        None => (next_seq, None),
-                    };
-                    let len = readings.len().map_err(|e| se(e.into()))?;
+                    let first_seq = get("first_seq")?.ok_or_else(|| missing("first_seq"))?;
                     if epoch == 0 || next_seq == 0 || first_seq > next_seq {
                         return Err(OpenError::Corrupt {
                             path: path.to_owned(),
                             detail: format!(
-                                "inconsistent metadata: epoch {epoch}, next_seq {next_seq}, \
-                                 first stored seq {first_seq}"
+                                "inconsistent metadata: epoch {epoch}, first_seq {first_seq}, \
+                                 next_seq {next_seq}"
                             ),
                         });
                     }
-                    if len != next_seq - first_seq {
+                    // The chunks must cover first_seq..next_seq without a gap.
+                    let mut expect: Option<u64> = None;
+                    let mut last_end = first_seq;
+                    for item in readings.iter().map_err(|e| se(e.into()))? {
+                        let (k, v) = item.map_err(|e| se(e.into()))?;
+                        let (count, _) =
+                            chunk_header(v.value()).map_err(|detail| OpenError::Corrupt {
+                                path: path.to_owned(),
+                                detail: format!("chunk at seq {}: {detail}", k.value()),
+                            })?;
+                        let start = k.value();
+                        let gap = match expect {
+                            None => start > first_seq,
+                            Some(e) => start != e,
+                        };
+                        if gap || count == 0 {
+                            return Err(OpenError::Corrupt {
+                                path: path.to_owned(),
+                                detail: format!(
+                                    "chunk at seq {start} (count {count}) leaves a gap \
+                                     (expected {})",
+                                    expect.unwrap_or(first_seq)
+                                ),
+                            });
+                        }
+                        expect = Some(start + count);
+                        last_end = start + count;
+                    }
+                    if first_seq < next_seq && last_end != next_seq {
                         return Err(OpenError::Corrupt {
                             path: path.to_owned(),
                             detail: format!(
-                                "{len} readings stored but seqs {first_seq}..{next_seq} \
-                                 expected (a gap)"
+                                "stored readings end at seq {} but next_seq is {next_seq}",
+                                last_end.saturating_sub(1)
                             ),
                         });
                     }
+                    let oldest_ts = if first_seq < next_seq {
+                        oldest_ts(&readings, first_seq).map_err(|e| se(e.into()))?
+                    } else {
+                        None
+                    };
                     (
                         epoch,
                         Shared {
@@ -414,9 +517,10 @@ impl Buffer for RedbBuffer {
         max_bytes: usize,
     ) -> BoxFuture<'_, Result<Vec<(u64, Reading)>, ReadError>> {
         let db = self.db.clone();
+        let first_seq = lock(&self.shared).first_seq;
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                read_blocking(&db, from_seq, max_readings, max_bytes)
+                read_blocking(&db, first_seq, from_seq, max_readings, max_bytes)
             })
             .await
             .map_err(|e| ReadError::Storage(e.to_string()))?
@@ -447,6 +551,7 @@ impl Buffer for RedbBuffer {
 
 fn read_blocking(
     db: &Database,
+    first_seq: u64,
     from_seq: u64,
     max_readings: usize,
     max_bytes: usize,
@@ -454,25 +559,33 @@ fn read_blocking(
     let se = |e: redb::Error| ReadError::Storage(e.to_string());
     let txn = db.begin_read().map_err(|e| se(e.into()))?;
     let table = txn.open_table(READINGS).map_err(|e| se(e.into()))?;
+    let from = from_seq.max(first_seq);
+    // Start at the chunk holding `from` (the last chunk starting at or before it).
+    let start = match table.range(..=from).map_err(|e| se(e.into()))?.next_back() {
+        Some(item) => item.map_err(|e| se(e.into()))?.0.value(),
+        None => from,
+    };
     let mut out = Vec::new();
     let mut bytes = 0u64;
-    for item in table.range(from_seq..).map_err(|e| se(e.into()))? {
-        if out.len() >= max_readings {
-            break;
-        }
+    'chunks: for item in table.range(start..).map_err(|e| se(e.into()))? {
         let (k, v) = item.map_err(|e| se(e.into()))?;
-        let seq = k.value();
-        let raw = v.value();
-        let size = raw.len() as u64 + RECORD_OVERHEAD;
-        if !out.is_empty() && bytes + size > max_bytes as u64 {
-            break;
+        let chunk_first = k.value();
+        for (seq, raw) in (chunk_first..).zip(chunk_records(v.value())) {
+            let raw = raw.map_err(|detail| ReadError::Corrupt { seq, detail })?;
+            if seq < from {
+                continue;
+            }
+            let size = raw.len() as u64 + RECORD_OVERHEAD;
+            if out.len() >= max_readings || (!out.is_empty() && bytes + size > max_bytes as u64) {
+                break 'chunks;
+            }
+            bytes += size;
+            let r: Reading = postcard::from_bytes(raw).map_err(|e| ReadError::Corrupt {
+                seq,
+                detail: e.to_string(),
+            })?;
+            out.push((seq, r));
         }
-        bytes += size;
-        let r: Reading = postcard::from_bytes(raw).map_err(|e| ReadError::Corrupt {
-            seq,
-            detail: e.to_string(),
-        })?;
-        out.push((seq, r));
     }
     Ok(out)
 }
@@ -590,70 +703,81 @@ impl Writer {
         let mut dropped = 0u64;
         {
             let mut table = txn.open_table(READINGS).map_err(|x| e(x.into()))?;
+            // Acks first (they refer to what was stored before this group), then one chunk
+            // for every append of the group.
             for cmd in cmds {
-                match cmd {
-                    Cmd::Append { records, bytes, .. } => {
-                        let first_seq = s.next_seq;
-                        for (enc, _) in records {
-                            table
-                                .insert(s.next_seq, enc.as_slice())
-                                .map_err(|x| e(x.into()))?;
-                            s.next_seq += 1;
-                        }
-                        s.bytes += bytes;
-                        appended.push(Appended {
-                            first_seq,
-                            last_seq: s.next_seq - 1,
-                        });
+                if let Cmd::Ack { upto_seq, .. } = cmd {
+                    let upto = (*upto_seq).min(s.next_seq - 1);
+                    let mut deleted = 0u64;
+                    if upto >= s.first_seq {
+                        deleted = upto + 1 - s.first_seq;
+                        s.first_seq = upto + 1;
+                        freed += delete_chunks_before(&mut table, s.first_seq)?;
                     }
-                    Cmd::Ack { upto_seq, .. } => {
-                        let upto = (*upto_seq).min(s.next_seq - 1);
-                        let mut deleted = 0u64;
-                        let mut bytes = 0u64;
-                        if upto >= s.first_seq {
-                            table
-                                .retain_in(s.first_seq..=upto, |_, v| {
-                                    deleted += 1;
-                                    bytes += v.len() as u64 + RECORD_OVERHEAD;
-                                    false
-                                })
-                                .map_err(|x| e(x.into()))?;
-                            s.first_seq = upto + 1;
-                        }
-                        s.bytes = s.bytes.saturating_sub(bytes);
-                        freed += bytes;
-                        acked.push((deleted, *upto_seq));
-                    }
+                    acked.push((deleted, *upto_seq));
                 }
             }
+            let group_first = s.next_seq;
+            let mut chunk = Vec::new();
+            let mut count = 0u32;
+            let mut accounted = 0u64;
+            for cmd in cmds {
+                if let Cmd::Append { records, bytes, .. } = cmd {
+                    if chunk.is_empty() {
+                        chunk_start(&mut chunk);
+                    }
+                    let first_seq = s.next_seq;
+                    for (enc, _) in records {
+                        let len = u32::try_from(enc.len()).map_err(|_| "record too large")?;
+                        chunk.extend_from_slice(&len.to_le_bytes());
+                        chunk.extend_from_slice(enc);
+                        count += 1;
+                        s.next_seq += 1;
+                    }
+                    accounted += bytes;
+                    appended.push(Appended {
+                        first_seq,
+                        last_seq: s.next_seq - 1,
+                    });
+                }
+            }
+            if count > 0 {
+                chunk_finish(&mut chunk, count, accounted);
+                table
+                    .insert(group_first, chunk.as_slice())
+                    .map_err(|x| e(x.into()))?;
+                s.bytes += accounted;
+            }
+            s.bytes = s.bytes.saturating_sub(freed);
             if self.budget.policy() == FullPolicy::DropOldest {
                 while s.bytes > self.budget.max_bytes() {
                     let Some((k, v)) = table.pop_first().map_err(|x| e(x.into()))? else {
                         break;
                     };
-                    let size = v.value().len() as u64 + RECORD_OVERHEAD;
-                    s.first_seq = k.value() + 1;
+                    let (n, size) = chunk_header(v.value())?;
+                    let end = k.value() + n;
+                    dropped += end.saturating_sub(s.first_seq);
+                    s.first_seq = s.first_seq.max(end);
                     s.bytes = s.bytes.saturating_sub(size);
                     freed += size;
-                    dropped += 1;
                 }
                 s.dropped_total += dropped;
             }
             if s.first_seq < s.next_seq {
-                s.oldest_ts = table
-                    .first()
-                    .map_err(|x| e(x.into()))?
-                    .and_then(|(_, v)| decode_ts(v.value()));
+                s.oldest_ts = oldest_ts(&table, s.first_seq).map_err(|x| e(x.into()))?;
             } else {
                 s.first_seq = s.next_seq;
                 s.oldest_ts = None;
             }
             let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
-            meta.insert("next_seq", s.next_seq)
-                .map_err(|x| e(x.into()))?;
-            meta.insert("bytes", s.bytes).map_err(|x| e(x.into()))?;
-            meta.insert("dropped_total", s.dropped_total)
-                .map_err(|x| e(x.into()))?;
+            for (k, v) in [
+                ("first_seq", s.first_seq),
+                ("next_seq", s.next_seq),
+                ("bytes", s.bytes),
+                ("dropped_total", s.dropped_total),
+            ] {
+                meta.insert(k, v).map_err(|x| e(x.into()))?;
+            }
         }
         txn.commit().map_err(|x| e(x.into()))?;
         Ok(Applied {
@@ -664,6 +788,29 @@ impl Writer {
             dropped,
         })
     }
+}
+
+/// Deletes every chunk that ends before `first_seq`; returns their accounted bytes.
+fn delete_chunks_before(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    first_seq: u64,
+) -> Result<u64, String> {
+    let mut freed = 0u64;
+    loop {
+        let end_and_size = match table.first().map_err(|x| x.to_string())? {
+            Some((k, v)) => {
+                let (n, size) = chunk_header(v.value())?;
+                (k.value() + n, size)
+            }
+            None => break,
+        };
+        if end_and_size.0 > first_seq {
+            break;
+        }
+        table.pop_first().map_err(|x| x.to_string())?;
+        freed += end_and_size.1;
+    }
+    Ok(freed)
 }
 
 fn cmd_len(c: &Cmd) -> usize {
@@ -828,5 +975,106 @@ mod tests {
         let _b = open(d.path(), 1 << 20, FullPolicy::Block);
         let err = RedbBuffer::open(d.path(), RedbOptions::default()).unwrap_err();
         assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
+    }
+}
+
+#[cfg(test)]
+mod model {
+    //! The redb buffer against a trivial model, under random appends, acks and reopens.
+    use std::collections::VecDeque;
+
+    use breakwater_protocol::Value;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(u8),
+        Concurrent(u8, u8),
+        Ack(u8),
+        Read(u8, u8),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u8..20).prop_map(Op::Append),
+            2 => (1u8..8, 1u8..8).prop_map(|(a, b)| Op::Concurrent(a, b)),
+            3 => any::<u8>().prop_map(Op::Ack),
+            2 => (any::<u8>(), 1u8..30).prop_map(|(a, b)| Op::Read(a, b)),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    fn r(i: u64) -> Reading {
+        Reading::new(format!("m{}", i % 3), Value::I64(i as i64), i)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+        #[test]
+        fn behaves_like_a_queue(ops in proptest::collection::vec(op(), 1..25)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let dir = tempfile::tempdir().unwrap();
+                let opts = RedbOptions { max_bytes: 1 << 30, ..RedbOptions::default() };
+                let mut b = Arc::new(RedbBuffer::open(dir.path(), opts).unwrap());
+                let epoch = b.epoch();
+                let mut model: VecDeque<(u64, Reading)> = VecDeque::new();
+                let mut next = 1u64;
+                let mut counter = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Append(n) => {
+                            let rs: Vec<Reading> = (0..u64::from(n)).map(|k| r(counter + k)).collect();
+                            counter += u64::from(n);
+                            let a = b.append(rs.clone()).await.unwrap();
+                            assert_eq!(a.first_seq, next);
+                            for x in rs { model.push_back((next, x)); next += 1; }
+                        }
+                        Op::Concurrent(x, y) => {
+                            let (b1, b2) = (b.clone(), b.clone());
+                            let r1: Vec<Reading> = (0..u64::from(x)).map(|k| r(counter + k)).collect();
+                            counter += u64::from(x);
+                            let r2: Vec<Reading> = (0..u64::from(y)).map(|k| r(counter + k)).collect();
+                            counter += u64::from(y);
+                            let (a1, a2) = tokio::join!(b1.append(r1.clone()), b2.append(r2.clone()));
+                            let (a1, a2) = (a1.unwrap(), a2.unwrap());
+                            let mut both = vec![(a1.first_seq, r1), (a2.first_seq, r2)];
+                            both.sort_by_key(|p| p.0);
+                            for (first, rs) in both {
+                                assert_eq!(first, next);
+                                for x in rs { model.push_back((next, x)); next += 1; }
+                            }
+                        }
+                        Op::Ack(k) => {
+                            let upto = (next * u64::from(k)) / 255;
+                            b.ack(epoch, upto).await.unwrap();
+                            while model.front().is_some_and(|(s, _)| *s <= upto) { model.pop_front(); }
+                        }
+                        Op::Read(from, max) => {
+                            let from = (next * u64::from(from)) / 255;
+                            let got = b.read(from, usize::from(max), usize::MAX).await.unwrap();
+                            let want: Vec<_> = model.iter().filter(|(s, _)| *s >= from)
+                                .take(usize::from(max)).cloned().collect();
+                            assert_eq!(got, want);
+                        }
+                        Op::Reopen => {
+                            drop(b);
+                            b = Arc::new(RedbBuffer::open(dir.path(), opts).unwrap());
+                            assert_eq!(b.epoch(), epoch);
+                        }
+                    }
+                    let s = b.stats();
+                    assert_eq!(s.next_seq, next);
+                    assert_eq!(s.readings, model.len() as u64);
+                    assert_eq!(s.first_seq, model.front().map_or(next, |m| m.0));
+                    assert_eq!(s.oldest_ts, model.front().map(|m| m.1.ts));
+                }
+                let all = b.read(0, usize::MAX, usize::MAX).await.unwrap();
+                assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+            });
+        }
     }
 }

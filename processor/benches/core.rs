@@ -1,0 +1,198 @@
+//! Benchmarks of the processor (a bench binary: it measures and prints, no assertions).
+//!
+//! ```sh
+//! CARGO_TARGET_DIR=/work/target-processor cargo bench -p breakwater-processor --bench core
+//! ```
+//!
+//! 1. Readings/s through the pure core (dedupe, activity and connectivity sessions, windows,
+//!    anomaly baselines, output records) with 10,000 devices, one thread. Batches are decoded
+//!    beforehand; decode speed of the same batches (postcard envelope) is printed separately.
+//! 2. Checkpoint time and size with 100,000 devices of state (all dirty, then 10% dirty).
+//! 3. Recovery time: open the database and load all 100,000 devices.
+#![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use breakwater_processor::checkpoint::Store;
+use breakwater_processor::state::{Params, Partition, Stats};
+use breakwater_protocol::kafka::{decode_record_value, Encoding};
+use breakwater_protocol::{Batch, DeviceId, Limits, Reading};
+
+const METRICS: [&str; 4] = ["temp", "pressure", "vibration", "rpm"];
+
+fn device_batches(devices: usize, per_batch: u64, t0: u64) -> Vec<Batch> {
+    (0..devices)
+        .map(|d| Batch {
+            device: DeviceId::parse(format!("dev-{d:06}")).unwrap(),
+            epoch: 42,
+            first_seq: 1,
+            readings: (0..per_batch)
+                .map(|i| {
+                    let m = METRICS[(i % 4) as usize];
+                    let v = 20.0 + ((i * 7 + d as u64) % 13) as f64 * 0.1;
+                    Reading::new(m, v, t0 + i * 250)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Moves every batch one batch-length forward in sequence and time.
+fn advance(batches: &mut [Batch], per_batch: u64) {
+    for b in batches {
+        b.first_seq += per_batch;
+        for r in &mut b.readings {
+            r.ts += per_batch * 250;
+        }
+    }
+}
+
+fn throughput() {
+    let devices = 10_000;
+    let per_batch = 50;
+    let passes = 40;
+    let p = Params::default();
+    let mut part = Partition::new(0);
+    let mut st = Stats::default();
+    let mut out = Vec::new();
+    let mut batches = device_batches(devices, per_batch, 1_700_000_000_000);
+    // Warm-up pass: creates the device state.
+    for b in &batches {
+        part.on_batch(b, &p, &mut st, &mut out);
+    }
+    let mut timed = Duration::ZERO;
+    let mut readings = 0u64;
+    let mut outputs = 0usize;
+    for _ in 0..passes {
+        advance(&mut batches, per_batch);
+        out.clear();
+        let t = Instant::now();
+        for b in &batches {
+            part.on_batch(black_box(b), &p, &mut st, &mut out);
+        }
+        timed += t.elapsed();
+        readings += devices as u64 * per_batch;
+        outputs += out.len();
+    }
+    // A redelivery pass: every batch again (dedupe path).
+    let t = Instant::now();
+    for b in &batches {
+        part.on_batch(black_box(b), &p, &mut st, &mut out);
+    }
+    let dup = t.elapsed();
+    println!(
+        "core: {readings} readings, {devices} devices, {per_batch}/batch, 4 metrics: {:.3} s, {:.0} readings/s ({:.0} ns/reading); {outputs} outputs (windows, sessions, anomalies)",
+        timed.as_secs_f64(),
+        readings as f64 / timed.as_secs_f64(),
+        timed.as_nanos() as f64 / readings as f64
+    );
+    println!(
+        "core: redelivered batches (all duplicates): {:.0} batches/s",
+        devices as f64 / dup.as_secs_f64()
+    );
+    assert_eq!(st.duplicate_batches, devices as u64);
+
+    // Decode of the same batches, for scale (not part of the goal).
+    let encoded: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| Encoding::Postcard.encode(b))
+        .collect();
+    let t = Instant::now();
+    let mut n = 0;
+    for e in &encoded {
+        n += decode_record_value(black_box(e), None, &Limits::DEFAULT)
+            .unwrap()
+            .readings
+            .len();
+    }
+    let d = t.elapsed();
+    println!(
+        "decode (postcard envelope, for scale): {:.0} readings/s",
+        n as f64 / d.as_secs_f64()
+    );
+}
+
+fn checkpoint_and_recovery() {
+    let devices = 100_000;
+    let partitions = 4;
+    let p = Params::default();
+    let mut st = Stats::default();
+    let mut out = Vec::new();
+    let mut parts: Vec<Partition> = (0..partitions).map(Partition::new).collect();
+    // Each device: 2 batches (4 metrics with an open window and a warm baseline, an activity
+    // session), and a connectivity session from a birth.
+    let mut batches = device_batches(devices, 20, 1_700_000_000_000);
+    for round in 0..2 {
+        if round > 0 {
+            advance(&mut batches, 20);
+        }
+        for (i, b) in batches.iter().enumerate() {
+            parts[i % partitions as usize].on_batch(b, &p, &mut st, &mut out);
+        }
+    }
+    for (i, b) in batches.iter().enumerate() {
+        let ev = breakwater_protocol::kafka::FleetEvent {
+            device: b.device.clone(),
+            epoch: 42,
+            kind: breakwater_protocol::kafka::FleetEventKind::Birth,
+            ts: 1_700_000_000_000,
+            gateway_ts: 1_700_000_000_000,
+            reason: None,
+        };
+        parts[i % partitions as usize].on_event(&ev, &p, &mut st, &mut out);
+    }
+    for p in &mut parts {
+        p.telemetry_next = Some(123_456);
+        p.events_next = Some(789);
+    }
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_TMP").unwrap_or_else(|_| ".".into())).unwrap();
+    let path = dir.path().join("state.redb");
+    let store = Store::open(&path).unwrap();
+    let s = store.commit(parts.iter_mut(), "tel", "ev").unwrap();
+    println!(
+        "checkpoint: {} devices (all dirty) in {:.3} s, file {:.1} MB",
+        s.devices_written,
+        s.duration.as_secs_f64(),
+        store.size_bytes() as f64 / 1e6
+    );
+    // 10% of devices change, then a checkpoint.
+    advance(&mut batches, 20);
+    for (i, b) in batches.iter().enumerate().filter(|(i, _)| i % 10 == 0) {
+        parts[i % partitions as usize].on_batch(b, &p, &mut st, &mut out);
+    }
+    let s = store.commit(parts.iter_mut(), "tel", "ev").unwrap();
+    println!(
+        "checkpoint: {} devices (10% dirty) in {:.3} s, file {:.1} MB",
+        s.devices_written,
+        s.duration.as_secs_f64(),
+        store.size_bytes() as f64 / 1e6
+    );
+    drop(store);
+    drop(parts);
+    for attempt in 0..3 {
+        let t = Instant::now();
+        let store = Store::open(&path).unwrap();
+        let mut n = 0;
+        for id in 0..partitions {
+            let l = store.load(id, "tel", "ev").unwrap();
+            n += l.devices;
+            black_box(&l.partition);
+        }
+        println!(
+            "recovery {attempt}: open + load {n} devices in {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with --bench absent; keep that fast.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("run with `cargo bench` to measure");
+        return;
+    }
+    throughput();
+    checkpoint_and_recovery();
+}

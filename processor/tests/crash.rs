@@ -122,10 +122,15 @@ struct Proc {
 
 impl Proc {
     fn start(config: &Path) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    fn start_with(config: &Path, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-processor"))
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -179,6 +184,15 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
 }
 
 /// Reads all three output topics until their deduplicated sizes reach the oracle's.
@@ -266,8 +280,39 @@ async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
     common::produce(&producer, &ta, &all).await;
     let cfg_a = dir.path().join("a.toml");
     std::fs::write(&cfg_a, &text_a).unwrap();
-    let a = Proc::start(&cfg_a);
+    let metrics_port = breakwater_testkit::free_port();
+    let a = Proc::start_with(
+        &cfg_a,
+        &[(
+            "BREAKWATER_PROCESSOR_METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )],
+    );
     let got_a = outputs(&bootstrap, &ta, &want).await;
+    // Past a lag report (lag_interval = 1s) and a stats report.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let scrape = scrape(metrics_port);
+    for name in [
+        "breakwater_processor_records_total{topic=\"telemetry\"}",
+        "breakwater_processor_records_per_second",
+        "breakwater_processor_consumer_lag_records{",
+        "breakwater_processor_checkpoint_duration_seconds_bucket",
+        "breakwater_processor_checkpoint_size_bytes",
+        "breakwater_processor_recovery_duration_seconds",
+        "breakwater_processor_duplicate_batches_total",
+    ] {
+        assert!(
+            scrape.contains(name),
+            "{name} missing from /metrics:\n{scrape}"
+        );
+    }
+    // Shown, not asserted: tansu's high watermarks are wrong (see the crate README).
+    for l in scrape
+        .lines()
+        .filter(|l| l.starts_with("breakwater_processor_consumer_lag"))
+    {
+        eprintln!("uninterrupted run, caught up: {l}");
+    }
     a.terminate();
     let a_dedup = dedup(&got_a);
     assert_same("uninterrupted run vs core", &a_dedup, &want);

@@ -430,8 +430,14 @@ pub fn run_blocking(cfg: &Arc<Config>, cancel: &CancellationToken) -> anyhow::Re
             worker: worker.clone(),
         })
         .context("creating the consumer")?;
+    let partitions = check_co_partitioned(&consumer, cfg)?;
     match &cfg.kafka.assign {
         Some(ids) => {
+            if let Some(bad) = ids.iter().find(|&&p| p >= partitions) {
+                bail!(
+                    "kafka.assign lists partition {bad}, but the input topics have {partitions} partitions"
+                );
+            }
             let mut w = lock(&worker);
             w.load_partitions(ids)?;
             let pos = w.positions(ids)?;
@@ -460,6 +466,37 @@ pub fn run_blocking(cfg: &Arc<Config>, cancel: &CancellationToken) -> anyhow::Re
     drop(consumer);
     tracing::info!(?summary, "stopped after a final checkpoint");
     Ok(summary)
+}
+
+/// The input topics must exist and have the same partition count: a device's batches and
+/// events are then in partitions with the same number, and one instance owns its state.
+fn check_co_partitioned(consumer: &BaseConsumer<Ctx>, cfg: &Config) -> anyhow::Result<i32> {
+    let count = |topic: &str| -> anyhow::Result<i32> {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .with_context(|| format!("fetching metadata of {topic}"))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| anyhow!("topic {topic} not in the broker's metadata"))?;
+        if let Some(e) = t.error() {
+            bail!(
+                "input topic {topic}: {e:?} (the gateway creates it; tansu does not auto-create)"
+            );
+        }
+        Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
+    };
+    let tel = count(&cfg.kafka.telemetry_topic)?;
+    let ev = count(&cfg.kafka.events_topic)?;
+    if tel != ev || tel == 0 {
+        bail!(
+            "{} has {tel} partitions and {} has {ev}: both input topics must have the same partition count, so a device's batches and events meet in one instance",
+            cfg.kafka.telemetry_topic,
+            cfg.kafka.events_topic
+        );
+    }
+    Ok(tel)
 }
 
 fn consume(

@@ -351,3 +351,25 @@ async fn late_and_out_of_order_readings_within_and_beyond_the_allowed_lateness()
     assert_eq!(summary.stats.late_readings, 2);
     assert_eq!(summary.stats.readings, 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_input_topics_that_are_not_co_partitioned() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let mut t = common::topics(&bootstrap).await;
+    t.events = breakwater_testkit::kafka::fresh_topic(&bootstrap, "proc-ev3", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(&bootstrap, &t, &dir.path().join("s.redb"), "");
+    let (_cancel, h) = start(&text);
+    let err = h.await.unwrap().unwrap_err();
+    assert!(
+        format!("{err:#}").contains("same partition count"),
+        "{err:#}"
+    );
+    // And an assigned partition that does not exist.
+    let t = common::topics(&bootstrap).await;
+    let text = common::config_text(&bootstrap, &t, &dir.path().join("s2.redb"), "")
+        .replace("assign = [0, 1]", "assign = [0, 5]");
+    let (_cancel, h) = start(&text);
+    let err = h.await.unwrap().unwrap_err();
+    assert!(format!("{err:#}").contains("partition 5"), "{err:#}");
+}

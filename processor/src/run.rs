@@ -32,6 +32,7 @@
 //! topic, so that any instance could restore any partition quickly, is not implemented.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,15 @@ pub struct Summary {
     pub checkpoints: u64,
 }
 
+/// Input records applied so far, readable while the processor runs (tests, diagnostics).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub telemetry_records: AtomicU64,
+    pub event_records: AtomicU64,
+    /// Input partitions currently held (loaded and assigned).
+    pub partitions: AtomicU64,
+}
+
 /// Everything the loop and the rebalance callbacks share.
 struct Worker {
     cfg: Arc<Config>,
@@ -83,6 +93,7 @@ struct Worker {
     fatal: Option<anyhow::Error>,
     summary: Summary,
     limits: Limits,
+    progress: Arc<Progress>,
 }
 
 fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
@@ -120,6 +131,9 @@ impl Worker {
             devices += l.devices;
             self.parts.insert(id, l.partition);
         }
+        self.progress
+            .partitions
+            .store(self.parts.len() as u64, Ordering::Relaxed);
         let secs = t0.elapsed().as_secs_f64();
         gauge!(m::RECOVERY_DURATION).set(secs);
         counter!(m::RECOVERED_DEVICES).increment(devices as u64);
@@ -181,6 +195,9 @@ impl Worker {
         let payload = msg.payload().unwrap_or_default();
         if is_telemetry {
             self.summary.telemetry_records += 1;
+            self.progress
+                .telemetry_records
+                .fetch_add(1, Ordering::Relaxed);
             counter!(m::RECORDS, "topic" => "telemetry").increment(1);
             // Skip a whole duplicate record from its headers, without decoding it.
             if let (Some(dev), Some(epoch), Some(last)) = (
@@ -204,6 +221,7 @@ impl Worker {
             }
         } else {
             self.summary.event_records += 1;
+            self.progress.event_records.fetch_add(1, Ordering::Relaxed);
             counter!(m::RECORDS, "topic" => "events").increment(1);
             match FleetEvent::decode(payload) {
                 Ok(ev) => part.on_event(&ev, p, &mut self.stats, &mut self.out),
@@ -373,6 +391,8 @@ impl ConsumerContext for Ctx {
                     for id in &ids {
                         w.parts.remove(id);
                     }
+                    let held = w.parts.len() as u64;
+                    w.progress.partitions.store(held, Ordering::Relaxed);
                 }
                 let _ = consumer.unassign();
             }
@@ -391,13 +411,25 @@ impl ConsumerContext for Ctx {
 /// Kafka did not acknowledge, a failed checkpoint. On an error after start-up no final
 /// checkpoint is written: the last good one stands and a restart replays from it.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Summary> {
+    run_observed(cfg, cancel, Arc::default()).await
+}
+
+/// [`run`], counting applied input records in `progress`.
+///
+/// # Errors
+/// See [`run`].
+pub async fn run_observed(
+    cfg: Config,
+    cancel: CancellationToken,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Summary> {
     if cfg.kafka.create_topics {
         kafka::ensure_output_topics(&cfg.kafka)
             .await
             .context("creating output topics")?;
     }
     let cfg = Arc::new(cfg);
-    tokio::task::spawn_blocking(move || run_blocking(&cfg, &cancel))
+    tokio::task::spawn_blocking(move || run_blocking(&cfg, &cancel, progress))
         .await
         .context("processing thread panicked")?
 }
@@ -406,7 +438,11 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Summa
 ///
 /// # Errors
 /// See [`run`].
-pub fn run_blocking(cfg: &Arc<Config>, cancel: &CancellationToken) -> anyhow::Result<Summary> {
+pub fn run_blocking(
+    cfg: &Arc<Config>,
+    cancel: &CancellationToken,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Summary> {
     let t0 = Instant::now();
     let store = Store::open(&cfg.state.path)?;
     let (producer, deliveries) = kafka::producer(&cfg.kafka).context("creating the producer")?;
@@ -424,6 +460,7 @@ pub fn run_blocking(cfg: &Arc<Config>, cancel: &CancellationToken) -> anyhow::Re
         fatal: None,
         summary: Summary::default(),
         limits: Limits::DEFAULT,
+        progress,
     }));
     let consumer: BaseConsumer<Ctx> = kafka::consumer_config(&cfg.kafka)
         .create_with_context(Ctx {

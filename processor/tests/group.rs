@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breakwater_processor::config::Config;
@@ -41,11 +43,25 @@ async fn two_instances_in_a_group_split_the_partitions() {
             .consumer
             .insert("session.timeout.ms".to_owned(), "10000".to_owned());
         let cancel = tokio_util::sync::CancellationToken::new();
-        (cancel.clone(), tokio::spawn(run::run(cfg, cancel)))
+        let progress = Arc::new(run::Progress::default());
+        let h = tokio::spawn(run::run_observed(cfg, cancel.clone(), progress.clone()));
+        (cancel, h, progress)
     };
     let t0 = Instant::now();
-    let (c1, h1) = start(1);
-    let (c2, h2) = start(2);
+    let (c1, h1, p1) = start(1);
+    let (c2, h2, p2) = start(2);
+    // Wait for the group to settle with one partition each (range assignor, two members).
+    let held = |p: &run::Progress| p.partitions.load(Ordering::Relaxed);
+    while !(held(&p1) == 1 && held(&p2) == 1) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "group did not settle: {} and {} partitions",
+            held(&p1),
+            held(&p2)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let joined_after = t0.elapsed();
     // Devices in both partitions, one activity session each, closed by per-partition clocks.
     let mut input: Vec<In> = Vec::new();
     let devices: Vec<String> = (0..8).map(|i| format!("g-{i}")).collect();
@@ -81,7 +97,6 @@ async fn two_instances_in_a_group_split_the_partitions() {
         Duration::from_secs(50),
     )
     .await;
-    let joined_after = t0.elapsed();
     let ids = common::by_id(&got);
     let mut seen: Vec<&str> = ids
         .values()
@@ -98,12 +113,12 @@ async fn two_instances_in_a_group_split_the_partitions() {
     let s1 = h1.await.unwrap().unwrap();
     let s2 = h2.await.unwrap().unwrap();
     eprintln!(
-        "outputs after {joined_after:?}; instance 1: {} telemetry records, instance 2: {}",
+        "group settled after {joined_after:?}; instance 1: {} telemetry records, instance 2: {}",
         s1.telemetry_records, s2.telemetry_records
     );
     // Between them every record was applied; a record may be applied by both only if its
     // partition moved before it was checkpointed (then the outputs repeat with the same ids).
     assert!(s1.telemetry_records + s2.telemetry_records >= input.len() as u64);
-    // Both started before any input existed and joined together: the work is split.
+    // The input came after the group settled with one partition each: the work is split.
     assert!(s1.telemetry_records > 0 && s2.telemetry_records > 0);
 }

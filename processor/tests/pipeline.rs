@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater_processor::run::{self, Summary};
@@ -17,10 +19,36 @@ use tokio_util::sync::CancellationToken;
 const T: u64 = 1_700_000_000_000;
 
 fn start(text: &str) -> (CancellationToken, JoinHandle<anyhow::Result<Summary>>) {
+    let (c, h, _) = start_observed(text);
+    (c, h)
+}
+
+fn start_observed(
+    text: &str,
+) -> (
+    CancellationToken,
+    JoinHandle<anyhow::Result<Summary>>,
+    Arc<run::Progress>,
+) {
     let cfg = common::config(text);
     let cancel = CancellationToken::new();
-    let h = tokio::spawn(run::run(cfg, cancel.clone()));
-    (cancel, h)
+    let progress = Arc::new(run::Progress::default());
+    let h = tokio::spawn(run::run_observed(cfg, cancel.clone(), progress.clone()));
+    (cancel, h, progress)
+}
+
+/// Waits until the processor has applied `n` event records and `m` telemetry records.
+async fn applied(p: &run::Progress, events: u64, telemetry: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while p.event_records.load(Ordering::Relaxed) < events
+        || p.telemetry_records.load(Ordering::Relaxed) < telemetry
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processor did not apply the input"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn stop(c: CancellationToken, h: JoinHandle<anyhow::Result<Summary>>) -> Summary {
@@ -90,11 +118,10 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
         "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\nallowed_lateness = \"1s\"\nidle_timeout = \"10s\"\n",
     );
     let producer = breakwater_testkit::kafka::producer(&bootstrap);
-    let (cancel, h) = start(&text);
+    let (cancel, h, progress) = start_observed(&text);
 
-    // Births first, and give the processor time to apply them before the readings arrive:
-    // telemetry and events are separate topics, and a connectivity session counts the readings
-    // processed while it is open.
+    // Births first, applied before the readings arrive: telemetry and events are separate
+    // topics, and a connectivity session counts the readings processed while it is open.
     common::produce(
         &producer,
         &t,
@@ -108,7 +135,7 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
         ],
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    applied(&progress, 5, 0).await;
     let mut tel = batches(
         "alpha",
         1,
@@ -126,7 +153,8 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
     // Redelivered batch: must not count twice anywhere.
     tel.push(tel[1].clone());
     common::produce(&producer, &t, &tel).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n_tel = tel.len() as u64;
+    applied(&progress, 5, n_tel).await;
     common::produce(
         &producer,
         &t,
@@ -137,7 +165,7 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
         ],
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    applied(&progress, 8, n_tel).await;
     let mut tail = batches(
         "alpha",
         1,

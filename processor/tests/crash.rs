@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use breakwater_processor::state::{Partition, Stats};
 use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
 use breakwater_protocol::Reading;
 use common::{batch, event, partition_of, In, Topics};
@@ -77,43 +76,6 @@ fn input() -> (Vec<In>, Vec<In>) {
 }
 
 const EXTRA: &str = "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\nallowed_lateness = \"2s\"\nidle_timeout = \"60s\"\n[anomaly]\nwarmup = 30\n";
-
-/// The pure core over the same records, per partition in production order.
-fn oracle(text: &str, records: &[In]) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
-    let p = common::config(text).params;
-    let mut parts: BTreeMap<i32, Partition> = BTreeMap::new();
-    let mut st = Stats::default();
-    let mut out = Vec::new();
-    for r in records {
-        match r {
-            In::Batch(b) => {
-                let id = partition_of(b.device.as_str());
-                parts
-                    .entry(id)
-                    .or_insert_with(|| Partition::new(id))
-                    .on_batch(b, &p, &mut st, &mut out);
-            }
-            In::Event(e) => {
-                let id = partition_of(e.device.as_str());
-                parts
-                    .entry(id)
-                    .or_insert_with(|| Partition::new(id))
-                    .on_event(e, &p, &mut st, &mut out);
-            }
-        }
-    }
-    let mut m: BTreeMap<&'static str, BTreeMap<String, Value>> = BTreeMap::new();
-    for o in &out {
-        let topic = match o {
-            breakwater_processor::output::Output::Session(_) => "sessions",
-            breakwater_processor::output::Output::Window(_) => "windows",
-            breakwater_processor::output::Output::Anomaly(_) => "anomalies",
-        };
-        let v: Value = serde_json::from_slice(&o.to_json()).unwrap();
-        m.entry(topic).or_default().insert(o.id().to_owned(), v);
-    }
-    m
-}
 
 struct Proc {
     child: Child,
@@ -220,44 +182,6 @@ async fn outputs(
     got
 }
 
-/// Connectivity sessions' `readings` depends on how the two input topics interleave (see
-/// `session.rs`); everything else must match exactly.
-fn comparable(mut v: Value) -> Value {
-    if v["kind"] == "connectivity" {
-        v["readings"] = Value::Null;
-    }
-    v
-}
-
-fn assert_same(
-    what: &str,
-    got: &BTreeMap<&'static str, BTreeMap<String, Value>>,
-    want: &BTreeMap<&'static str, BTreeMap<String, Value>>,
-) {
-    for topic in ["sessions", "windows", "anomalies"] {
-        let g = got.get(topic).cloned().unwrap_or_default();
-        let w = want.get(topic).cloned().unwrap_or_default();
-        assert_eq!(
-            g.keys().collect::<Vec<_>>(),
-            w.keys().collect::<Vec<_>>(),
-            "{what}: {topic} ids differ"
-        );
-        for (id, v) in &w {
-            assert_eq!(
-                comparable(g[id].clone()),
-                comparable(v.clone()),
-                "{what}: {topic} {id}"
-            );
-        }
-    }
-}
-
-fn dedup(
-    raw: &BTreeMap<&'static str, Vec<Value>>,
-) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
-    raw.iter().map(|(k, v)| (*k, common::by_id(v))).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
     let bootstrap = breakwater_testkit::require_kafka!();
@@ -275,7 +199,7 @@ async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
         "checkpoint_interval = \"1h\"\ncheckpoint_records = 250",
         EXTRA,
     );
-    let want = oracle(&text_a, &all);
+    let want = common::oracle(&text_a, &all);
     assert_eq!(want["anomalies"].len(), DEVICES, "one spike per device");
     common::produce(&producer, &ta, &all).await;
     let cfg_a = dir.path().join("a.toml");
@@ -314,8 +238,8 @@ async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
         eprintln!("uninterrupted run, caught up: {l}");
     }
     a.terminate();
-    let a_dedup = dedup(&got_a);
-    assert_same("uninterrupted run vs core", &a_dedup, &want);
+    let a_dedup = common::dedup(&got_a);
+    common::assert_same("uninterrupted run vs core", &a_dedup, &want);
 
     // The crashed run: phase one, kill -9 after a few checkpoints, phase two, restart.
     let tb = common::topics(&bootstrap).await;
@@ -345,9 +269,9 @@ async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
     let got_b = outputs(&bootstrap, &tb, &want).await;
     let log = b2.terminate();
     assert!(log.contains("recovered partition state"), "{log}");
-    let b_dedup = dedup(&got_b);
-    assert_same("crashed run vs core", &b_dedup, &want);
-    assert_same("crashed run vs uninterrupted run", &b_dedup, &a_dedup);
+    let b_dedup = common::dedup(&got_b);
+    common::assert_same("crashed run vs core", &b_dedup, &want);
+    common::assert_same("crashed run vs uninterrupted run", &b_dedup, &a_dedup);
 
     // No double counting: every reading of every device is in exactly one window, once.
     let mut per_device: BTreeMap<String, u64> = BTreeMap::new();

@@ -488,7 +488,19 @@ pub fn run_blocking(
             tracing::info!(group = %cfg.kafka.group_id, "joined consumer group (assignment follows)");
         }
     }
-    let result = consume(&consumer, &worker, cfg, cancel);
+    // Lag is measured on its own thread and client: a slow broker answer never stalls processing.
+    let held: Arc<Mutex<Vec<Held>>> = Arc::default();
+    let lag_stop = cancel.child_token();
+    let lag = {
+        let (cfg, held, stop) = (cfg.clone(), held.clone(), lag_stop.clone());
+        std::thread::Builder::new()
+            .name("processor-lag".to_owned())
+            .spawn(move || lag_loop(&cfg, &held, &stop))
+            .context("starting the lag thread")?
+    };
+    let result = consume(&consumer, &worker, cancel, &held);
+    lag_stop.cancel();
+    let _ = lag.join();
     let mut w = lock(&worker);
     // On error, no final checkpoint: the last good one stands.
     result?;
@@ -536,15 +548,17 @@ fn check_co_partitioned(consumer: &BaseConsumer<Ctx>, cfg: &Config) -> anyhow::R
     Ok(tel)
 }
 
+/// A held partition and the next offsets of its two input topics.
+type Held = (i32, Option<i64>, Option<i64>);
+
 fn consume(
     consumer: &BaseConsumer<Ctx>,
     worker: &Mutex<Worker>,
-    cfg: &Config,
     cancel: &CancellationToken,
+    held: &Mutex<Vec<Held>>,
 ) -> anyhow::Result<()> {
     let mut last_report = Instant::now();
     let mut last_records = 0u64;
-    let mut last_lag = Instant::now();
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     while !cancel.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
@@ -568,29 +582,45 @@ fn consume(
             last_records = records;
             last_report = Instant::now();
             w.report();
-        }
-        if last_lag.elapsed() >= cfg.kafka.lag_interval {
-            let held: Vec<(i32, Option<i64>, Option<i64>)> = w
+            let now: Vec<Held> = w
                 .parts
                 .values()
                 .map(|p| (p.id, p.telemetry_next, p.events_next))
                 .collect();
-            drop(w);
-            report_lag(consumer, cfg, &held);
-            last_lag = Instant::now();
+            *held.lock().unwrap_or_else(PoisonError::into_inner) = now;
         }
     }
     Ok(())
 }
 
+fn lag_loop(cfg: &Config, held: &Mutex<Vec<Held>>, stop: &CancellationToken) {
+    // Never subscribes: no group membership, only metadata and watermark requests.
+    let client: Result<BaseConsumer, _> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("{}-lag", cfg.kafka.group_id))
+        .create();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no lag metrics: cannot create the watermark client");
+            return;
+        }
+    };
+    let mut next = Instant::now() + cfg.kafka.lag_interval;
+    while !stop.is_cancelled() {
+        if Instant::now() >= next {
+            let snapshot = held.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            report_lag(&client, cfg, &snapshot);
+            next = Instant::now() + cfg.kafka.lag_interval;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Consumer lag per partition: broker high watermark minus our next offset. Reported as is,
 /// even when negative: tansu 0.6 returns wrong high watermarks, and this gauge shows that
 /// rather than hiding it.
-fn report_lag(
-    consumer: &BaseConsumer<Ctx>,
-    cfg: &Config,
-    held: &[(i32, Option<i64>, Option<i64>)],
-) {
+fn report_lag(consumer: &BaseConsumer, cfg: &Config, held: &[Held]) {
     for &(id, tel, ev) in held {
         for (topic, next) in [
             (&cfg.kafka.telemetry_topic, tel),

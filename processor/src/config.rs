@@ -412,6 +412,8 @@ impl Config {
             true,
         ));
         let idle_timeout = ms(s.duration("idle_timeout", Duration::from_millis(d.idle_timeout)));
+        let max_future_skew =
+            ms(s.duration("max_future_skew", Duration::from_millis(d.max_future_skew)));
         let max_metrics_per_device = usize::try_from(s.int(
             "max_metrics_per_device",
             i64::try_from(d.max_metrics_per_device).unwrap_or(64),
@@ -542,6 +544,7 @@ impl Config {
                     metric,
                     fleet,
                     emit_windows,
+                    max_future_skew,
                     max_metrics_per_device,
                 },
                 metrics_listen,

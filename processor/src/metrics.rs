@@ -134,6 +134,7 @@ pub fn report_stats(now: &Stats, before: &Stats) {
         now.duplicate_readings - before.duplicate_readings,
         now.gap_readings - before.gap_readings,
         now.late_readings - before.late_readings,
+        now.future_readings - before.future_readings,
         now.non_numeric_readings - before.non_numeric_readings,
         now.untracked_metric_readings - before.untracked_metric_readings,
         now.events - before.events,

@@ -212,7 +212,13 @@ impl Worker {
                 }
             }
             match decode_record_value(payload, header(msg, HEADER_CONTENT_TYPE), &self.limits) {
-                Ok(batch) => part.on_batch(&batch, p, &mut self.stats, &mut self.out),
+                Ok(batch) => {
+                    let record_ts = msg
+                        .timestamp()
+                        .to_millis()
+                        .and_then(|t| u64::try_from(t).ok());
+                    part.on_batch_at(&batch, record_ts, p, &mut self.stats, &mut self.out);
+                }
                 Err(e) => {
                     self.summary.decode_errors += 1;
                     counter!(m::DECODE_ERRORS, "topic" => "telemetry").increment(1);

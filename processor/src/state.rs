@@ -56,6 +56,9 @@ pub struct Params {
     pub fleet: FleetParams,
     /// Emit window aggregates (they are computed either way).
     pub emit_windows: bool,
+    /// Readings more than this after their Kafka record's timestamp are dropped (device clock
+    /// in the future).
+    pub max_future_skew: u64,
     /// Metrics tracked per device; readings of further metrics count in sessions only.
     pub max_metrics_per_device: usize,
 }
@@ -89,6 +92,7 @@ impl Default for Params {
                 min_connects: 20,
             },
             emit_windows: true,
+            max_future_skew: 300_000,
             max_metrics_per_device: 64,
         }
     }
@@ -103,6 +107,7 @@ pub struct Stats {
     pub duplicate_readings: u64,
     pub gap_readings: u64,
     pub late_readings: u64,
+    pub future_readings: u64,
     pub non_numeric_readings: u64,
     pub untracked_metric_readings: u64,
     pub events: u64,
@@ -284,9 +289,26 @@ impl Partition {
             .is_some_and(|d| d.dedupe.clone().admit(epoch, last, last) == Admit::Duplicate)
     }
 
-    /// Processes one telemetry batch.
+    /// Processes one telemetry batch with no bound on its event times (see [`Self::on_batch_at`]).
     pub fn on_batch(&mut self, batch: &Batch, p: &Params, st: &mut Stats, out: &mut Vec<Output>) {
+        self.on_batch_at(batch, None, p, st, out);
+    }
+
+    /// Processes one telemetry batch. `record_ts` is the Kafka record's timestamp (the gateway's
+    /// clock when it produced the batch): a reading more than `max_future_skew` after it comes
+    /// from a device clock in the future and is counted and dropped, so one bad clock cannot
+    /// drag its partition's idle floor forward and make everyone else's data late. The record
+    /// timestamp is stored in the log, so a replay applies the same bound.
+    pub fn on_batch_at(
+        &mut self,
+        batch: &Batch,
+        record_ts: Option<u64>,
+        p: &Params,
+        st: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
         st.batches += 1;
+        let future_limit = record_ts.map_or(u64::MAX, |t| t.saturating_add(p.max_future_skew));
         let n = batch.readings.len() as u64;
         if n == 0 {
             return;
@@ -320,6 +342,10 @@ impl Partition {
         for (seq, r) in batch.iter_seq().skip(skip) {
             st.readings += 1;
             let ts = r.ts;
+            if ts > future_limit {
+                st.future_readings += 1;
+                continue;
+            }
             if ts < d.watermark(p) {
                 st.late_readings += 1;
                 continue;
@@ -623,6 +649,42 @@ mod tests {
         // b's late data below the floor is dropped now.
         part.on_batch(&batch("b", 1, 2, &[(6_500, 2.0)]), &p, &mut st, &mut out);
         assert_eq!(st.late_readings, 2);
+    }
+
+    #[test]
+    fn a_device_clock_in_the_future_is_dropped_and_moves_nothing() {
+        let p = params();
+        let mut part = Partition::new(0);
+        let mut st = Stats::default();
+        let mut out = Vec::new();
+        let now = 1_000_000;
+        part.on_batch_at(
+            &batch("a", 1, 1, &[(now - 10, 1.0)]),
+            Some(now),
+            &p,
+            &mut st,
+            &mut out,
+        );
+        let year = 365 * 24 * 3_600_000;
+        part.on_batch_at(
+            &batch("bad", 1, 1, &[(now + year, 1.0)]),
+            Some(now),
+            &p,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(st.future_readings, 1);
+        assert_eq!(part.meta.max_ts, now - 10);
+        // Within the skew is fine.
+        part.on_batch_at(
+            &batch("b", 1, 1, &[(now + 1_000, 1.0)]),
+            Some(now),
+            &p,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(st.future_readings, 1);
+        assert_eq!(part.meta.max_ts, now + 1_000);
     }
 
     #[test]

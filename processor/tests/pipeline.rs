@@ -355,6 +355,14 @@ async fn late_and_out_of_order_readings_within_and_beyond_the_allowed_lateness()
         batch("late", 1, 4, vec![r(8_000), r(12_000)]),
         // Watermark now 10 s: 9.5 s and 6 s are late beyond the lateness; 10.5 s is on time.
         batch("late", 1, 6, vec![r(9_500), r(6_000), r(10_500)]),
+        // A device whose clock is ten years ahead, in the same partition: dropped by the
+        // record-timestamp bound, so it cannot make the next batch late.
+        batch(
+            &name_in("skewed", partition_of("late"), 0),
+            1,
+            1,
+            vec![Reading::new("temp", 0.0, b + 10 * 365 * 24 * 3_600_000)],
+        ),
         // Closes the second window.
         batch("late", 1, 9, vec![r(30_000)]),
     ];
@@ -377,7 +385,8 @@ async fn late_and_out_of_order_readings_within_and_beyond_the_allowed_lateness()
         "{got:#?}"
     );
     assert_eq!(summary.stats.late_readings, 2);
-    assert_eq!(summary.stats.readings, 9);
+    assert_eq!(summary.stats.future_readings, 1);
+    assert_eq!(summary.stats.readings, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

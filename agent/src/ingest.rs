@@ -64,7 +64,7 @@ pub fn spawn(
                 },
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                reject("too_many_clients");
+                metrics::counter!("breakwater_agent_ingest_rejected_clients_total").increment(1);
                 t.spawn(async move {
                     let mut s = stream;
                     let _ = s.write_all(&error_line("too many clients connected")).await;

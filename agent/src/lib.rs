@@ -173,7 +173,7 @@ impl Agent {
                 input_cancel.clone(),
                 &tracker,
             );
-            tracing::info!(addr = %addr, "ingest endpoint listening");
+            tracing::info!(addr = ?ingest_addr, "ingest endpoint listening");
         }
 
         // Buffer gauges for whatever recorder is installed.

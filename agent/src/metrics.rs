@@ -10,7 +10,8 @@
 //! `breakwater_agent_connects_total`, `breakwater_agent_reconnects_total`,
 //! `breakwater_agent_disconnects_total{reason}`,
 //! `breakwater_agent_ingest_accepted_lines_total`,
-//! `breakwater_agent_ingest_rejected_lines_total{reason}`. Histograms:
+//! `breakwater_agent_ingest_rejected_lines_total{reason}`,
+//! `breakwater_agent_ingest_rejected_clients_total`. Histograms:
 //! `breakwater_agent_ack_latency_seconds`, `breakwater_agent_buffer_commit_seconds`. Gauges
 //! (set by [`update_buffer_gauges`]): `breakwater_agent_buffer_depth_readings`,
 //! `breakwater_agent_buffer_bytes`, `breakwater_agent_oldest_unacked_age_seconds`.

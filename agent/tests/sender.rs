@@ -376,3 +376,26 @@ async fn unreachable_gateway_backs_off_and_keeps_everything() {
     let exit = handle.shutdown(Duration::from_secs(1)).await;
     assert!(!exit.drained);
 }
+
+#[tokio::test]
+async fn retry_after_in_an_ack_pauses_sending() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let gw = TestGateway::start(broker.port()).await;
+    gw.knobs().retry_after_ms = Some(60_000);
+    let buffer: Arc<dyn Buffer> = Arc::new(MemoryBuffer::new(1 << 20, FullPolicy::Block));
+    buffer
+        .append((1..=100).map(reading).collect())
+        .await
+        .unwrap();
+    let mut c = cfg();
+    c.initial_credit = 1;
+    let (handle, _events, _) = start(&broker, "retry-after", buffer.clone(), c);
+    assert!(wait_until(T, || handle.acked_upto() == 10).await);
+    // Credit 4 and 90 readings waiting, but the gateway said "wait 60 s".
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.log().batches.len(), 1, "sent while asked to wait");
+    assert_eq!(buffer.stats().readings, 90);
+    handle.shutdown(Duration::ZERO).await;
+}

@@ -22,7 +22,9 @@
 //!
 //! A device sender is two tokio tasks while connected (the session and the rumqttc poller, see
 //! [`link`]) and one while disconnected; it runs on whatever runtime `spawn` is called on.
-//! State per device is a few KiB (rumqttc's buffers dominate), so thousands fit in one process.
+//! State per device is small while disconnected (a few hundred bytes plus the buffer); while
+//! connected rumqttc's per-connection buffers (a 10 KiB read buffer, the in-flight table and
+//! the request channel) dominate, in the tens of KiB.
 //!
 //! # Flow control
 //!

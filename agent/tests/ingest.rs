@@ -138,3 +138,49 @@ async fn malformed_lines_get_errors_and_never_disturb_other_clients() {
     assert_eq!(report.left_buffered, 5);
     assert!(!report.sender.drained);
 }
+
+#[tokio::test]
+async fn with_the_block_policy_a_full_buffer_holds_the_reply_until_an_ack_frees_room() {
+    use breakwater_agent::buffer::{memory::record_size, Buffer, FullPolicy, MemoryBuffer};
+    use std::sync::Arc;
+
+    let mut cfg = AgentConfig::with_defaults("ingest-block".parse().unwrap());
+    cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.gateway.port = breakwater_testkit::free_port(); // no gateway: only our ack frees room
+    let one = record_size(&Reading::new("t", Value::I64(0), 0));
+    let buffer = Arc::new(MemoryBuffer::new(one * 10, FullPolicy::Block));
+    let agent = Agent::start_with(cfg, buffer.clone(), None).await.unwrap();
+    let (rd, mut wr) = TcpStream::connect(agent.ingest_addr().unwrap())
+        .await
+        .unwrap()
+        .into_split();
+    let mut rd = BufReader::new(rd);
+    let line = |i: u64| format!("{{\"metric\":\"t\",\"value\":{i},\"ts\":0}}\n");
+    let mut confirmed = 0u64;
+    for i in 0..10 {
+        wr.write_all(line(i).as_bytes()).await.unwrap();
+        assert_eq!(reply(&mut rd).await["seq"].as_u64(), Some(i + 1));
+        confirmed += 1;
+    }
+    assert_eq!(confirmed, 10);
+    // The buffer is full: the 11th line is read but its append waits, so no reply comes.
+    wr.write_all(line(10).as_bytes()).await.unwrap();
+    let mut pending = String::new();
+    let waited = tokio::time::timeout(Duration::from_millis(500), rd.read_line(&mut pending)).await;
+    assert!(
+        waited.is_err(),
+        "got a reply while the buffer was full: {pending:?}"
+    );
+    assert_eq!(buffer.stats().readings, 10);
+    assert_eq!(buffer.stats().dropped_total, 0);
+    // An ack frees room: the waiting line is stored and answered.
+    buffer.ack(buffer.epoch(), 3).await.unwrap();
+    let mut line11 = pending;
+    tokio::time::timeout(T, rd.read_line(&mut line11))
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line11).unwrap();
+    assert_eq!(v["seq"].as_u64(), Some(11), "{line11}");
+    agent.shutdown().await;
+}

@@ -796,6 +796,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_config_with_valid_files_loads() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+        let c = AgentConfig::from_toml(&format!(
+            "device_id = \"d\"\n[gateway.tls]\nca_file = \"{dir}/ca.pem\"\n\
+             client_cert_file = \"{dir}/client.pem\"\nclient_key_file = \"{dir}/client.key\"\n"
+        ))
+        .unwrap();
+        let tls = c.gateway.tls.unwrap();
+        assert!(tls.client_cert_file.is_some());
+        // A key that does not belong to the certificate is refused with the cert's key.
+        let e = AgentConfig::from_toml(&format!(
+            "device_id = \"d\"\n[gateway.tls]\nca_file = \"{dir}/ca.pem\"\n\
+             client_cert_file = \"{dir}/client.pem\"\nclient_key_file = \"{dir}/server.key\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.has("gateway.tls.client_cert_file"), "{e}");
+    }
+
+    #[test]
     fn tls_files_are_checked() {
         let e = AgentConfig::from_toml(
             r#"

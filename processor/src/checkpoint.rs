@@ -17,7 +17,8 @@
 //! The runner commits only after every output produced so far was acknowledged by Kafka (see
 //! `run.rs`). Outputs derived from records after the checkpoint may have been written before the
 //! crash; the replay writes them again with the same ids (at-least-once output, deduplicated by
-//! id downstream).
+//! id downstream). How Kafka transactions would make outputs exactly-once on a real cluster
+//! (tansu 0.6 has none) is described in `run.rs`.
 //!
 //! # Errors
 //! A failed commit leaves the previous checkpoint in place (redb: the changes "may already have

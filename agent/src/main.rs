@@ -93,7 +93,8 @@ fn init_tracing() {
         // journald stamps each line itself; colours would show as escape codes.
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.init();
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 

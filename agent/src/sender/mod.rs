@@ -39,8 +39,10 @@
 //!   acked readings from the buffer. `retry_after_ms` pauses sending for that long and is the
 //!   floor of the next reconnect delay.
 //! * No ack within `ack_timeout` of the oldest in-flight batch -> everything in flight is
-//!   forgotten and sending restarts from the oldest unacked seq (counted as a resend). A new
-//!   connection also restarts from the oldest unacked seq. The gateway deduplicates.
+//!   forgotten and sending restarts from the oldest unacked seq (counted as a resend). Each
+//!   timeout in a row doubles the next one (up to 8x `ack_timeout`) until an ack arrives, so a
+//!   gateway that refuses batches at its bound is not hammered. A new connection also restarts
+//!   from the oldest unacked seq. The gateway deduplicates.
 //!
 //! # Backlog and live data
 //!

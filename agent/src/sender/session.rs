@@ -68,6 +68,9 @@ pub(crate) struct Session {
     pending_since: Option<Instant>,
     send_now: bool,
     rate_next: Instant,
+    /// Ack timeouts since the last ack: each doubles the next timeout (up to 8x), so a
+    /// saturated gateway that refuses batches is not hammered with resends.
+    timeouts_in_row: u32,
     /// Highest seq ever published (to flag resends).
     max_sent: u64,
     /// Set by a graceful shutdown request: drain until this deadline.
@@ -117,6 +120,7 @@ impl Session {
             send_now: false,
             rate_next: Instant::now(),
             max_sent: acked_upto,
+            timeouts_in_row: 0,
             draining: None,
         }
     }
@@ -340,6 +344,10 @@ impl Session {
         tracing::info!(device = %self.device, acked_upto = self.acked_upto, "disconnected gracefully");
     }
 
+    fn ack_timeout(&self) -> Duration {
+        self.cfg.ack_timeout * (1u32 << self.timeouts_in_row.min(3))
+    }
+
     fn effective_credit(&self) -> usize {
         usize::try_from(self.credit.min(self.cfg.max_in_flight)).unwrap_or(1)
     }
@@ -453,7 +461,7 @@ impl Session {
         let mut wake: Option<Instant> = None;
         let mut add = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         if let Some(f) = self.in_flight.front() {
-            add(f.sent_at + self.cfg.ack_timeout);
+            add(f.sent_at + self.ack_timeout());
         }
         if let Some(t) = self.paused_until {
             add(t);
@@ -476,15 +484,16 @@ impl Session {
     fn on_timer(&mut self) {
         let now = Instant::now();
         if let Some(f) = self.in_flight.front() {
-            if now >= f.sent_at + self.cfg.ack_timeout {
+            if now >= f.sent_at + self.ack_timeout() {
                 let from_seq = self.acked_upto + 1;
                 tracing::warn!(
                     device = %self.device,
                     from_seq,
                     in_flight = self.in_flight.len(),
                     "no ack within {:?}, resending",
-                    self.cfg.ack_timeout
+                    self.ack_timeout()
                 );
+                self.timeouts_in_row = self.timeouts_in_row.saturating_add(1);
                 metrics::counter!("breakwater_agent_resends_total").increment(1);
                 self.in_flight.clear();
                 self.next_send = from_seq;
@@ -519,6 +528,7 @@ impl Session {
             return;
         }
         metrics::counter!("breakwater_agent_acks_total").increment(1);
+        self.timeouts_in_row = 0;
         let now = Instant::now();
         self.credit = ack.credit.min(self.cfg.max_in_flight);
         if let Some(ms) = ack.retry_after_ms {

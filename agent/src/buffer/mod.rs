@@ -322,11 +322,11 @@ pub(crate) mod contract {
     /// `b` must have `max_bytes` room for about 10 readings and the `block` policy.
     pub async fn block_policy_waits_for_ack(b: std::sync::Arc<dyn Buffer>) {
         let mut n = 0u64;
-        // Fill until an append would block.
+        // Fill until an append would block (2 s without completing; a commit is ~ms).
         loop {
             n += 1;
             let fut = b.append(vec![reading(n)]);
-            match tokio::time::timeout(std::time::Duration::from_millis(200), fut).await {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), fut).await {
                 Ok(r) => {
                     r.unwrap();
                 }

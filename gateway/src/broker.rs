@@ -112,8 +112,11 @@ pub fn rumqttd_config(
                 },
             },
         },
+        // Both entries are needed: rumqttd 0.20's timer thread unwraps the meters interval even
+        // when only alerts are configured, and dies (then no alert ever arrives).
         "metrics": {
             "alerts": { "push_interval": 1 },
+            "meters": { "push_interval": 3600 },
         },
     });
     let mut config: rumqttd::Config = serde_json::from_value(v).map_err(BrokerError::Config)?;

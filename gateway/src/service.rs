@@ -218,9 +218,11 @@ impl Gateway {
                 max_batches_per_commit: cfg.spool.max_batches_per_commit,
             };
             let done = writer_done.clone();
+            let health = health.clone();
             tokio::spawn(async move {
                 w.run().await;
                 done.store(true, Ordering::Release);
+                health.alive.store(false, Ordering::Relaxed);
             })
         };
 
@@ -270,10 +272,17 @@ impl Gateway {
             limits: Limits::DEFAULT,
             stop: link_stop.clone(),
         };
-        let link_thread = std::thread::Builder::new()
-            .name("bw-link".into())
-            .spawn(move || consumer.run())
-            .map_err(StartError::Thread)?;
+        let link_thread = {
+            let health = health.clone();
+            std::thread::Builder::new()
+                .name("bw-link".into())
+                .spawn(move || {
+                    consumer.run();
+                    // /healthz and the systemd watchdog notice a dead pipeline.
+                    health.alive.store(false, Ordering::Relaxed);
+                })
+                .map_err(StartError::Thread)?
+        };
         crate::link::spawn_alerts(alerts, link_stop.clone()).map_err(StartError::Thread)?;
 
         // HTTP.

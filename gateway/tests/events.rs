@@ -121,10 +121,9 @@ async fn lifecycle_and_refusals_become_fleet_events() {
         move |e: &FleetEvent| e.kind == k && e.device.as_str() == d
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut evs: Vec<FleetEvent> = Vec::new();
-    loop {
+    let evs: Vec<FleetEvent> = loop {
         let recs = read_topic(&bootstrap, &events, 1, 4).await;
-        evs = recs
+        let evs: Vec<FleetEvent> = recs
             .iter()
             .map(|r| {
                 let e = FleetEvent::decode(r.value.as_deref().unwrap()).unwrap();
@@ -137,9 +136,9 @@ async fn lifecycle_and_refusals_become_fleet_events() {
             && evs.iter().any(want(FleetEventKind::Death, "ev-ok"))
             && evs.iter().any(want(FleetEventKind::Lost, "ev-lost"));
         if all || std::time::Instant::now() > deadline {
-            break;
+            break evs;
         }
-    }
+    };
     let refused = evs
         .iter()
         .find(|e| want(FleetEventKind::Refused, "ev-bad")(e));

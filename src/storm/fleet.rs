@@ -243,6 +243,15 @@ impl Fleet {
             .sum()
     }
 
+    /// True when every device has acked at least `upto[i]` readings.
+    #[must_use]
+    pub fn all_acked_up_to(&self, upto: &[u64]) -> bool {
+        self.devices
+            .iter()
+            .zip(upto)
+            .all(|(d, &u)| u == 0 || d.handle.as_ref().is_some_and(|h| h.acked_upto() >= u))
+    }
+
     /// Asks every sender to send what it has now.
     pub fn flush_all(&self) {
         for h in self.devices.iter().filter_map(|d| d.handle.as_ref()) {

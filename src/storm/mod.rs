@@ -162,7 +162,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut timeline = Vec::new();
     let mut initial_connect: Option<f64> = None;
     let mut cut: Option<(Instant, Instant)> = None;
-    let mut produced_at_cut_end: Option<u64> = None;
+    // Per device: readings produced when the network came back; drained when each is acked.
+    let mut produced_at_cut_end: Option<Vec<u64>> = None;
     let mut reconnect_seconds = None;
     let mut drain_seconds = None;
     let mut first_produce: Option<Instant> = None;
@@ -226,11 +227,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         }
         if let Some((_, end)) = cut {
             if now >= end {
-                let base = *produced_at_cut_end.get_or_insert(produced);
+                let base = produced_at_cut_end
+                    .get_or_insert_with(|| fleet.devices.iter().map(|d| d.produced).collect());
                 if reconnect_seconds.is_none() && connected == n {
                     reconnect_seconds = Some((now - end).as_secs_f64());
                 }
-                if drain_seconds.is_none() && acked >= base {
+                if drain_seconds.is_none() && fleet.all_acked_up_to(base) {
                     drain_seconds = Some((now - end).as_secs_f64());
                 }
             }

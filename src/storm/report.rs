@@ -67,7 +67,8 @@ pub struct Report {
     pub cut_end: Option<f64>,
     /// From the network coming back until every device was connected again.
     pub reconnect_seconds: Option<f64>,
-    /// From the network coming back until everything produced before it came back was acked.
+    /// From the network coming back until every device had its backlog (everything it produced
+    /// before the network came back) acked.
     pub drain_seconds: Option<f64>,
     pub peak_connects_per_second: f64,
     pub connects_total: u64,

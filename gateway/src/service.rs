@@ -68,6 +68,7 @@ pub struct Gateway {
     link_thread: Option<std::thread::JoinHandle<()>>,
     writer: tokio::task::JoinHandle<()>,
     writer_done: Arc<AtomicBool>,
+    deletes: Arc<Deletes>,
     drain: Option<tokio::task::JoinHandle<()>>,
     drain_stop: CancellationToken,
     drain_abort: CancellationToken,
@@ -327,6 +328,7 @@ impl Gateway {
             link_thread: Some(link_thread),
             writer,
             writer_done,
+            deletes,
             drain,
             drain_stop,
             drain_abort,
@@ -376,6 +378,19 @@ impl Gateway {
             {
                 self.drain_abort.cancel();
                 let _ = d.await;
+            }
+        }
+        // Deletes the drain reported after the writer stopped.
+        let late = self.deletes.take();
+        if !late.is_empty() {
+            let spool = self.spool.clone();
+            let n = late.len();
+            match tokio::task::spawn_blocking(move || spool.commit(&[], &late)).await {
+                Ok(Ok(())) => info!(records = n, "committed the last deletes"),
+                _ => warn!(
+                    records = n,
+                    "last deletes not committed: those records will be sent again after restart"
+                ),
             }
         }
         self.refused.abort();

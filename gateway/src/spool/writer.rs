@@ -30,13 +30,20 @@ pub struct Deletes {
     notify: Notify,
 }
 
+/// Longest a delivered record waits for its delete when no batch arrives.
+const DELETE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Deletes {
     pub fn push(&self, keys: impl IntoIterator<Item = u64>) {
-        self.keys.lock().extend(keys);
-        self.notify.notify_one();
+        let mut k = self.keys.lock();
+        k.extend(keys);
+        if k.len() >= 10_000 {
+            self.notify.notify_one();
+        }
     }
 
-    fn take(&self) -> Vec<u64> {
+    /// Takes the pending keys (the caller commits them).
+    pub fn take(&self) -> Vec<u64> {
         std::mem::take(&mut *self.keys.lock())
     }
 }
@@ -71,10 +78,13 @@ impl Writer {
         let mut open = true;
         while open {
             buf.clear();
+            // Deletes ride along with the next insert commit; alone they are committed at most
+            // every 200 ms (or at 10k keys), so they do not double the fsyncs on the ack path.
             tokio::select! {
                 n = self.rx.recv_many(&mut buf, self.max_batches_per_commit) => {
                     if n == 0 { open = false; }
                 }
+                () = tokio::time::sleep(DELETE_FLUSH) => {}
                 () = self.deletes.notify.notified() => {}
             }
             self.depth.fetch_sub(buf.len(), Ordering::Relaxed);

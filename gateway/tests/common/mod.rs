@@ -39,13 +39,18 @@ impl GatewayProc {
 
     /// Like [`Self::start`]; `spool_extra` goes into the `[spool]` section.
     pub fn start_with(dir: &Path, spool_extra: &str, extra: &str) -> Self {
+        Self::start_full(dir, "", spool_extra, extra)
+    }
+
+    /// Like [`Self::start_with`]; `mqtt_extra` goes into the `[mqtt]` section.
+    pub fn start_full(dir: &Path, mqtt_extra: &str, spool_extra: &str, extra: &str) -> Self {
         let mqtt_port = breakwater_testkit::free_port();
         let metrics_port = breakwater_testkit::free_port();
         let config = dir.join("gateway.toml");
         std::fs::write(
             &config,
             format!(
-                "[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[spool]\ndir = \"{}\"\n{spool_extra}\n{extra}\n",
+                "[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n{mqtt_extra}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[spool]\ndir = \"{}\"\n{spool_extra}\n{extra}\n",
                 dir.join("spool").display()
             ),
         )

@@ -118,14 +118,40 @@ fn thread_cpu() -> HashMap<u32, (String, u64)> {
     out
 }
 
+/// System-wide TCP counters (`/proc/net/netstat`, `TcpExt`): accept-queue overflows and
+/// retransmitted SYNs show when a storm outruns the listener's accept loop.
+fn tcp_counters() -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string("/proc/net/netstat") else {
+        return (0, 0);
+    };
+    let mut lines = text.lines();
+    while let (Some(keys), Some(vals)) = (lines.next(), lines.next()) {
+        if !keys.starts_with("TcpExt:") {
+            continue;
+        }
+        let get = |name: &str| {
+            keys.split(' ')
+                .position(|k| k == name)
+                .and_then(|i| vals.split(' ').nth(i))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        return (get("ListenOverflows"), get("TCPSynRetrans"));
+    }
+    (0, 0)
+}
+
 struct Round {
     elapsed: Duration,
     ok: usize,
     failed: HashMap<String, usize>,
     latencies: Vec<Duration>,
+    listen_overflows: u64,
+    syn_retrans: u64,
 }
 
 async fn storm(addr: SocketAddr, clients: usize, round: usize) -> Round {
+    let tcp_before = tcp_counters();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..clients {
@@ -158,6 +184,7 @@ async fn storm(addr: SocketAddr, clients: usize, round: usize) -> Round {
         }
     }
     let elapsed = start.elapsed();
+    let tcp_after = tcp_counters();
     let ok = held.len();
     drop(held);
     latencies.sort();
@@ -166,6 +193,8 @@ async fn storm(addr: SocketAddr, clients: usize, round: usize) -> Round {
         ok,
         failed,
         latencies,
+        listen_overflows: tcp_after.0.saturating_sub(tcp_before.0),
+        syn_retrans: tcp_after.1.saturating_sub(tcp_before.1),
     }
 }
 
@@ -180,7 +209,8 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 fn report(target: &str, round: usize, clients: usize, r: &Round, cpu: &[(String, f64)]) {
     println!(
         "{target:<10} round {round}: {ok}/{clients} CONNACK in {el:.3} s = {rate:>6.0} connects/s; \
-         latency p50 {p50:.3} s p99 {p99:.3} s max {max:.3} s; failed {failed:?}",
+         latency p50 {p50:.3} s p99 {p99:.3} s max {max:.3} s; failed {failed:?}; \
+         TCP (system-wide) listen overflows {lo}, SYN retransmits {sr}",
         ok = r.ok,
         el = r.elapsed.as_secs_f64(),
         rate = r.ok as f64 / r.elapsed.as_secs_f64(),
@@ -188,6 +218,8 @@ fn report(target: &str, round: usize, clients: usize, r: &Round, cpu: &[(String,
         p99 = pct(&r.latencies, 0.99).as_secs_f64(),
         max = pct(&r.latencies, 1.0).as_secs_f64(),
         failed = r.failed,
+        lo = r.listen_overflows,
+        sr = r.syn_retrans,
     );
     if !cpu.is_empty() {
         let parts: Vec<String> = cpu.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect();

@@ -38,7 +38,7 @@ use crate::link::local::{self, LinkRx, LinkTx};
 use crate::router::{Event, Router};
 use crate::{Config, ConnectionId, ServerSettings};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::error::Elapsed;
 use tokio::{task, time};
 
@@ -380,7 +380,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
-        let listener = TcpListener::bind(&self.config.listen).await?;
+        // Breakwater patch: listen with a deep accept queue (see `listen_deep`).
+        let listener = listen_deep(self.config.listen)?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
@@ -467,6 +468,23 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             }
         }
     }
+}
+
+/// Breakwater patch: binds like `TcpListener::bind`, but with an accept queue of up to
+/// `net.core.somaxconn` (the kernel caps the request) instead of tokio's fixed 1024. When
+/// thousands of clients reconnect at once their SYNs arrive faster than one thread accepts; once
+/// a 1024-deep queue overflows, the kernel drops handshakes that clients only retry after 1 s,
+/// 3 s, 7 s, ... (or that end in a reset), turning a sub-second storm into minutes.
+fn listen_deep(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65_535)
 }
 
 /// Configures the Websocket connection to indicate the correct protocol

@@ -51,7 +51,10 @@ impl Mosquitto {
             .expect("spawn mosquitto");
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(Self {

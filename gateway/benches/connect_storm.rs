@@ -20,11 +20,7 @@
 //! (which is how the next bottleneck shows: the listener's single thread).
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
 
-// The library exports this module once `lib.rs` declares it; until then, compile it in.
-#[path = "../src/admission/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod admission;
-
+use breakwater_gateway::admission;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,20 +1,17 @@
 //! Admission control against an embedded (patched) rumqttd on loopback: pacing without drops,
 //! refusals with their reasons beyond the waiting room or the wait bound, authentication, and
-//! configuration validation. Also runs the module's unit tests (it is compiled in here).
+//! configuration validation.
 #![allow(clippy::unwrap_used)]
-
-// The library exports this module once `lib.rs` declares it; until then, compile it in.
-#[path = "../src/admission/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod admission;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use admission::probe::{self, ProbeOutcome};
-use admission::{Admission, AdmissionConfig, AdmissionError, AuthConfig, AuthMode, Refused};
+use breakwater_gateway::admission::probe::{self, ProbeOutcome};
+use breakwater_gateway::admission::{
+    self, Admission, AdmissionConfig, AdmissionError, AuthConfig, AuthMode, Refused,
+};
 use tokio::sync::mpsc;
 
 /// rumqttd (no stop method: its threads outlive the test) on a free loopback port with the
@@ -391,4 +388,27 @@ fn config_toml_defaults_and_unknown_keys() {
         toml::from_str::<AdmissionConfig>(&text).unwrap(),
         AdmissionConfig::default()
     );
+}
+
+#[test]
+fn observed_connects_drive_the_burst_gauge_and_counter() {
+    let cfg = AdmissionConfig {
+        burst_window_ms: 1_000,
+        burst_baseline_secs: 60,
+        burst_min_rate: 50.0,
+        ..Default::default()
+    };
+    let adm = Admission::new(&cfg, &AuthConfig::default(), None).unwrap();
+    // A quiet start: nothing observed, no burst.
+    adm.tick_burst();
+    assert_eq!(adm.stats().bursts, 0);
+    // 300 births within the 1 s window: 300/s, above the 50/s floor and a zero baseline.
+    for _ in 0..300 {
+        adm.observe_connect();
+    }
+    adm.tick_burst();
+    assert_eq!(adm.stats().bursts, 1);
+    // Still on: no second start.
+    adm.tick_burst();
+    assert_eq!(adm.stats().bursts, 1);
 }

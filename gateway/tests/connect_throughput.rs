@@ -3,15 +3,11 @@
 //! timing (the measurement lives in `benches/connect_storm.rs`).
 #![allow(clippy::unwrap_used)]
 
-#[path = "../src/admission/probe.rs"]
-#[allow(dead_code)]
-mod probe;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use probe::ProbeOutcome;
+use breakwater_gateway::admission::probe::{self, ProbeOutcome};
 
 const CLIENTS: usize = 400;
 

@@ -6,6 +6,8 @@
 //!    (credit-limited pipelining) for `BENCH_SECS`; reports acked readings/s.
 //! 2. Ack latency at half that load: the same devices paced to 50 % of the measured rate;
 //!    send-to-ack latency per batch in an HDR histogram (p50/p99/max).
+//!
+//! `BENCH_KAFKA_EXTRA="linger_ms = 1;compression = \"zstd\""` adds `[kafka]` keys.
 //! 3. RSS with `BENCH_IDLE` idle connected devices (0 skips): the gateway's VmRSS. With
 //!    `BENCH_SECS=0` only this phase runs, on a fresh gateway.
 //!
@@ -92,7 +94,8 @@ fn start_gateway(kafka: Option<&str>) -> Gw {
             .unwrap()
             .as_nanos();
         cfg.push_str(&format!(
-            "[kafka]\nbrokers = \"{b}\"\ntopic = \"bench-{nanos}\"\nevents_topic = \"bench-ev-{nanos}\"\npartitions = 6\n"
+            "[kafka]\nbrokers = \"{b}\"\ntopic = \"bench-{nanos}\"\nevents_topic = \"bench-ev-{nanos}\"\npartitions = 6\n{}\n",
+            std::env::var("BENCH_KAFKA_EXTRA").unwrap_or_default().replace(';', "\n")
         ));
     }
     cfg.push_str("[admission]\nmax_connections = 20000\n");

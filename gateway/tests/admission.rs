@@ -147,7 +147,7 @@ async fn connects_beyond_the_rate_are_paced_not_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_waiting_refused_as_queue_full() {
     let cfg = AdmissionConfig {
-        connect_rate_per_sec: 2,
+        connect_rate_per_sec: 1,
         connect_burst: 1,
         max_waiting: 3,
         max_wait_ms: 30_000,
@@ -162,8 +162,8 @@ async fn beyond_max_waiting_refused_as_queue_full() {
     assert_eq!(s.accepted.len() + s.closed, n);
     let st = adm.stats();
     // The burst token plus the 3 waiters get in; the others found the room full (a token that
-    // refills while they arrive can let one or two more in, never all).
-    assert!(st.queue_full >= 5, "{st:?}");
+    // refills while they still arrive, one per second, can let one or two more in).
+    assert!(st.queue_full >= 6, "{st:?}");
     assert_eq!(st.queue_full as usize, s.closed, "{st:?}");
     assert_eq!(st.admitted as usize, s.accepted.len());
     assert_eq!(st.wait_exceeded, 0);
@@ -190,14 +190,22 @@ async fn beyond_max_wait_refused_as_wait_exceeded_and_never_later() {
     let (tx, mut rx) = mpsc::channel(100);
     let adm = Admission::new(&cfg, &AuthConfig::default(), Some(tx)).unwrap();
     let addr = start_broker(&adm);
-    let n = 8;
+    let n = 12;
     let s = storm(addr, "late", n).await;
     assert!(s.other.is_empty(), "{:?}", s.other);
     assert_eq!(s.accepted.len() + s.closed, n);
     let st = adm.stats();
-    // The burst token, then one every 500 ms: at most 3 fit within 700 ms (+ arrival spread).
-    assert!(s.accepted.len() <= 3, "{} admitted", s.accepted.len());
-    assert!(st.wait_exceeded >= 5, "{st:?}");
+    // The burst token, then one every 500 ms, each needing a turn within 700 ms of arrival:
+    // at most 2 plus one per 500 ms that arrivals were spread over (a loaded machine).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let most = 2 + (s.elapsed.as_secs_f64() * 2.0).ceil() as usize;
+    assert!(
+        s.accepted.len() <= most,
+        "{} admitted in {:?}",
+        s.accepted.len(),
+        s.elapsed
+    );
+    assert!(st.wait_exceeded >= 1, "{st:?}");
     assert_eq!(st.wait_exceeded as usize, s.closed);
     assert_eq!(st.queue_full, 0);
     // Each CONNECT was answered (admitted or refused) within the wait bound, plus slack for

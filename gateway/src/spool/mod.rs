@@ -43,6 +43,9 @@ use thiserror::Error;
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const CURSORS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("cursors");
 
+/// redb page cache size.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// File name of the spool database inside `[spool] dir`.
 pub const FILE_NAME: &str = "spool.redb";
 
@@ -152,7 +155,11 @@ impl Spool {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = db_err!(Database::create(&path))?;
+        // redb's default cache is 1 GiB; the spool is written once and read once, so a small
+        // cache keeps the gateway's RSS bounded.
+        let db = db_err!(Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path))?;
         // Make sure both tables exist so readers never see "table does not exist".
         {
             let txn = db_err!(db.begin_write())?;

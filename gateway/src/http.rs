@@ -1,6 +1,7 @@
-//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the pipeline threads are alive),
-//! `/readyz` (the MQTT listener is up and, with Kafka configured, the drain is not stalled on
-//! errors).
+//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the link consumer and the spool
+//! writer are alive), `/readyz` (start-up finished: the MQTT listener accepts and the spool is
+//! open; false again once shutdown begins). Kafka health is not part of readiness: the gateway
+//! keeps accepting on its spool while Kafka is away; watch `breakwater_gateway_kafka_*`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -397,6 +397,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
+                    // Breakwater patch 4: back off instead of spinning. An accept error such as
+                    // EMFILE (too many open files) repeats immediately while the condition
+                    // lasts; retrying at once turns the listener thread into a busy loop that
+                    // starves the connections it serves.
+                    time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };

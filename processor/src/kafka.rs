@@ -24,8 +24,20 @@ use crate::config::KafkaConfig;
 /// Counts output deliveries and failures (written by librdkafka's delivery callbacks).
 #[derive(Debug, Default)]
 pub struct Deliveries {
+    /// Records handed to the producer (incremented by the sender).
+    pub sent: AtomicU64,
+    /// Delivery reports received: acknowledged, failed.
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
+}
+
+impl Deliveries {
+    /// Sent records whose delivery report has not been handled yet.
+    #[must_use]
+    pub fn outstanding(&self) -> u64 {
+        let done = self.delivered.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire);
+        self.sent.load(Ordering::Acquire).saturating_sub(done)
+    }
 }
 
 /// Producer context: delivery accounting.
@@ -40,10 +52,10 @@ impl ProducerContext for OutputContext {
     fn delivery(&self, r: &DeliveryResult<'_>, (): ()) {
         match r {
             Ok(_) => {
-                self.0.delivered.fetch_add(1, Ordering::Relaxed);
+                self.0.delivered.fetch_add(1, Ordering::Release);
             }
             Err((e, _)) => {
-                self.0.failed.fetch_add(1, Ordering::Relaxed);
+                self.0.failed.fetch_add(1, Ordering::Release);
                 tracing::error!(error = %e, "output record not acknowledged");
             }
         }

@@ -270,6 +270,7 @@ impl Worker {
                     Err((e, _)) => bail!("producing to {topic}: {e}"),
                 }
             }
+            self.deliveries.sent.fetch_add(1, Ordering::Release);
             self.summary.outputs += 1;
             counter!(m::OUTPUTS, "topic" => topic.to_owned()).increment(1);
         }
@@ -280,13 +281,22 @@ impl Worker {
     fn checkpoint(&mut self) -> anyhow::Result<()> {
         let t0 = Instant::now();
         self.produce_outputs()?;
+        let deadline = Instant::now() + self.cfg.kafka.flush_timeout;
         self.producer
             .flush(self.cfg.kafka.flush_timeout)
             .context("outputs not acknowledged within kafka.flush_timeout; not checkpointing")?;
-        let failed = self
-            .deliveries
-            .failed
-            .load(std::sync::atomic::Ordering::Relaxed);
+        // flush() returns when librdkafka's queue is empty; the delivery callbacks run on the
+        // producer's own thread and may not have run yet. Wait for every report.
+        while self.deliveries.outstanding() > 0 {
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} outputs not acknowledged within kafka.flush_timeout; not checkpointing",
+                    self.deliveries.outstanding()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let failed = self.deliveries.failed.load(Ordering::Acquire);
         if failed > 0 {
             counter!(m::OUTPUT_ERRORS).increment(failed);
             bail!("{failed} output records were not acknowledged; stopping without a checkpoint so a restart replays them");
@@ -579,6 +589,11 @@ fn consume(
         let mut w = lock(worker);
         if let Some(e) = w.fatal.take() {
             return Err(e);
+        }
+        let failed = w.deliveries.failed.load(Ordering::Acquire);
+        if failed > 0 {
+            counter!(m::OUTPUT_ERRORS).increment(failed);
+            bail!("{failed} output records were not acknowledged; stopping without a checkpoint so a restart replays them");
         }
         w.maybe_checkpoint()?;
         if last_report.elapsed() >= Duration::from_secs(1) {

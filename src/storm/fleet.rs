@@ -6,8 +6,7 @@
 //! fsync) would measure this machine's disk and hit the open-files limit long before the
 //! gateway. The durable buffer has its own benchmark (`cargo bench -p breakwater-agent`).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,26 +24,17 @@ pub struct FleetCounters {
     pub connects_total: AtomicU64,
     pub connect_attempts_total: AtomicU64,
     pub disconnects_total: AtomicU64,
-    pub acked_readings: AtomicU64,
-    pub produced_readings: AtomicU64,
     pub resends_total: AtomicU64,
     pub ack_timeouts_total: AtomicU64,
     pub ack_latency_us: Mutex<Histogram<u64>>,
-    /// Last acked seq per device (index = device number), to turn cumulative acks into counts.
-    acked_upto: Vec<AtomicU64>,
-    index: HashMap<DeviceId, usize>,
-    /// When true, ack latencies are recorded (off during warm-up phases if wanted).
-    pub record_latency: AtomicBool,
 }
 
 impl FleetCounters {
-    fn new(devices: &[DeviceId]) -> Self {
+    fn new() -> Self {
         Self {
             connects_total: AtomicU64::new(0),
             connect_attempts_total: AtomicU64::new(0),
             disconnects_total: AtomicU64::new(0),
-            acked_readings: AtomicU64::new(0),
-            produced_readings: AtomicU64::new(0),
             resends_total: AtomicU64::new(0),
             ack_timeouts_total: AtomicU64::new(0),
             // 1 us .. 10 min, 3 significant digits.
@@ -53,17 +43,10 @@ impl FleetCounters {
                     Histogram::new(3).unwrap_or_else(|_| unreachable!("3 sigfigs is valid"))
                 }),
             ),
-            acked_upto: devices.iter().map(|_| AtomicU64::new(0)).collect(),
-            index: devices
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (d.clone(), i))
-                .collect(),
-            record_latency: AtomicBool::new(true),
         }
     }
 
-    fn on_event(&self, device: &DeviceId, ev: &SenderEvent) {
+    fn on_event(&self, ev: &SenderEvent) {
         match ev {
             SenderEvent::Connected => {
                 self.connects_total.fetch_add(1, Ordering::Relaxed);
@@ -83,20 +66,11 @@ impl FleetCounters {
                 self.ack_timeouts_total.fetch_add(1, Ordering::Relaxed);
             }
             SenderEvent::Acked {
-                upto_seq, latency, ..
+                latency: Some(l), ..
             } => {
-                if let Some(&i) = self.index.get(device) {
-                    let prev = self.acked_upto[i].fetch_max(*upto_seq, Ordering::Relaxed);
-                    if *upto_seq > prev {
-                        self.acked_readings
-                            .fetch_add(upto_seq - prev, Ordering::Relaxed);
-                    }
-                }
-                if let (Some(l), true) = (latency, self.record_latency.load(Ordering::Relaxed)) {
-                    let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX).max(1);
-                    if let Ok(mut h) = self.ack_latency_us.lock() {
-                        h.saturating_record(us);
-                    }
+                let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX).max(1);
+                if let Ok(mut h) = self.ack_latency_us.lock() {
+                    h.saturating_record(us);
                 }
             }
             _ => {}
@@ -141,7 +115,7 @@ impl Fleet {
         sender: SenderConfig,
         cancel: CancellationToken,
     ) -> Self {
-        let counters = Arc::new(FleetCounters::new(ids));
+        let counters = Arc::new(FleetCounters::new());
         let devices = ids
             .iter()
             .map(|id| Device {
@@ -179,7 +153,7 @@ impl Fleet {
                 self.sender.clone(),
             )
             .with_seed(seed.wrapping_add(i as u64))
-            .with_events(Arc::new(move |dev, ev| counters.on_event(dev, ev)))
+            .with_events(Arc::new(move |_, ev| counters.on_event(ev)))
             .spawn(self.cancel.child_token());
             d.handle = Some(handle);
         }
@@ -207,9 +181,6 @@ impl Fleet {
             .collect();
         d.buffer.append(readings).await?;
         d.produced += n;
-        self.counters
-            .produced_readings
-            .fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 

@@ -5,15 +5,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use breakwater_agent::config::AgentConfig;
 use breakwater_agent::Agent;
-use breakwater_gateway::config::Config as GatewayConfig;
-use breakwater_gateway::service::Gateway;
 use breakwater_protocol::kafka::{decode_record_value, HEADER_CONTENT_TYPE};
 use breakwater_protocol::{Limits, Value};
-use breakwater_testkit::{free_port, kafka as tk, require_kafka};
+use breakwater_testkit::{kafka as tk, require_kafka};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -22,31 +22,8 @@ const LINES: u64 = 600;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_lines_arrive_in_kafka_in_order_exactly_once() {
     let bootstrap = require_kafka!();
-    let dir = tempfile::tempdir().unwrap();
-    let topic = tk::unique_topic("e2e-telemetry");
-    let events = tk::unique_topic("e2e-events");
-    let mqtt_port = free_port();
-
-    let gw_toml = format!(
-        r#"
-[mqtt]
-listen = "127.0.0.1:{mqtt_port}"
-[kafka]
-brokers = "{bootstrap}"
-topic = "{topic}"
-events_topic = "{events}"
-partitions = 2
-[spool]
-dir = "{spool}"
-ack_mode = "kafka"
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-        spool = dir.path().join("spool").display()
-    );
-    let gw_cfg = GatewayConfig::from_toml(&gw_toml).unwrap();
-    assert!(gw_cfg.validate().is_empty(), "{:?}", gw_cfg.validate());
-    let gateway = Gateway::start(gw_cfg).await.unwrap();
+    let gw = common::start_gateway(&bootstrap, "e2e", 2, r#"ack_mode = "kafka""#).await;
+    let (dir, topic, mqtt_port) = (&gw.dir, gw.topic.clone(), gw.mqtt_port);
 
     let agent_toml = format!(
         r#"
@@ -127,5 +104,5 @@ batch_max_readings = 50
 
     drop(wr);
     agent.shutdown().await;
-    gateway.shutdown().await;
+    gw.gateway.shutdown().await;
 }

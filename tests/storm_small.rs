@@ -5,38 +5,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use breakwater::storm::{self, Options, Scenario};
-use breakwater_gateway::config::Config as GatewayConfig;
-use breakwater_gateway::service::Gateway;
-use breakwater_testkit::{free_port, kafka as tk, require_kafka};
+use breakwater_testkit::require_kafka;
 use clap::Parser as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_storm_loses_and_duplicates_nothing() {
     let bootstrap = require_kafka!();
-    let dir = tempfile::tempdir().unwrap();
-    let topic = tk::unique_topic("storm-telemetry");
-    let events = tk::unique_topic("storm-events");
-    let mqtt_port = free_port();
-    let gw_toml = format!(
-        r#"
-[mqtt]
-listen = "127.0.0.1:{mqtt_port}"
-[kafka]
-brokers = "{bootstrap}"
-topic = "{topic}"
-events_topic = "{events}"
-partitions = 4
-[spool]
-dir = "{spool}"
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-        spool = dir.path().join("spool").display()
-    );
-    let gateway = Gateway::start(GatewayConfig::from_toml(&gw_toml).unwrap())
-        .await
-        .unwrap();
+    let gw = common::start_gateway(&bootstrap, "storm", 4, "").await;
+    let (topic, mqtt_port) = (gw.topic.clone(), gw.mqtt_port);
 
     let opts = Options::parse_from([
         "breakwater-storm",
@@ -65,7 +44,7 @@ listen = "127.0.0.1:0"
     ]);
     assert_eq!(opts.scenario, Scenario::Storm);
     let report = storm::run(&opts).await.unwrap();
-    gateway.shutdown().await;
+    gw.gateway.shutdown().await;
 
     let v = report
         .verification

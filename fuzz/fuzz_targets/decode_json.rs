@@ -1,4 +1,5 @@
-//! Fuzzes the JSON decoders: never panic; an accepted batch round-trips through both encodings.
+//! Fuzzes the JSON decoders: never panic; an accepted batch or floor round-trips through both
+//! encodings.
 #![no_main]
 
 use breakwater_protocol::{envelope, json, kafka::FleetEvent, Limits};
@@ -14,5 +15,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = json::decode_ack(data);
     let _ = json::decode_status(data);
+    if let Ok(floor) = json::decode_floor(data) {
+        let back = json::decode_floor(json::encode_floor(&floor).as_bytes()).expect("re-decodes");
+        assert_eq!(back, floor);
+        assert_eq!(envelope::decode_floor(&envelope::encode_floor(&floor)).expect("postcard"), floor);
+    }
     let _ = FleetEvent::decode(data);
 });

@@ -1,5 +1,7 @@
 //! The link consumer: reads every telemetry and status publish from the embedded broker,
 //! decodes and validates it, asks the sequencer, and hands new batches to the spool writer.
+//! A device's floor declaration (telemetry topic, see `breakwater_protocol::Floor`) goes to the
+//! sequencer only; it may let the device be acked past readings it dropped.
 //!
 //! It runs on its own thread and never blocks on anything downstream: every hand-off is a
 //! `try_send` (or an atomic reservation). When the writer queue or the spool is full the batch
@@ -119,6 +121,17 @@ impl LinkConsumer {
                 metrics::counter!(m::RECEIVED_BATCHES).increment(1);
                 metrics::counter!(m::RECEIVED_READINGS).increment(batch.readings.len() as u64);
                 self.take_batch(batch, payload);
+            }
+            (TopicKind::Telemetry, Message::Floor(floor)) => {
+                if floor.device != parsed.device {
+                    return self.invalid("device_mismatch", &topic, &floor.device, ll);
+                }
+                metrics::counter!(m::RECEIVED_FLOORS).increment(1);
+                // Ordered with the device's batches (same topic, QoS 1): everything it sent
+                // before the floor was admitted already.
+                if let Some(upto) = self.sequencer.floor(&floor) {
+                    self.acker.ack(floor.device, floor.epoch, upto);
+                }
             }
             (TopicKind::Status, Message::Status(status)) => {
                 if status.device != parsed.device {

@@ -17,12 +17,39 @@
 //!   in which they become durable.
 //! * When a batch cannot be taken after all ([`Sequencer::reject`]), `accepted` rewinds to just
 //!   before it and the batches pending after it are forgotten: the device resends from there.
+//!
+//! # Device-declared drops ([`Floor`])
+//!
+//! A device whose `drop-oldest` buffer dropped readings declares "nothing below `first_seq` will
+//! be sent again" ([`Sequencer::floor`]). It arrives on the telemetry topic, so it is ordered
+//! with the device's batches. If `first_seq - 1 > accepted`, the range `accepted + 1 ..
+//! first_seq - 1` was never accepted and never will be: it is appended to the pending queue as a
+//! *dropped* entry that is already done, and `accepted` moves to `first_seq - 1`. So:
+//!
+//! * `durable` passes a dropped range only together with everything accepted before it (the
+//!   batches still in the spool writer or the Kafka drain); it never passes a pending batch.
+//! * Neither `accepted` nor `durable` ever moves backwards because of a floor; a floor at or
+//!   below `accepted` changes nothing (when it is also `<= durable` the caller re-acks).
+//! * The dropped readings are counted ([`stats::DEVICE_DROPPED_READINGS`]) and logged when
+//!   `durable` passes them, so a range forgotten by a [`Sequencer::reject`] before that is not
+//!   counted twice when the device declares it again.
+//! * A floor for an unknown device or another epoch is ignored: the gateway cannot tell which
+//!   of those seqs were acked by someone before, and the device's next batch sets the baseline
+//!   anyway.
+//! * Floors are not persisted. After a restart the spool seeds the sequencer with what was
+//!   spooled; the device sends its floor again on the new connection, so the same range may be
+//!   counted again by the new process (the counter restarts at 0 with it).
+//!
+//! An ack therefore means "every seq `<= upto` is durable or was declared dropped by the device".
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 
-use breakwater_protocol::{Batch, DeviceId};
+use breakwater_protocol::{Batch, DeviceId, Floor};
 use parking_lot::Mutex;
+use tracing::warn;
+
+use crate::stats;
 
 const SHARDS: usize = 16;
 
@@ -43,6 +70,8 @@ struct Pending {
     first: u64,
     last: u64,
     done: bool,
+    /// A range the device declared dropped (no batch; `done` from the start).
+    dropped: bool,
 }
 
 #[derive(Debug)]
@@ -60,6 +89,29 @@ impl DeviceState {
             accepted: baseline,
             durable: baseline,
             pending: VecDeque::new(),
+        }
+    }
+
+    /// Moves `durable` over the done prefix of the pending queue; counts and logs the
+    /// device-declared drops it passes.
+    fn advance(&mut self, device: &DeviceId) {
+        while self.pending.front().is_some_and(|p| p.done) {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            if p.dropped {
+                let readings = p.last - p.first + 1;
+                metrics::counter!(stats::DEVICE_DROPPED_READINGS).increment(readings);
+                warn!(
+                    %device,
+                    epoch = self.epoch,
+                    from_seq = p.first,
+                    to_seq = p.last,
+                    readings,
+                    "device dropped readings before the gateway got them (drop-oldest); acking past them"
+                );
+            }
+            self.durable = p.last;
         }
     }
 }
@@ -141,6 +193,7 @@ impl Sequencer {
             first: batch.first_seq,
             last,
             done: false,
+            dropped: false,
         });
         state.accepted = last;
         Admit::Accept(batch)
@@ -172,14 +225,38 @@ impl Sequencer {
         let p = state
             .pending
             .iter_mut()
-            .find(|p| p.first == first && p.last == last)?;
+            .find(|p| !p.dropped && p.first == first && p.last == last)?;
         p.done = true;
         let before = state.durable;
-        while state.pending.front().is_some_and(|p| p.done) {
-            if let Some(p) = state.pending.pop_front() {
-                state.durable = p.last;
-            }
+        state.advance(device);
+        (state.durable > before).then_some(state.durable)
+    }
+
+    /// Applies a device's floor declaration (see the module doc). Returns the durable seq to
+    /// ack now: the new one when the declared range let `durable` advance, the current one when
+    /// the floor is already covered by it (a re-ack, as for a duplicate batch). `None` while
+    /// batches accepted before the range are still in flight (their durability acks past it),
+    /// and for an unknown device or another epoch.
+    #[must_use]
+    pub fn floor(&self, floor: &Floor) -> Option<u64> {
+        let mut shard = self.shard(&floor.device).lock();
+        let state = shard.get_mut(&floor.device)?;
+        if state.epoch != floor.epoch {
+            return None;
         }
+        let below = floor.first_seq.saturating_sub(1);
+        if below <= state.accepted {
+            return (below <= state.durable && state.durable > 0).then_some(state.durable);
+        }
+        state.pending.push_back(Pending {
+            first: state.accepted + 1,
+            last: below,
+            done: true,
+            dropped: true,
+        });
+        state.accepted = below;
+        let before = state.durable;
+        state.advance(&floor.device);
         (state.durable > before).then_some(state.durable)
     }
 
@@ -194,6 +271,7 @@ impl Sequencer {
                     first,
                     last,
                     done: false,
+                    dropped: false,
                 });
                 st.accepted = last;
             }
@@ -302,6 +380,99 @@ mod tests {
         assert_eq!(s.durable(&dev(), 7, 11, 20), Some(20));
     }
 
+    fn floor(epoch: u64, first_seq: u64) -> Floor {
+        Floor {
+            device: dev(),
+            epoch,
+            first_seq,
+        }
+    }
+
+    #[test]
+    fn floor_acks_past_a_device_drop_at_once_when_nothing_is_in_flight() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert_eq!(s.durable(&dev(), 1, 1, 5), Some(5));
+        // The device dropped 6..=20 before sending them: without the floor, 21.. is a gap.
+        assert_eq!(s.admit(batch(1, 21, 5)), Admit::Gap { expected: 6 });
+        assert_eq!(s.floor(&floor(1, 21)), Some(20));
+        assert_eq!(s.position(&dev()), Some((1, 20)));
+        assert!(matches!(s.admit(batch(1, 21, 5)), Admit::Accept(_)));
+        assert_eq!(s.durable(&dev(), 1, 21, 25), Some(25));
+        // Declared again (a new connection): covered, re-acked, nothing moves.
+        assert_eq!(s.floor(&floor(1, 21)), Some(25));
+        assert_eq!(s.position(&dev()), Some((1, 25)));
+    }
+
+    #[test]
+    fn floor_waits_for_the_batches_accepted_before_it() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert!(matches!(s.admit(batch(1, 6, 5)), Admit::Accept(_)));
+        // 11..=30 dropped at the device while 1..=10 are still on their way to Kafka.
+        assert_eq!(s.floor(&floor(1, 31)), None, "1..=10 are not durable yet");
+        assert!(matches!(s.admit(batch(1, 31, 5)), Admit::Accept(_)));
+        assert_eq!(s.position(&dev()), Some((1, 0)));
+        // Out of order: 6..=10 first does not pass 1..=5.
+        assert_eq!(s.durable(&dev(), 1, 6, 10), None);
+        // 1..=5 durable: durable passes 6..=10 and the dropped 11..=30, stops before 31..=35.
+        assert_eq!(s.durable(&dev(), 1, 1, 5), Some(30));
+        assert_eq!(s.durable(&dev(), 1, 31, 35), Some(35));
+        // A floor inside what was accepted moves nothing backwards or forwards.
+        assert_eq!(s.floor(&floor(1, 3)), Some(35));
+        assert_eq!(s.position(&dev()), Some((1, 35)));
+    }
+
+    #[test]
+    fn floor_below_pending_batches_changes_nothing_and_does_not_re_ack() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 10)), Admit::Accept(_)));
+        // Floor 6: 1..=5 were dropped after the batch was sent; the batch is in flight.
+        assert_eq!(s.floor(&floor(1, 6)), None);
+        assert_eq!(s.position(&dev()), Some((1, 0)));
+        assert_eq!(s.durable(&dev(), 1, 1, 10), Some(10));
+    }
+
+    #[test]
+    fn floor_for_unknown_device_or_other_epoch_is_ignored() {
+        let s = Sequencer::new();
+        assert_eq!(s.floor(&floor(1, 50)), None);
+        assert_eq!(s.devices(), 0);
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert_eq!(s.floor(&floor(2, 50)), None);
+        assert_eq!(s.position(&dev()), Some((1, 0)));
+        assert_eq!(s.admit(batch(1, 6, 1)), Admit::Accept(batch(1, 6, 1)));
+    }
+
+    #[test]
+    fn rejected_batch_before_a_floor_forgets_the_range_until_declared_again() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert!(matches!(s.admit(batch(1, 6, 5)), Admit::Accept(_)));
+        assert_eq!(s.floor(&floor(1, 21)), None);
+        // The spool refuses 6..=10: the device resends from 6, but it dropped 6..=20 meanwhile
+        // and declares its floor again before sending 21...
+        s.reject(&dev(), 1, 6);
+        assert_eq!(s.admit(batch(1, 21, 5)), Admit::Gap { expected: 6 });
+        assert_eq!(s.floor(&floor(1, 21)), None, "1..=5 still in flight");
+        assert!(matches!(s.admit(batch(1, 21, 5)), Admit::Accept(_)));
+        assert_eq!(s.durable(&dev(), 1, 1, 5), Some(20));
+        assert_eq!(s.durable(&dev(), 1, 21, 25), Some(25));
+    }
+
+    #[test]
+    fn floor_after_restart_seed_passes_the_unspooled_range() {
+        // Spool mode restart: 1..=10 spooled and durable; the device dropped 11..=40.
+        let s = Sequencer::new();
+        s.seed(dev(), 7, 10, &[]);
+        assert_eq!(s.floor(&floor(7, 41)), Some(40));
+        // Kafka mode restart: 11..=20 still in the spool, not delivered.
+        let s = Sequencer::new();
+        s.seed(dev(), 7, 10, &[(11, 20)]);
+        assert_eq!(s.floor(&floor(7, 41)), None);
+        assert_eq!(s.durable(&dev(), 7, 11, 20), Some(40));
+    }
+
     proptest! {
         /// Against a model: whatever arrives (resends, overlaps, gaps, rejects, out-of-order
         /// durability), the durable seq never exceeds what was accepted contiguously and
@@ -348,6 +519,69 @@ mod tests {
             if let Some(&min) = durable_set.iter().next() {
                 for seq in min..=last_ack {
                     prop_assert!(durable_set.contains(&seq), "acked {} but {} not durable", last_ack, seq);
+                }
+            }
+        }
+
+        /// With floors in the mix (a device that never sends below its last floor): an ack
+        /// never covers a batch still in flight, every acked seq was made durable or declared
+        /// dropped while not in flight, and acks never go backwards.
+        #[test]
+        fn floors_never_ack_past_a_batch_in_flight(ops in proptest::collection::vec((0u8..5, 1u64..60, 1usize..6), 1..200)) {
+            let s = Sequencer::new();
+            let mut in_flight: Vec<(u64, u64)> = Vec::new();
+            let mut durable_set = std::collections::BTreeSet::new();
+            let mut declared = std::collections::BTreeSet::new();
+            let mut base = None;
+            let mut floor_max = 1;
+            let mut last_ack = 0;
+            for (op, a, n) in ops {
+                match op {
+                    0 | 1 => {
+                        if let Admit::Accept(b) = s.admit(batch(1, a.max(floor_max), n)) {
+                            base.get_or_insert(b.first_seq);
+                            in_flight.push((b.first_seq, b.last_seq()));
+                        }
+                    }
+                    2 => {
+                        if !in_flight.is_empty() {
+                            let i = (a as usize) % in_flight.len();
+                            let (f, l) = in_flight.remove(i);
+                            durable_set.extend(f..=l);
+                            if let Some(d) = s.durable(&dev(), 1, f, l) {
+                                prop_assert!(d >= last_ack);
+                                last_ack = d;
+                            }
+                        }
+                    }
+                    3 => {
+                        if !in_flight.is_empty() {
+                            let i = (a as usize) % in_flight.len();
+                            let (f, _) = in_flight[i];
+                            s.reject(&dev(), 1, f);
+                            in_flight.retain(|&(x, _)| x < f);
+                        }
+                    }
+                    _ => {
+                        floor_max = floor_max.max(a);
+                        let pending = |x: u64| in_flight.iter().any(|&(f, l)| (f..=l).contains(&x));
+                        declared.extend((1..floor_max).filter(|&x| !pending(x)));
+                        if let Some(d) = s.floor(&floor(1, floor_max)) {
+                            prop_assert!(d >= last_ack);
+                            last_ack = d;
+                        }
+                    }
+                }
+                for &(f, _) in &in_flight {
+                    prop_assert!(f > last_ack, "acked {} while {}.. is in flight", last_ack, f);
+                }
+            }
+            if let Some(base) = base {
+                for seq in base..=last_ack {
+                    prop_assert!(
+                        durable_set.contains(&seq) || declared.contains(&seq),
+                        "acked {} but {} was neither durable nor declared dropped", last_ack, seq
+                    );
                 }
             }
         }

@@ -11,6 +11,11 @@ pub const ACCEPTED_READINGS: &str = "breakwater_gateway_accepted_readings_total"
 pub const INVALID_PAYLOADS: &str = "breakwater_gateway_invalid_payloads_total";
 /// Labels: `reason` = `duplicate`, `gap`, `queue_full`, `spool_full`, `spool_error`.
 pub const DROPPED_BATCHES: &str = "breakwater_gateway_dropped_batches_total";
+/// Readings a device declared dropped (its `drop-oldest` buffer) that the gateway never got,
+/// counted when the acks pass them (see `sequencer`).
+pub const DEVICE_DROPPED_READINGS: &str = "breakwater_gateway_device_dropped_readings_total";
+/// Floor declarations received from devices (see `breakwater_protocol::Floor`).
+pub const RECEIVED_FLOORS: &str = "breakwater_gateway_received_floors_total";
 pub const LINK_CURSOR_JUMPS: &str = "breakwater_gateway_link_cursor_jumps_total";
 pub const LINK_LOST_MESSAGES: &str = "breakwater_gateway_link_lost_messages_total";
 pub const QUEUE_DEPTH: &str = "breakwater_gateway_queue_batches";
@@ -43,6 +48,11 @@ pub fn describe() {
     );
     describe_counter!(INVALID_PAYLOADS, "Payloads that failed decoding, by reason");
     describe_counter!(DROPPED_BATCHES, "Batches dropped or refused, by reason");
+    describe_counter!(
+        DEVICE_DROPPED_READINGS,
+        "Readings devices declared dropped (drop-oldest) before the gateway got them"
+    );
+    describe_counter!(RECEIVED_FLOORS, "Floor declarations received from devices");
     describe_counter!(
         LINK_CURSOR_JUMPS,
         "rumqttd skipped the gateway's link ahead (it fell behind)"

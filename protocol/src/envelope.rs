@@ -3,9 +3,14 @@
 //! ```text
 //! byte 0..2  magic  b"BW"
 //! byte 2     format version (this crate writes and reads VERSION = 1)
-//! byte 3     message kind: 1 = batch, 2 = ack, 3 = status
+//! byte 3     message kind: 1 = batch, 2 = ack, 3 = status, 4 = floor
 //! byte 4..   postcard encoding of the message (a batch uses the layout in `wire`)
 //! ```
+//!
+//! A floor body is `device: str, epoch: varint u64, first_seq: varint u64` (see
+//! [`crate::Floor`]). Kind 4 was added without a version bump: it is additive, and a gateway
+//! that predates it rejects it as [`DecodeError::UnknownKind`] (counted, no effect), so a
+//! device sending floors to an older gateway behaves as before floors existed.
 //!
 //! A reader that meets a version it does not know fails with
 //! [`DecodeError::UnsupportedVersion`], so a v2 agent talking to a v1 gateway gets a clear
@@ -14,7 +19,7 @@
 use thiserror::Error;
 
 use crate::limits::{Limits, ValidationError};
-use crate::types::{Ack, Batch, Status};
+use crate::types::{Ack, Batch, Floor, Status};
 use crate::wire::{WireBatch, WireBatchRef};
 
 pub const MAGIC: [u8; 2] = *b"BW";
@@ -28,6 +33,8 @@ pub enum MessageKind {
     Batch = 1,
     Ack = 2,
     Status = 3,
+    /// A device's [`Floor`]: nothing below `first_seq` will be sent again.
+    Floor = 4,
 }
 
 impl MessageKind {
@@ -37,6 +44,7 @@ impl MessageKind {
             1 => Some(Self::Batch),
             2 => Some(Self::Ack),
             3 => Some(Self::Status),
+            4 => Some(Self::Floor),
             _ => None,
         }
     }
@@ -47,6 +55,7 @@ impl MessageKind {
             Self::Batch => "batch",
             Self::Ack => "ack",
             Self::Status => "status",
+            Self::Floor => "floor",
         }
     }
 }
@@ -57,6 +66,7 @@ pub enum Message {
     Batch(Batch),
     Ack(Ack),
     Status(Status),
+    Floor(Floor),
 }
 
 impl Message {
@@ -66,6 +76,7 @@ impl Message {
             Self::Batch(_) => MessageKind::Batch,
             Self::Ack(_) => MessageKind::Ack,
             Self::Status(_) => MessageKind::Status,
+            Self::Floor(_) => MessageKind::Floor,
         }
     }
 }
@@ -152,6 +163,12 @@ pub fn encode_status(status: &Status) -> Vec<u8> {
     encode_with(MessageKind::Status, status, 96)
 }
 
+/// Encodes a floor declaration into an envelope.
+#[must_use]
+pub fn encode_floor(floor: &Floor) -> Vec<u8> {
+    encode_with(MessageKind::Floor, floor, 96)
+}
+
 /// Encodes any message into an envelope.
 #[must_use]
 pub fn encode(msg: &Message) -> Vec<u8> {
@@ -159,6 +176,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Batch(b) => encode_batch(b),
         Message::Ack(a) => encode_ack(a),
         Message::Status(s) => encode_status(s),
+        Message::Floor(f) => encode_floor(f),
     }
 }
 
@@ -228,6 +246,11 @@ pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Message, DecodeError
             s.validate()?;
             Message::Status(s)
         }
+        MessageKind::Floor => {
+            let f: Floor = body(kind, rest)?;
+            f.validate()?;
+            Message::Floor(f)
+        }
     })
 }
 
@@ -276,5 +299,16 @@ pub fn decode_status(bytes: &[u8]) -> Result<Status, DecodeError> {
     match decode(bytes)? {
         Message::Status(s) => Ok(s),
         other => Err(wrong(MessageKind::Status, &other)),
+    }
+}
+
+/// Decodes a floor declaration; any other message kind is an error.
+///
+/// # Errors
+/// See [`decode_with`], plus [`DecodeError::WrongKind`].
+pub fn decode_floor(bytes: &[u8]) -> Result<Floor, DecodeError> {
+    match decode(bytes)? {
+        Message::Floor(f) => Ok(f),
+        other => Err(wrong(MessageKind::Floor, &other)),
     }
 }

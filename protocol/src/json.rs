@@ -8,7 +8,8 @@
 //!
 //! An ack is `{"device":..,"epoch":..,"upto_seq":..,"credit":..,"retry_after_ms":..}` (the
 //! last key is omitted when unset) and a status is
-//! `{"device":..,"epoch":..,"kind":"birth"|"death"|"lost","ts":..}`.
+//! `{"device":..,"epoch":..,"kind":"birth"|"death"|"lost","ts":..}`. A floor is
+//! `{"device":..,"epoch":..,"first_seq":..}`.
 //!
 //! Note for JavaScript consumers: `epoch` is a full 64-bit integer; parse it with a big-integer
 //! aware JSON reader if you need it exactly.
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::DecodeError;
 use crate::limits::{Limits, ValidationError};
-use crate::types::{Ack, Batch, CompactString, DeviceId, Reading, Status, Value};
+use crate::types::{Ack, Batch, CompactString, DeviceId, Floor, Reading, Status, Value};
 
 /// A reading value as it appears in JSON: an untagged number, boolean or string.
 #[derive(Serialize, Deserialize)]
@@ -197,4 +198,33 @@ pub fn decode_status(bytes: &[u8]) -> Result<Status, DecodeError> {
     let s: Status = parse(bytes, &Limits::DEFAULT)?;
     s.validate()?;
     Ok(s)
+}
+
+/// Encodes a floor declaration as JSON.
+#[must_use]
+pub fn encode_floor(floor: &Floor) -> String {
+    to_string(floor)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonFloor {
+    device: DeviceId,
+    epoch: u64,
+    first_seq: u64,
+}
+
+/// Decodes and validates a JSON floor declaration.
+///
+/// # Errors
+/// [`DecodeError::Json`] or [`DecodeError::Invalid`] (including `first_seq` 0).
+pub fn decode_floor(bytes: &[u8]) -> Result<Floor, DecodeError> {
+    let j: JsonFloor = parse(bytes, &Limits::DEFAULT)?;
+    let f = Floor {
+        device: j.device,
+        epoch: j.epoch,
+        first_seq: j.first_seq,
+    };
+    f.validate()?;
+    Ok(f)
 }

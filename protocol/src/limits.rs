@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::types::{Ack, Batch, DeviceId, Status, Value};
+use crate::types::{Ack, Batch, DeviceId, Floor, Status, Value};
 
 /// Limits applied when decoding untrusted bytes. [`Limits::default`] is what the gateway uses
 /// unless configured otherwise; agents should stay well inside it.
@@ -46,7 +46,7 @@ pub enum ValidationError {
     EmptyBatch,
     #[error("batch has {count} readings, the limit is {limit}")]
     TooManyReadings { count: usize, limit: usize },
-    #[error("sequence numbers start at 1, batch starts at 0")]
+    #[error("sequence numbers start at 1, found seq 0")]
     ZeroSeq,
     #[error("sequence number overflows u64")]
     SeqOverflow,
@@ -219,6 +219,18 @@ impl Ack {
     /// An invalid device id.
     pub fn validate(&self) -> Result<(), ValidationError> {
         check_device_id(self.device.as_str())
+    }
+}
+
+impl Floor {
+    /// # Errors
+    /// An invalid device id, or `first_seq` 0 (sequence numbers start at 1).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_device_id(self.device.as_str())?;
+        if self.first_seq == 0 {
+            return Err(ValidationError::ZeroSeq);
+        }
+        Ok(())
     }
 }
 

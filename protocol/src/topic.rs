@@ -1,7 +1,7 @@
 //! The MQTT topic scheme, in one place.
 //!
 //! ```text
-//! bw/v1/{device}/telemetry   agent -> gateway   envelope(Batch)
+//! bw/v1/{device}/telemetry   agent -> gateway   envelope(Batch) or envelope(Floor), QoS 1, in order
 //! bw/v1/{device}/status      agent -> gateway   envelope(Status); the last-will is a Lost status
 //! bw/v1/{device}/ack         gateway -> agent   envelope(Ack)
 //! ```

@@ -168,6 +168,23 @@ pub struct Ack {
     pub retry_after_ms: Option<u32>,
 }
 
+/// A device's declaration that it will never send a seq below `first_seq` of `epoch` again:
+/// every reading below it was either acked by the gateway or dropped by the device (its buffer's
+/// `drop-oldest` policy). Travels on the telemetry topic, ordered with the batches.
+///
+/// `first_seq` is the oldest seq the device still stores (its buffer's floor), so the device can
+/// derive it at any moment without remembering what it sent, also after a restart. It never
+/// decreases within an epoch. The gateway treats the seqs between what it accepted and
+/// `first_seq` as dropped at the device: it counts them and acks past them once everything it
+/// accepted before them is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    pub device: DeviceId,
+    pub epoch: u64,
+    /// Oldest seq the device may still send (>= 1). `first_seq = 1` declares nothing.
+    pub first_seq: u64,
+}
+
 /// Lifecycle of a device's connection, published on its status topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use breakwater_protocol::{
-    envelope, json, Batch, DecodeError, DeviceId, Limits, Reading, ValidationError, Value,
+    envelope, json, Batch, DecodeError, DeviceId, Floor, Limits, Reading, ValidationError, Value,
 };
 
 fn batch(n: usize) -> Batch {
@@ -258,4 +258,86 @@ fn many_distinct_metrics_and_extreme_timestamps_round_trip() {
     };
     let bytes = envelope::encode_batch(&b);
     assert_eq!(envelope::decode_batch(&bytes, &Limits::DEFAULT).unwrap(), b);
+}
+
+#[test]
+fn floor_errors() {
+    let f = Floor {
+        device: DeviceId::parse("dev-1").unwrap(),
+        epoch: 7,
+        first_seq: 300,
+    };
+    let good = envelope::encode_floor(&f);
+    // Body: device (len + 5 bytes), epoch 7, first_seq 300 (two varint bytes).
+    assert_eq!(good.len(), 4 + 1 + 5 + 1 + 2);
+    assert!(matches!(
+        envelope::decode(&good[..good.len() - 1]),
+        Err(DecodeError::Malformed { kind: "floor", .. })
+    ));
+    let mut long = good.clone();
+    long.push(0);
+    assert_eq!(
+        envelope::decode(&long),
+        Err(DecodeError::TrailingBytes {
+            kind: "floor",
+            count: 1
+        })
+    );
+    assert!(matches!(
+        envelope::decode_floor(&envelope::encode_batch(&batch(1))),
+        Err(DecodeError::WrongKind {
+            expected: "floor",
+            found: "batch"
+        })
+    ));
+    assert!(matches!(
+        envelope::decode_batch(&good, &Limits::DEFAULT),
+        Err(DecodeError::WrongKind {
+            expected: "batch",
+            found: "floor"
+        })
+    ));
+    let zero = Floor {
+        first_seq: 0,
+        ..f.clone()
+    };
+    let err = envelope::decode(&envelope::encode_floor(&zero)).unwrap_err();
+    assert_eq!(err, DecodeError::Invalid(ValidationError::ZeroSeq));
+    assert_eq!(err.reason(), "bad_seq");
+    let mut bad_dev = good.clone();
+    bad_dev[4 + 1 + 3] = b'/';
+    assert!(matches!(
+        envelope::decode(&bad_dev),
+        Err(DecodeError::Invalid(ValidationError::DeviceIdInvalidChar {
+            ch: '/',
+            ..
+        }))
+    ));
+    let tiny = Limits {
+        max_payload_bytes: 8,
+        ..Limits::DEFAULT
+    };
+    assert!(matches!(
+        envelope::decode_with(&good, &tiny),
+        Err(DecodeError::TooLarge { limit: 8, .. })
+    ));
+    // JSON.
+    assert_eq!(
+        json::decode_floor(br#"{"device":"d","epoch":1,"first_seq":0}"#),
+        Err(DecodeError::Invalid(ValidationError::ZeroSeq))
+    );
+    assert_eq!(
+        json::decode_floor(br#"{"device":"a b","epoch":1,"first_seq":5}"#)
+            .unwrap_err()
+            .reason(),
+        "invalid_device_id"
+    );
+    assert!(matches!(
+        json::decode_floor(br#"{"device":"d","epoch":1,"first_seq":5,"x":1}"#),
+        Err(DecodeError::Json(_))
+    ));
+    assert!(matches!(
+        json::decode_floor(br#"{"device":"d","epoch":1}"#),
+        Err(DecodeError::Json(_))
+    ));
 }

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 
 use breakwater_protocol::{
-    envelope, json, Ack, Batch, DeviceId, Limits, Message, Reading, Status, StatusKind, Value,
+    envelope, json, Ack, Batch, DeviceId, Floor, Limits, Message, Reading, Status, StatusKind,
+    Value,
 };
 
 fn device() -> DeviceId {
@@ -46,6 +47,14 @@ fn status() -> Status {
         epoch: 123,
         kind: StatusKind::Lost,
         ts: 1_764_115_200_000,
+    }
+}
+
+fn floor() -> Floor {
+    Floor {
+        device: device(),
+        epoch: 123,
+        first_seq: 1_000,
     }
 }
 
@@ -128,4 +137,24 @@ fn status_json() {
     let text = json::encode_status(&status());
     check("status.json", text.as_bytes());
     assert_eq!(json::decode_status(text.as_bytes()).unwrap(), status());
+}
+
+#[test]
+fn floor_postcard() {
+    let bytes = envelope::encode_floor(&floor());
+    check("floor.bin", &bytes);
+    assert_eq!(bytes[3], 4, "kind byte of a floor");
+    assert_eq!(envelope::decode_floor(&bytes).unwrap(), floor());
+    assert_eq!(envelope::decode(&bytes).unwrap(), Message::Floor(floor()));
+}
+
+#[test]
+fn floor_json() {
+    let text = json::encode_floor(&floor());
+    check("floor.json", text.as_bytes());
+    assert_eq!(
+        text, r#"{"device":"press-01","epoch":123,"first_seq":1000}"#,
+        "documented shape"
+    );
+    assert_eq!(json::decode_floor(text.as_bytes()).unwrap(), floor());
 }

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use breakwater_protocol::{
-    envelope, json, Ack, Batch, DeviceId, Limits, Message, Reading, Status, StatusKind, Value,
+    envelope, json, Ack, Batch, DeviceId, Floor, Limits, Message, Reading, Status, StatusKind,
+    Value,
 };
 use proptest::prelude::*;
 
@@ -81,6 +82,14 @@ fn status() -> impl Strategy<Value = Status> {
         })
 }
 
+fn floor() -> impl Strategy<Value = Floor> {
+    (device(), any::<u64>(), 1u64..=u64::MAX).prop_map(|(device, epoch, first_seq)| Floor {
+        device,
+        epoch,
+        first_seq,
+    })
+}
+
 proptest! {
     #[test]
     fn batch_postcard_round_trip(b in batch()) {
@@ -107,9 +116,17 @@ proptest! {
     }
 
     #[test]
+    fn floor_round_trip(f in floor()) {
+        let bytes = envelope::encode_floor(&f);
+        prop_assert_eq!(envelope::decode(&bytes).unwrap(), Message::Floor(f.clone()));
+        prop_assert_eq!(json::decode_floor(json::encode_floor(&f).as_bytes()).unwrap(), f);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = envelope::decode(&bytes);
         let _ = json::decode_batch(&bytes, &Limits::DEFAULT);
+        let _ = json::decode_floor(&bytes);
     }
 
     #[test]

@@ -399,3 +399,127 @@ async fn retry_after_in_an_ack_pauses_sending() {
     assert_eq!(buffer.stats().readings, 90);
     handle.shutdown(Duration::ZERO).await;
 }
+
+/// `drop-oldest` while the device is offline, then a new sender on the same buffer (as after an
+/// agent restart: `acked_upto` is derived from the buffer, so only the floor tells the gateway
+/// about the gap). The gateway, which never acks past a gap, acks past the declared range and
+/// the device drains instead of resending the same batch forever.
+#[tokio::test]
+async fn readings_dropped_while_offline_are_declared_and_the_device_drains() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let gw = TestGateway::start(broker.port()).await;
+    // About 100 readings fit.
+    let buffer: Arc<dyn Buffer> = Arc::new(MemoryBuffer::new(4096, FullPolicy::DropOldest));
+    buffer.append((1..=5).map(reading).collect()).await.unwrap();
+    let (handle, _, device) = start(&broker, "drop-offline", buffer.clone(), cfg());
+    assert!(wait_until(T, || handle.acked_upto() == 5).await);
+    handle.shutdown(Duration::from_secs(1)).await;
+
+    for i in 6..=500 {
+        buffer.append(vec![reading(i)]).await.unwrap();
+    }
+    let s = buffer.stats();
+    assert!(
+        s.dropped_total > 0,
+        "the budget must have overflowed: {s:?}"
+    );
+    assert_eq!(
+        s.first_seq,
+        6 + s.dropped_total,
+        "only unsent readings were dropped"
+    );
+    let first_kept = s.first_seq;
+
+    let mut c = cfg();
+    c.ack_timeout = Duration::from_millis(500);
+    let (handle, events, _) = start(&broker, "drop-offline", buffer.clone(), c);
+    assert!(
+        wait_until(T, || handle.acked_upto() == 500).await,
+        "the device stalled at {}: {:?}",
+        handle.acked_upto(),
+        gw.log().floors
+    );
+    assert_eq!(buffer.stats().readings, 0);
+    {
+        let log = gw.log();
+        assert_eq!(
+            log.declared_dropped[&device],
+            vec![(6, first_kept - 1)],
+            "exactly the dropped readings were declared"
+        );
+        let expected: Vec<u64> = (1..=5).chain(first_kept..=500).collect();
+        assert_eq!(log.unique_seqs(&device), expected);
+        assert!(log.floors.iter().all(|f| f.first_seq == first_kept));
+    }
+    assert_eq!(
+        count(&events, |e| *e
+            == SenderEvent::FloorSent {
+                first_seq: first_kept
+            }),
+        1,
+        "one floor, before the first batch of the connection"
+    );
+    assert_eq!(
+        count(&events, |e| matches!(e, SenderEvent::AckTimeout { .. })),
+        0,
+        "no resend round was needed"
+    );
+    handle.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Readings dropped while their batches are in flight and unacked: the resend round finds the
+/// oldest unacked seq gone, declares the new floor before its first batch, and the gateway acks
+/// past the readings it never got.
+#[tokio::test]
+async fn readings_dropped_mid_connection_are_declared_before_the_next_batch() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let gw = TestGateway::start(broker.port()).await;
+    gw.knobs().withhold_acks = true;
+    let buffer: Arc<dyn Buffer> = Arc::new(MemoryBuffer::new(4096, FullPolicy::DropOldest));
+    let mut c = cfg();
+    c.initial_credit = 2;
+    c.ack_timeout = Duration::from_millis(300);
+    let (handle, events, device) = start(&broker, "drop-live", buffer.clone(), c);
+    assert!(wait_until(T, || handle.is_connected()).await);
+    buffer
+        .append((1..=20).map(reading).collect())
+        .await
+        .unwrap();
+    assert!(wait_until(T, || gw.log().batches.len() >= 2).await);
+    // 1..=20 reached the gateway but are unacked; the credit is used up.
+    for i in 21..=400 {
+        buffer.append(vec![reading(i)]).await.unwrap();
+    }
+    let dropped = buffer.stats().dropped_total;
+    assert!(dropped > 20, "{:?}", buffer.stats());
+    gw.knobs().withhold_acks = false;
+    assert!(
+        wait_until(T, || handle.acked_upto() == 400).await,
+        "the device stalled at {}",
+        handle.acked_upto()
+    );
+    {
+        let log = gw.log();
+        let received = log.unique_seqs(&device);
+        let declared: Vec<u64> = log.declared_dropped[&device]
+            .iter()
+            .flat_map(|&(a, b)| a..=b)
+            .collect();
+        assert!(!declared.is_empty());
+        let mut all: Vec<u64> = received.iter().chain(&declared).copied().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (1..=400).collect::<Vec<_>>(),
+            "every seq was received or declared dropped, none both"
+        );
+        // Declared = dropped minus the dropped readings the gateway had received before the drop.
+        assert_eq!(declared.len() as u64 + 20, dropped);
+    }
+    assert!(count(&events, |e| matches!(e, SenderEvent::FloorSent { .. })) >= 1);
+    handle.shutdown(Duration::from_secs(1)).await;
+}

@@ -43,6 +43,12 @@
 //!   timeout in a row doubles the next one (up to 8x `ack_timeout`) until an ack arrives, so a
 //!   gateway that refuses batches at its bound is not hammered. A new connection also restarts
 //!   from the oldest unacked seq. The gateway deduplicates.
+//! * Dropped readings (`drop-oldest`) are declared, never silently skipped: before the next
+//!   batch after a gap (`first_seq > ` the next seq to send), and before the first batch of
+//!   every connection once the buffer ever dropped, the sender publishes a
+//!   [`breakwater_protocol::Floor`] with the batch's `first_seq` on the telemetry topic
+//!   (QoS 1, so it reaches the gateway before the batch). The gateway acks past the declared
+//!   range; without it the gateway would never ack past the gap.
 //!
 //! # Backlog and live data
 //!
@@ -105,6 +111,9 @@ pub enum SenderEvent {
     },
     /// No ack within `ack_timeout`: sending restarts from `from_seq`.
     AckTimeout { from_seq: u64 },
+    /// A [`breakwater_protocol::Floor`] was published: nothing below `first_seq` will be sent
+    /// again (readings below it were acked or dropped by `drop-oldest`).
+    FloorSent { first_seq: u64 },
 }
 
 /// Why a connection ended.

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use breakwater_protocol::{envelope, Batch, DeviceId, Limits, Status, StatusKind, Topic};
+use breakwater_protocol::{envelope, Batch, DeviceId, Floor, Limits, Status, StatusKind, Topic};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -75,6 +75,11 @@ pub(crate) struct Session {
     max_sent: u64,
     /// Set by a graceful shutdown request: drain until this deadline.
     draining: Option<Instant>,
+    /// The next batch must be preceded by a [`Floor`]: readings were dropped before they were
+    /// sent, or this connection starts with a buffer that ever dropped (the gateway may not
+    /// know the range: a new gateway process, or this process restarted with `acked_upto`
+    /// derived from the buffer). Without it the gateway never acks past the gap.
+    floor_due: bool,
 }
 
 impl Session {
@@ -122,6 +127,7 @@ impl Session {
             max_sent: acked_upto,
             timeouts_in_row: 0,
             draining: None,
+            floor_due: false,
         }
     }
 
@@ -261,6 +267,7 @@ impl Session {
         self.paused_until = None;
         self.send_now = true;
         self.pending_since = None;
+        self.floor_due = self.buffer.stats().dropped_total > 0;
 
         // Phase 2: steady state.
         loop {
@@ -398,6 +405,7 @@ impl Session {
                 let first = self.buffer.stats().first_seq;
                 if first > self.next_send {
                     self.next_send = first;
+                    self.floor_due = true;
                     continue;
                 }
                 return Ok(());
@@ -407,9 +415,28 @@ impl Session {
                     device = %self.device,
                     from = self.next_send,
                     to = first_seq - 1,
-                    "readings were dropped before they were sent"
+                    "readings were dropped before they were sent; declaring the new floor"
                 );
+                self.floor_due = true;
             }
+            if self.floor_due && first_seq > 1 {
+                // Same topic and QoS as the batches, so the gateway sees it before the batch.
+                let floor = envelope::encode_floor(&Floor {
+                    device: self.device.clone(),
+                    epoch: self.epoch,
+                    first_seq,
+                });
+                if let Err(e) =
+                    client.try_publish(self.telemetry_topic.clone(), QoS::AtLeastOnce, false, floor)
+                {
+                    tracing::debug!(device = %self.device, error = %e, "publish queue full");
+                    self.paused_until = Some(now + Duration::from_millis(10));
+                    return Ok(());
+                }
+                metrics::counter!("breakwater_agent_sent_floors_total").increment(1);
+                self.emit(&SenderEvent::FloorSent { first_seq });
+            }
+            self.floor_due = false;
             let n = rows.len() as u64;
             let batch = Batch {
                 device: self.device.clone(),

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use breakwater_protocol::{envelope, Ack, Batch, DeviceId, Limits, Status, Topic, TopicKind};
+use breakwater_protocol::envelope::Message;
+use breakwater_protocol::{
+    envelope, Ack, Batch, DeviceId, Floor, Limits, Status, Topic, TopicKind,
+};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 /// Fault-injection knobs, changeable while running.
@@ -56,6 +59,10 @@ pub struct Log {
     pub max_outstanding_after_first_ack: usize,
     pub acks_published: usize,
     pub acks_dropped: usize,
+    /// Every floor declaration received, in arrival order.
+    pub floors: Vec<Floor>,
+    /// Per device: ranges a floor let the ack pass without the readings (never received).
+    pub declared_dropped: HashMap<DeviceId, Vec<(u64, u64)>>,
 }
 
 impl Log {
@@ -164,7 +171,11 @@ fn handle(
             }
         }
         TopicKind::Telemetry => {
-            let batch = envelope::decode_batch(payload, &Limits::DEFAULT).unwrap();
+            let batch = match envelope::decode_with(payload, &Limits::DEFAULT).unwrap() {
+                Message::Batch(b) => b,
+                Message::Floor(f) => return floor(client, knobs, log, &t.device, &f),
+                other => panic!("unexpected {:?} on the telemetry topic", other.kind()),
+            };
             assert_eq!(batch.device, t.device, "batch device must match the topic");
             let k = knobs.lock().unwrap().clone();
             let mut l = log.lock().unwrap();
@@ -241,6 +252,63 @@ fn handle(
         }
         TopicKind::Ack => {}
     }
+}
+
+/// Like the real gateway's sequencer: a floor above the contiguous mark moves it (the range in
+/// between is recorded as declared dropped) and is acked; one at or below it is re-acked.
+fn floor(
+    client: &AsyncClient,
+    knobs: &Mutex<Knobs>,
+    log: &Mutex<Log>,
+    topic_device: &DeviceId,
+    f: &Floor,
+) {
+    assert_eq!(&f.device, topic_device, "floor device must match the topic");
+    let k = knobs.lock().unwrap().clone();
+    let mut l = log.lock().unwrap();
+    l.floors.push(f.clone());
+    let Some(entry) = l.durable.get_mut(&f.device) else {
+        return; // unknown device: ignored, as the real gateway does
+    };
+    if entry.0 != f.epoch {
+        return;
+    }
+    let below = f.first_seq - 1;
+    if below > entry.1 {
+        let range = (entry.1 + 1, below);
+        entry.1 = below;
+        l.declared_dropped
+            .entry(f.device.clone())
+            .or_default()
+            .push(range);
+    }
+    let upto = l.durable[&f.device].1;
+    if k.withhold_acks {
+        l.acks_dropped += 1;
+        return;
+    }
+    let p = l.published_upto.entry(f.device.clone()).or_insert(0);
+    *p = (*p).max(upto);
+    let p = *p;
+    if let Some(out) = l.outstanding.get_mut(&f.device) {
+        out.retain(|&last| last > p);
+    }
+    l.acks_published += 1;
+    let ack = Ack {
+        device: f.device.clone(),
+        epoch: k.epoch_override.unwrap_or(f.epoch),
+        upto_seq: upto,
+        credit: k.credit,
+        retry_after_ms: k.retry_after_ms,
+    };
+    client
+        .try_publish(
+            Topic::ack(&f.device),
+            QoS::AtLeastOnce,
+            false,
+            envelope::encode_ack(&ack),
+        )
+        .unwrap();
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.

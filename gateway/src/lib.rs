@@ -18,7 +18,9 @@
 //!
 //! * A device is acked up to `seq` only when every reading `<= seq` of its epoch is durable: in
 //!   the spool after fsync (ack mode `spool`, or no Kafka) or in Kafka after the delivery report
-//!   (ack mode `kafka`). An ack never passes a gap.
+//!   (ack mode `kafka`). An ack never passes a gap, except a range the device declared dropped
+//!   with a floor message ([`sequencer`], `breakwater_protocol::Floor`), and only once every
+//!   reading accepted before that range is durable.
 //! * Nothing downstream can block the link consumer; whatever it cannot hand on is dropped,
 //!   counted, and not acked, so the device resends it.
 //! * Every drop or refusal has a counter (`breakwater_gateway_dropped_batches_total{reason}`,

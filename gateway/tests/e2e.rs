@@ -112,6 +112,23 @@ impl RawDevice {
             .unwrap();
     }
 
+    async fn floor(&self, first_seq: u64) {
+        let f = breakwater_protocol::Floor {
+            device: DeviceId::parse(&self.device).unwrap(),
+            epoch: 7,
+            first_seq,
+        };
+        self.client
+            .publish(
+                Topic::telemetry(&f.device),
+                QoS::AtLeastOnce,
+                false,
+                envelope::encode_floor(&f),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Waits for an ack with `upto_seq == upto` (bounded); returns every ack seen meanwhile.
     async fn expect_ack(&mut self, upto: u64) -> Vec<breakwater_protocol::Ack> {
         let mut seen = Vec::new();
@@ -192,6 +209,80 @@ async fn duplicates_dropped_and_never_ack_past_a_gap() {
         seqs.extend(b.first_seq..=b.last_seq());
     }
     assert_eq!(seqs, (1..=150).collect::<Vec<_>>());
+}
+
+/// A device's floor declaration (`drop-oldest` dropped readings it never sent): the gateway acks
+/// past the declared range and counts it; a covered floor is only re-acked. After a kill -9 the
+/// spool seeds the sequencer and the device's floor on the new connection works again. Spool
+/// alone (ack after fsync); the spool holds exactly what was sent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_acks_past_device_dropped_readings_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = GatewayProc::start(dir.path(), "");
+    let mut d = RawDevice::connect(gw.mqtt_port, "floor-dev").await;
+    let dropped = "breakwater_gateway_device_dropped_readings_total";
+
+    d.send(1, 50).await;
+    d.expect_ack(50).await;
+    // The device dropped 51..=100 before sending them. Its next batch is after a gap: dropped.
+    d.send(101, 50).await;
+    // The floor declares the range: acked past it at once (nothing else in flight).
+    d.floor(101).await;
+    let seen = d.expect_ack(100).await;
+    assert!(seen.iter().all(|a| a.upto_seq <= 100), "{seen:?}");
+    d.send(101, 50).await;
+    d.expect_ack(150).await;
+    assert_eq!(gw.metric(dropped, ""), 50.0);
+    // Declared again (as on every new connection): covered, re-acked, not counted again.
+    d.floor(101).await;
+    d.expect_ack(150).await;
+    assert_eq!(gw.metric(dropped, ""), 50.0);
+    assert_eq!(
+        gw.metric("breakwater_gateway_received_floors_total", ""),
+        2.0
+    );
+
+    // Crash. Meanwhile the device dropped 151..=200.
+    drop(d);
+    gw.kill9();
+    gw.spawn();
+    let mut d = RawDevice::connect(gw.mqtt_port, "floor-dev").await;
+    d.send(201, 10).await; // before the floor: a gap, not acked past 150
+    d.floor(201).await;
+    let seen = d.expect_ack(200).await;
+    assert!(seen.iter().all(|a| a.upto_seq <= 200), "{seen:?}");
+    d.send(201, 10).await;
+    d.expect_ack(210).await;
+    assert_eq!(
+        gw.metric(dropped, ""),
+        50.0,
+        "the new process counted 151..=200"
+    );
+    drop(d);
+    assert!(gw.terminate(), "graceful stop failed:\n{}", gw.log_text());
+    assert!(
+        gw.log_text().contains("device dropped readings"),
+        "the drop is logged"
+    );
+
+    let out = std::process::Command::new(BIN)
+        .args(["spool", "export", "--dir"])
+        .arg(dir.path().join("spool"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut seqs = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let b = breakwater_protocol::json::decode_batch(
+            v["batch"].to_string().as_bytes(),
+            &breakwater_protocol::Limits::DEFAULT,
+        )
+        .unwrap();
+        seqs.extend(b.first_seq..=b.last_seq());
+    }
+    let expected: Vec<u64> = (1..=50).chain(101..=150).chain(201..=210).collect();
+    assert_eq!(seqs, expected);
 }
 
 /// Malformed payloads from a plain MQTT client (`mosquitto_pub`, or rumqttc when it is not

@@ -8,16 +8,22 @@
 //! Links:
 //! * `telemetry` subscribes to `bw/v1/+/telemetry` and `bw/v1/+/status` (read by
 //!   [`crate::link`]).
-//! * `acks` publishes acks. It also subscribes to `bw/v1/+/ack` and never reads it: rumqttd
-//!   disconnects a link that publishes to a topic no filter matches (a device not subscribed to
-//!   its ack topic yet), and this filter always matches. Because the link never calls `ready()`,
-//!   the router stops forwarding to it after one buffer (~200 messages); that filter's
-//!   in-memory log is bounded by the small ack segment settings below.
+//! * `acks` publishes acks. It also subscribes to [`ACK_FILTER`] (`bw/v1/+/ack`) and never reads
+//!   it: rumqttd disconnects a link that publishes to a topic no filter matches (a device not
+//!   subscribed to its ack topic yet), and this filter always matches. Because the link never
+//!   calls `ready()`, the router stops forwarding to it after one buffer (~200 messages); that
+//!   filter's in-memory log is bounded by the small default segment settings below.
 //! * an alerts link receives `CursorJump` alerts (see [`crate::link::spawn_alerts`]).
+//!
+//! Memory: rumqttd keeps one in-memory log per subscribed filter, and every device subscribes
+//! to its own ack topic, so the per-device ack log size is multiplied by the fleet; it is the
+//! smallest rumqttd allows (the default segment settings below). The vendored rumqttd allocates
+//! per-connection queues on demand (`vendor/PATCHES.md`, patch 6).
 //!
 //! For a 10k-device reconnection storm the per-listener accept thread and the single router
 //! thread are the serial parts; admission control (`crate::admission`) paces CONNECTs in the
-//! auth hook so neither is flooded.
+//! auth hook so neither is flooded. The vendored rumqttd matches per-device filters by lookup
+//! (patch 7) and registers connections without blocking the listener (patch 8).
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -85,8 +91,16 @@ pub fn rumqttd_config(
             // + the gateway's own three links
             "max_connections": max_connections + 8,
             "max_outgoing_packet_count": 200,
-            // Device ack topics and the gateway's ack filter: small logs.
-            "max_segment_size": 64 * 1024,
+            // Device ack topics and the gateway's ack filter: the smallest logs rumqttd allows
+            // (1 KiB segments, ~45 acks). Every device subscribes to its own ack topic, so this
+            // log exists once per device and, being kept until its segments fill, its size
+            // multiplies by the fleet: 2 x 64 KiB of acks (~900 KiB with rumqttd's per-entry
+            // overhead) per device would be gigabytes at 10,000 devices. A device has at most
+            // its credit (`ack.max_credit`) of batches unacked and acks are cumulative, so an
+            // ack the router skips (a device far behind) is covered by the next one. The
+            // gateway's own ack filter, never read, is skipped ahead now and then (a
+            // `CursorJump` alert for the acks link, harmless: nothing reads that log).
+            "max_segment_size": 1024,
             "max_segment_count": 2,
             "custom_segment": {
                 TELEMETRY_FILTER: {

@@ -220,6 +220,57 @@ async fn beyond_max_wait_refused_as_wait_exceeded_and_never_later() {
     assert!(refused.iter().all(|r| r.reason == "wait_exceeded"));
 }
 
+/// rumqttd stops authenticating a CONNECT whose client closed its socket (vendor/PATCHES.md,
+/// patch 5): the waiter leaves the waiting room at once, is counted as abandoned, and is neither
+/// admitted nor refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_leaves_while_waiting_frees_its_place() {
+    use tokio::io::AsyncWriteExt;
+    let cfg = AdmissionConfig {
+        connect_rate_per_sec: 1,
+        connect_burst: 1,
+        max_waiting: 10,
+        max_wait_ms: 60_000,
+        ..Default::default()
+    };
+    let adm = Admission::new(&cfg, &AuthConfig::default(), None).unwrap();
+    let addr = start_broker(&adm);
+    let first = probe::connect(addr, "stay-0", None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(first, ProbeOutcome::Accepted(_)), "{first:?}");
+    // Three CONNECTs that wait for their turn (one token per second), then give up.
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&probe::encode_connect(&format!("leave-{i}"), None, 60))
+            .await
+            .unwrap();
+        waiting.push(s);
+    }
+    let until = |what: &'static str, cond: &dyn Fn(&admission::AdmissionStats) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = adm.stats();
+            if cond(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{what}: {st:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // On a slow machine a token (one per second) may admit one of them before they all wait.
+    until("three waiting or admitted", &|st| {
+        st.waiting + st.admitted == 4
+    });
+    drop(waiting);
+    let st = until("none waiting", &|st| {
+        st.waiting == 0 && st.admitted + st.abandoned == 4
+    });
+    assert!(st.abandoned >= 1, "{st:?}");
+    assert_eq!(st.queue_full + st.wait_exceeded, 0, "{st:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();

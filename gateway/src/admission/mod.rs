@@ -35,6 +35,7 @@
 //! | `breakwater_gateway_auth_failures_total{reason}` | counter | identity refusals only |
 //! | `breakwater_gateway_connect_wait_seconds` | histogram | time admitted CONNECTs were paced |
 //! | `breakwater_gateway_connects_waiting` | gauge | CONNECTs waiting for their turn |
+//! | `breakwater_gateway_connects_abandoned_total` | counter | waiting CONNECTs whose client closed the socket |
 //! | `breakwater_gateway_refused_events_dropped_total` | counter | `Refused` not sent: channel full |
 //! | `breakwater_gateway_connect_rate_per_second` | gauge | connects/s over the burst window |
 //! | `breakwater_gateway_reconnect_burst_active` | gauge | 1 during a burst |
@@ -99,6 +100,7 @@ struct Counters {
     bad_credentials: AtomicU64,
     queue_full: AtomicU64,
     wait_exceeded: AtomicU64,
+    abandoned: AtomicU64,
     refused_events_dropped: AtomicU64,
     bursts: AtomicU64,
 }
@@ -112,6 +114,8 @@ pub struct AdmissionStats {
     pub bad_credentials: u64,
     pub queue_full: u64,
     pub wait_exceeded: u64,
+    /// CONNECTs whose client closed the connection while they waited for their turn.
+    pub abandoned: u64,
     /// Identity refusals (the first three).
     pub auth_failures: u64,
     pub refused_events_dropped: u64,
@@ -242,8 +246,9 @@ impl Admission {
 
     /// Decides about one CONNECT: identity, then pacing. True admits it.
     ///
-    /// Cancel safety: dropping the future before it completes admits nothing and leaves no
-    /// waiter behind (see [`rate::Pacer::admit`]).
+    /// Cancel safety: dropping the future before it completes admits nothing, leaves no waiter
+    /// behind (see [`rate::Pacer::admit`]) and counts the CONNECT as abandoned if it was waiting
+    /// for its turn.
     pub async fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
         if let Err(failure) = self.auth.check(client_id, username, password) {
             let reason = failure.reason();
@@ -258,9 +263,9 @@ impl Admission {
             self.refuse(client_id, reason);
             return false;
         }
-        gauge!("breakwater_gateway_connects_waiting").increment(1.0);
+        let waiting = Waiting::new(self);
         let paced = self.pacer.admit().await;
-        gauge!("breakwater_gateway_connects_waiting").decrement(1.0);
+        waiting.done();
         match paced {
             Ok(waited) => {
                 self.counters.admitted.fetch_add(1, Ordering::Relaxed);
@@ -322,6 +327,7 @@ impl Admission {
             bad_credentials: get(&c.bad_credentials),
             queue_full: get(&c.queue_full),
             wait_exceeded: get(&c.wait_exceeded),
+            abandoned: get(&c.abandoned),
             auth_failures: get(&c.invalid_client_id)
                 + get(&c.username_mismatch)
                 + get(&c.bad_credentials),
@@ -376,6 +382,41 @@ impl Admission {
                 );
             }
             None => {}
+        }
+    }
+}
+
+/// One CONNECT in the pacer: keeps the `connects_waiting` gauge right and counts a CONNECT whose
+/// check was dropped before it finished (rumqttd drops the hook when the client closes its socket
+/// while waiting, `vendor/PATCHES.md` patch 5) as abandoned.
+struct Waiting<'a> {
+    admission: &'a Admission,
+    done: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(admission: &'a Admission) -> Self {
+        gauge!("breakwater_gateway_connects_waiting").increment(1.0);
+        Self {
+            admission,
+            done: false,
+        }
+    }
+
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        gauge!("breakwater_gateway_connects_waiting").decrement(1.0);
+        if !self.done {
+            self.admission
+                .counters
+                .abandoned
+                .fetch_add(1, Ordering::Relaxed);
+            counter!("breakwater_gateway_connects_abandoned_total").increment(1);
         }
     }
 }

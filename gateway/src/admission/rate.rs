@@ -15,7 +15,9 @@
 //!
 //! rumqttd applies its `connection_timeout_ms` only to reading the CONNECT packet, not to the
 //! hook, so a paced client is not timed out by the broker; its own CONNACK timeout is the limit,
-//! which is why `max_wait_ms` should stay below it.
+//! which is why `max_wait_ms` should stay well below it. A client that gives up anyway and closes
+//! its socket leaves the waiting room at once: the patched rumqttd drops the hook's future when
+//! the socket closes (`vendor/PATCHES.md`, patch 5), which releases its place without a token.
 //!
 //! Cancel safety: [`Pacer::admit`] holds its waiter permit and the gate only while polled;
 //! dropping the future releases both and consumes no token.

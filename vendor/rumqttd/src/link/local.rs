@@ -99,6 +99,25 @@ impl<'a> LinkBuilder<'a> {
     }
 
     pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (event, registering) = self.connect_event();
+        registering.router_tx.send((0, event))?;
+        registering.link_rx.recv()?;
+        registering.finish()
+    }
+
+    /// Breakwater patch 8: [`LinkBuilder::build`] without blocking the calling thread while the
+    /// router registers the connection. `build` blocks on the router's answer; remote links are
+    /// built on their listener's single-threaded runtime, so every CONNECT stalled that
+    /// listener, with all its connections, for one router round trip (and more while the
+    /// router's queue was long, as during a reconnection storm).
+    pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (event, registering) = self.connect_event();
+        registering.router_tx.send_async((0, event)).await?;
+        registering.link_rx.recv_async().await?;
+        registering.finish()
+    }
+
+    fn connect_event(self) -> (Event, Registering) {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
         let mut connection = Connection::new(
@@ -122,10 +141,28 @@ impl<'a> LinkBuilder<'a> {
             outgoing,
         };
 
-        self.router_tx.send((0, event))?;
+        let registering = Registering {
+            router_tx: self.router_tx,
+            link_rx,
+            outgoing_data_buffer,
+            incoming_data_buffer,
+        };
+        (event, registering)
+    }
+}
 
-        link_rx.recv()?;
-        let notification = outgoing_data_buffer.lock().pop_front().unwrap();
+/// A connection sent to the router, waiting for its answer.
+struct Registering {
+    router_tx: Sender<(ConnectionId, Event)>,
+    link_rx: Receiver<()>,
+    outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
+    incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
+}
+
+impl Registering {
+    /// After the router answered.
+    fn finish(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let notification = self.outgoing_data_buffer.lock().pop_front().unwrap();
 
         // Right now link identifies failure with dropped rx in router,
         // which is probably ok. We need this here to get id assigned by router
@@ -134,8 +171,8 @@ impl<'a> LinkBuilder<'a> {
             _message => return Err(LinkError::NotConnectionAck),
         };
 
-        let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
-        let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
+        let tx = LinkTx::new(id, self.router_tx.clone(), self.incoming_data_buffer);
+        let rx = LinkRx::new(id, self.router_tx, self.link_rx, self.outgoing_data_buffer);
         Ok((tx, rx, notification))
     }
 }
@@ -336,7 +373,8 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // Breakwater patch 6: grows on demand (see `Outgoing::new`).
+            cache: VecDeque::new(),
         }
     }
 

@@ -91,6 +91,26 @@ impl<P: Protocol> Network<P> {
         }
     }
 
+    /// Breakwater patch 5: resolves when the peer closes the connection or it fails, and never
+    /// otherwise. Whatever the peer sends meanwhile is kept in the read buffer (up to
+    /// `max_incoming_size`, then it stops reading), so a later [`Network::read`] still sees it.
+    ///
+    /// Cancel safe: a `read_buf` that did not complete has read nothing; bytes that were read
+    /// stay buffered. Meant for `select!` next to work that only matters while the peer waits
+    /// for it, such as the authentication of its CONNECT.
+    pub async fn closed(&mut self) -> io::Error {
+        while self.read.len() < self.max_incoming_size {
+            match self.socket.read_buf(&mut self.read).await {
+                Ok(0) => {
+                    return io::Error::new(ErrorKind::ConnectionAborted, "connection closed by peer")
+                }
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Waits on network for 1 packet
     pub async fn read(&mut self) -> Result<Packet, Error> {
         loop {

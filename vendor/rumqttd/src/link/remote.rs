@@ -43,6 +43,9 @@ pub enum Error {
     ConnectionAck(String),
     #[error("Authentication error")]
     InvalidAuth,
+    /// Breakwater patch 5.
+    #[error("Client closed the connection during authentication: {0}")]
+    ClosedDuringAuth(io::Error),
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -100,7 +103,9 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
-            .build()?;
+            // Breakwater patch 8: do not block the listener's thread (see `build_async`).
+            .build_async()
+            .await?;
 
         let id = link_rx.id();
         Span::current().record("connection_id", id);
@@ -120,7 +125,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // Breakwater patch 6: grows on demand (see `Outgoing::new`).
+            notifications: VecDeque::new(),
             will_delay_interval,
         })
     }
@@ -195,7 +201,14 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    // Breakwater patch 5: stop authenticating when the client has gone. An external hook can
+    // take long (it may pace CONNECTs); a client that gave up meanwhile (its own CONNACK timeout)
+    // and closed the socket would otherwise still be authenticated and registered, only to be
+    // replaced by its next attempt, and keep a socket open until then.
+    tokio::select! {
+        auth = handle_auth(config.clone(), login.as_ref(), &connect.client_id) => auth?,
+        gone = network.closed() => return Err(Error::ClosedDuringAuth(gone)),
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.

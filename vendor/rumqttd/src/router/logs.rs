@@ -61,6 +61,18 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// Breakwater patch 7: the filters with a `+` or `#` level (see `is_wildcard`). Every other
+    /// filter matches exactly one topic, itself, and is found in `filter_indexes` directly.
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
+}
+
+/// Breakwater patch 7: whether `filter` has a wildcard level. A filter without one matches only
+/// the topic equal to it (and, like `matches`, never a topic starting with `$`), so matching it
+/// needs a map lookup, not a scan. The scans made the first publish on every new topic cost
+/// O(filters) and every new filter O(topics): with one filter per device (its own ack topic) a
+/// fleet's first connect was quadratic in the number of devices.
+fn is_wildcard(filter: &str) -> bool {
+    filter.split('/').any(|level| level == "+" || level == "#")
 }
 
 impl DataLog {
@@ -69,6 +81,7 @@ impl DataLog {
         let mut filter_indexes = HashMap::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
+        let mut wildcard_filters = Vec::new();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
@@ -77,6 +90,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if is_wildcard(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -87,6 +103,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            wildcard_filters,
         })
     }
 
@@ -128,11 +145,20 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
+                // Breakwater patch 7: the exact filter by lookup, only wildcards by scan.
+                let exact = if topic.starts_with('$') {
+                    None
+                } else {
+                    self.filter_indexes.get(topic).copied()
+                };
+                let v: Vec<usize> = exact
+                    .into_iter()
+                    .chain(
+                        self.wildcard_filters
+                            .iter()
+                            .filter(|(filter, _)| matches(topic, filter))
+                            .map(|(_, filter_idx)| *filter_idx),
+                    )
                     .collect();
 
                 if !v.is_empty() {
@@ -159,8 +185,16 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                if is_wildcard(filter) {
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if !filter.starts_with('$') {
+                    // Breakwater patch 7: an exact filter matches only its own topic.
+                    if let Some(filters) = publish_filters.get_mut(filter) {
                         filters.push(idx);
                     }
                 }
@@ -380,8 +414,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // Breakwater patch 6: grow on demand (see `Outgoing::new`).
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
@@ -475,6 +510,43 @@ mod test {
         data.matches("topic/a");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
+    }
+
+    // Breakwater patch 7: exact filters by lookup, wildcard filters by scan, same result as
+    // matching every filter against every topic, whichever of subscribe and publish comes first.
+    #[test]
+    fn indexed_matching_agrees_with_a_full_scan() {
+        let config = RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: Some(vec!["a/+/c".to_owned(), "x/y".to_owned()]),
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        let filters = ["a/b/c", "a/#", "#", "+/b/+", "$SYS/up", "d/e", "a/b", ""];
+        let topics = ["a/b/c", "a/b", "a/x/c", "d/e", "$SYS/up", "x/y", "q", "", "a/b/c/d"];
+        let mut data = DataLog::new(config).unwrap();
+        // Some topics are seen before the filters are subscribed, the rest after.
+        for topic in &topics[..4] {
+            data.matches(topic);
+        }
+        for filter in filters {
+            data.next_native_offset(filter);
+        }
+        for topic in topics {
+            let mut got = data.matches(topic).unwrap();
+            got.sort_unstable();
+            let mut want: Vec<usize> = data
+                .filter_indexes
+                .iter()
+                .filter(|(filter, _)| crate::protocol::matches(topic, filter))
+                .map(|(_, idx)| *idx)
+                .collect();
+            want.sort_unstable();
+            assert_eq!(got, want, "topic {topic:?}");
+        }
     }
 
     //     #[test]

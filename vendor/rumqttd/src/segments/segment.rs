@@ -29,14 +29,18 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // Breakwater patch 6: grows on demand. 1024 preallocated entries (~230 KiB) for
+            // every filter's log, one per subscribed device topic, most of it never used.
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // Breakwater patch 6: grows on demand. 1024 preallocated entries (~230 KiB) for
+            // every filter's log, one per subscribed device topic, most of it never used.
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }

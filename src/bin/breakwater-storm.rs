@@ -18,9 +18,11 @@ fn main() -> anyhow::Result<()> {
     let report = rt.block_on(breakwater::storm::run(&opts))?;
     let summary = serde_json::json!({
         "target": report.target,
+        "device_model": report.device_model,
         "scenario": report.scenario,
         "devices": report.devices,
         "readings_per_second": report.readings_per_second,
+        "into_kafka_readings_per_second": report.into_kafka_readings_per_second,
         "initial_connect_seconds": report.initial_connect_seconds,
         "reconnect_seconds": report.reconnect_seconds,
         "drain_seconds": report.drain_seconds,

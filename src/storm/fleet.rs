@@ -30,7 +30,7 @@ pub struct FleetCounters {
 }
 
 impl FleetCounters {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             connects_total: AtomicU64::new(0),
             connect_attempts_total: AtomicU64::new(0),
@@ -43,6 +43,16 @@ impl FleetCounters {
                     Histogram::new(3).unwrap_or_else(|_| unreachable!("3 sigfigs is valid"))
                 }),
             ),
+        }
+    }
+
+    /// Records one send-to-ack latency.
+    pub(crate) fn record_latency(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        if let Ok(mut h) = self.ack_latency_us.lock() {
+            h.saturating_record(us);
         }
     }
 
@@ -67,12 +77,7 @@ impl FleetCounters {
             }
             SenderEvent::Acked {
                 latency: Some(l), ..
-            } => {
-                let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX).max(1);
-                if let Ok(mut h) = self.ack_latency_us.lock() {
-                    h.saturating_record(us);
-                }
-            }
+            } => self.record_latency(*l),
             _ => {}
         }
     }
@@ -113,9 +118,9 @@ impl Fleet {
         ids: &[DeviceId],
         link: LinkOptions,
         sender: SenderConfig,
+        counters: Arc<FleetCounters>,
         cancel: CancellationToken,
     ) -> Self {
-        let counters = Arc::new(FleetCounters::new());
         let devices = ids
             .iter()
             .map(|id| Device {

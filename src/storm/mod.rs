@@ -1,7 +1,13 @@
 //! `breakwater-storm`: a fleet simulator and reconnection-storm benchmark.
 //!
-//! N virtual devices run the agent's real sending logic ([`fleet`]) against a gateway (or, for
-//! the baseline, against Mosquitto with the forwarder in `crate::baseline`). Scenarios:
+//! N virtual devices run against a gateway (or, for the baseline, against Mosquitto with the
+//! forwarder in `crate::baseline`). Device models (`--device-model`, [`devices`]):
+//!
+//! * `breakwater`: the agent's real sending logic ([`fleet`]): batches, credit, resend.
+//! * `diy-json`: DIY as usually built ([`diy`]): one JSON reading per MQTT message at QoS 1,
+//!   rumqttc's in-flight window, PUBACK = done.
+//!
+//! Scenarios:
 //!
 //! * `steady`: every device connects and sends `--readings-per-device` readings at `--rate`.
 //! * `storm`: as steady, then every connection is cut at once (a network cut on the device
@@ -13,23 +19,27 @@
 //! writes a JSON report ([`report`]) and a PNG chart ([`chart`]).
 
 pub mod chart;
+pub mod devices;
+pub mod diy;
 pub mod fleet;
 pub mod report;
 pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use breakwater_agent::buffer::Buffer as _;
 use breakwater_agent::config::{BackoffConfig, SenderConfig};
 use breakwater_agent::sender::LinkOptions;
 use tokio_util::sync::CancellationToken;
 
-use self::fleet::{device_ids, Fleet};
+pub use self::devices::DeviceModel;
+use self::devices::Devices;
+use self::diy::{DiyFleet, DiyLink};
+use self::fleet::{device_ids, Fleet, FleetCounters};
 use self::report::{peak_rate, rss_bytes, Latency, Report, Sample};
-use self::verify::Expected;
 
 /// Which load shape to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -58,9 +68,13 @@ pub struct Options {
     pub topic: String,
     #[arg(long, default_value_t = 100)]
     pub devices: usize,
+    /// How the devices send: Breakwater's agent, or DIY (one JSON reading per MQTT message,
+    /// QoS 1, PUBACK = done; against Mosquitto + `breakwater-baseline-forwarder`).
+    #[arg(long, value_enum, default_value_t = DeviceModel::Breakwater)]
+    pub device_model: DeviceModel,
     #[arg(long, default_value_t = 100)]
     pub readings_per_device: u64,
-    /// Readings per batch (the agent's `batch_max_readings`).
+    /// Readings per batch (the agent's `batch_max_readings`; Breakwater model only).
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
     /// Readings per second per device.
@@ -78,7 +92,8 @@ pub struct Options {
     /// Ramp duration (ramp), seconds.
     #[arg(long, default_value_t = 10.0)]
     pub ramp: f64,
-    /// Agent backoff: first retry window and cap, milliseconds.
+    /// Reconnect backoff: first retry window and cap, milliseconds (the agent's jittered
+    /// backoff; for DIY devices a plain doubling from the first window to the cap).
     #[arg(long, default_value_t = 2_000)]
     pub backoff_initial_ms: u64,
     #[arg(long, default_value_t = 30_000)]
@@ -122,15 +137,41 @@ impl Options {
         }
     }
 
-    fn link(&self) -> anyhow::Result<LinkOptions> {
+    fn host_port(&self) -> anyhow::Result<(&str, u16)> {
         let (host, port) = self
             .gateway
             .rsplit_once(':')
             .context("--gateway must be HOST:PORT")?;
-        Ok(LinkOptions::plain(
-            host,
-            port.parse().context("--gateway port")?,
-        ))
+        Ok((host, port.parse().context("--gateway port")?))
+    }
+
+    fn build_devices(&self, cancel: &CancellationToken) -> anyhow::Result<Devices> {
+        let ids = device_ids(&self.device_prefix, self.devices);
+        let counters = Arc::new(FleetCounters::new());
+        let (host, port) = self.host_port()?;
+        Ok(match self.device_model {
+            DeviceModel::Breakwater => Devices::Breakwater(Fleet::new(
+                &ids,
+                LinkOptions::plain(host, port),
+                self.sender_config(),
+                counters,
+                cancel.clone(),
+            )),
+            DeviceModel::DiyJson => Devices::DiyJson(DiyFleet::new(
+                &ids,
+                breakwater_agent::now_ms(),
+                DiyLink {
+                    host: host.to_owned(),
+                    port,
+                    backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+                    backoff_max: Duration::from_millis(
+                        self.backoff_max_ms.max(self.backoff_initial_ms),
+                    ),
+                },
+                counters,
+                cancel.child_token(),
+            )),
+        })
     }
 }
 
@@ -143,10 +184,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.devices > 0, "--devices must be at least 1");
     anyhow::ensure!(opts.rate > 0.0, "--rate must be positive");
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let ids = device_ids(&opts.device_prefix, opts.devices);
     let cancel = CancellationToken::new();
-    let mut fleet = Fleet::new(&ids, opts.link()?, opts.sender_config(), cancel.clone());
-    let n = fleet.devices.len();
+    let mut fleet = opts.build_devices(&cancel)?;
+    let n = fleet.len();
 
     let start = Instant::now();
     let secs = |i: Instant| i.duration_since(start).as_secs_f64();
@@ -166,7 +206,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut produced_at_cut_end: Option<Vec<u64>> = None;
     let mut reconnect_seconds = None;
     let mut drain_seconds = None;
-    let mut first_produce: Option<Instant> = None;
+    let mut first_produce: Option<(Instant, u64)> = None;
     let mut all_acked_at: Option<Instant> = None;
     let mut gateway_peak: Option<u64> = None;
     let mut sim_peak: Option<u64> = None;
@@ -201,9 +241,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         let due = ((elapsed.as_secs_f64() * opts.rate) as u64).min(opts.readings_per_device);
         let now_ms = breakwater_agent::now_ms();
         for i in 0..started {
-            let have = fleet.devices[i].produced;
+            let have = fleet.produced(i);
             if due > have {
-                first_produce.get_or_insert(now);
+                first_produce.get_or_insert((now, now_ms));
                 fleet.produce(i, due - have, now_ms).await?;
             }
         }
@@ -227,8 +267,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         }
         if let Some((_, end)) = cut {
             if now >= end {
-                let base = produced_at_cut_end
-                    .get_or_insert_with(|| fleet.devices.iter().map(|d| d.produced).collect());
+                let base = produced_at_cut_end.get_or_insert_with(|| fleet.produced_each());
                 if reconnect_seconds.is_none() && connected == n {
                     reconnect_seconds = Some((now - end).as_secs_f64());
                 }
@@ -246,7 +285,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             timeline.push(Sample {
                 t: secs(now),
                 connected: connected as u64,
-                connects_total: fleet.counters.connects_total.load(Ordering::Relaxed),
+                connects_total: fleet.counters().connects_total.load(Ordering::Relaxed),
                 produced_total: produced,
                 acked_total: acked,
                 gateway_rss: gw,
@@ -267,15 +306,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 
     let total_produced = fleet.total_produced();
     let total_acked = fleet.acked();
-    let expected: Vec<Expected> = fleet
-        .devices
-        .iter()
-        .map(|d| Expected {
-            device: d.id.clone(),
-            epoch: d.buffer.epoch(),
-            produced: d.produced,
-        })
-        .collect();
+    let expected = fleet.expected();
     fleet.shutdown(Duration::from_secs(2)).await;
     cancel.cancel();
 
@@ -284,9 +315,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             let bootstrap = bootstrap.clone();
             let topic = opts.topic.clone();
             let t = Duration::from_secs_f64(opts.verify_timeout);
+            let format = opts.device_model.record_format();
             Some(
                 tokio::task::spawn_blocking(move || {
-                    verify::verify(&bootstrap, &topic, &expected, t)
+                    verify::verify(&bootstrap, &topic, format, &expected, t)
                 })
                 .await??,
             )
@@ -295,21 +327,34 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     };
 
     let end = all_acked_at.unwrap_or_else(Instant::now);
-    let send_secs = first_produce.map_or(0.0, |f| (end - f).as_secs_f64());
+    let send_secs = first_produce.map_or(0.0, |(f, _)| (end - f).as_secs_f64());
     #[allow(clippy::cast_precision_loss)]
     let readings_per_second = if send_secs > 0.0 {
         total_acked as f64 / send_secs
     } else {
         0.0
     };
-    let latency = fleet
-        .counters
+    let into_kafka_readings_per_second =
+        verification
+            .as_ref()
+            .zip(first_produce)
+            .and_then(|(v, (_, first_ms))| {
+                let last = u64::try_from(v.last_record_ms?).ok()?;
+                #[allow(clippy::cast_precision_loss)]
+                let secs = last.checked_sub(first_ms)? as f64 / 1_000.0;
+                #[allow(clippy::cast_precision_loss)]
+                let delivered = v.delivered_readings as f64;
+                (secs > 0.0).then(|| delivered / secs)
+            });
+    let counters = Arc::clone(fleet.counters());
+    let latency = counters
         .ack_latency_us
         .lock()
         .map(|h| Latency::from_histogram(&h))
         .unwrap_or_default();
     let report = Report {
         target: opts.target.clone(),
+        device_model: opts.device_model,
         scenario: format!("{:?}", opts.scenario).to_lowercase(),
         devices: n,
         readings_per_device: opts.readings_per_device,
@@ -322,19 +367,17 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         },
         initial_connect_seconds: initial_connect,
         readings_per_second,
+        into_kafka_readings_per_second,
         total_seconds: start.elapsed().as_secs_f64(),
         cut_at: cut.map(|(a, _)| secs(a)),
         cut_end: cut.map(|(_, b)| secs(b)),
         reconnect_seconds,
         drain_seconds,
         peak_connects_per_second: peak_rate(&timeline, |s| s.connects_total),
-        connects_total: fleet.counters.connects_total.load(Ordering::Relaxed),
-        connect_attempts_total: fleet
-            .counters
-            .connect_attempts_total
-            .load(Ordering::Relaxed),
-        resends_total: fleet.counters.resends_total.load(Ordering::Relaxed),
-        ack_timeouts_total: fleet.counters.ack_timeouts_total.load(Ordering::Relaxed),
+        connects_total: counters.connects_total.load(Ordering::Relaxed),
+        connect_attempts_total: counters.connect_attempts_total.load(Ordering::Relaxed),
+        resends_total: counters.resends_total.load(Ordering::Relaxed),
+        ack_timeouts_total: counters.ack_timeouts_total.load(Ordering::Relaxed),
         ack_latency: latency,
         gateway_peak_rss_bytes: gateway_peak,
         simulator_peak_rss_bytes: sim_peak,

@@ -19,7 +19,8 @@ pub struct Sample {
     pub gateway_rss: Option<u64>,
 }
 
-/// Percentiles of the ack latency, in milliseconds.
+/// Percentiles of the ack latency, in milliseconds: from the first write of a batch (Breakwater
+/// model) or of a QoS 1 PUBLISH (DIY model) to the ack (gateway ack / PUBACK).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     pub count: u64,
@@ -51,6 +52,7 @@ impl Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub target: String,
+    pub device_model: super::DeviceModel,
     pub scenario: String,
     pub devices: usize,
     pub readings_per_device: u64,
@@ -59,8 +61,14 @@ pub struct Report {
     pub outage_seconds: f64,
     /// Seconds from the start until every device was connected the first time.
     pub initial_connect_seconds: Option<f64>,
-    /// Readings acked per second over the sending phase (first reading to last ack).
+    /// Readings acked per second over the sending phase (first reading to last ack). The ack
+    /// is the device's "done": Breakwater's gateway ack (after Kafka, in ack mode `kafka`), the
+    /// batched baseline's ack on receipt, the DIY model's PUBACK from Mosquitto.
     pub readings_per_second: f64,
+    /// Readings that reached Kafka per second: distinct expected readings found by the
+    /// verification, over the time from the first reading generated to the producer timestamp
+    /// of the last record that brought a new one. Same clock (this machine's) on both ends.
+    pub into_kafka_readings_per_second: Option<f64>,
     pub total_seconds: f64,
     /// Start and end of the network cut, seconds since the start.
     pub cut_at: Option<f64>,

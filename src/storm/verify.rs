@@ -1,5 +1,9 @@
 //! Reads the telemetry topic back from the real broker (`assign` from offset 0 on every
 //! partition, no consumer group) and checks every `(device, epoch, seq)` the fleet produced.
+//!
+//! Records are Breakwater batch records (envelope or JSON batch, by `content-type`) or, for the
+//! DIY model, one plain JSON reading per record ([`super::diy::DiyReading`]); both go through
+//! the same lost / duplicate / out-of-order counting.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,6 +16,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+
+use super::diy::DiyReading;
 
 /// What one device was expected to deliver.
 #[derive(Debug, Clone)]
@@ -37,7 +43,47 @@ pub struct Verification {
     /// Records that did not decode or belonged to no expected device/epoch.
     pub foreign_or_bad_records: u64,
     pub records: u64,
+    /// Kafka timestamps (producer create time, ms since the Unix epoch) of the first and the
+    /// last record that brought a new expected reading: when the data reached the producer
+    /// that wrote it to Kafka.
+    pub first_record_ms: Option<i64>,
+    pub last_record_ms: Option<i64>,
     pub read_seconds: f64,
+}
+
+/// How the records on the topic encode readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// One Breakwater batch per record (`breakwater_protocol::kafka`).
+    Batch,
+    /// One DIY JSON reading per record.
+    DiyJson,
+}
+
+/// `(device, epoch, seqs)` of one record, or `None` if it does not decode.
+fn decode(
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    format: RecordFormat,
+    limits: &Limits,
+) -> Option<(DeviceId, u64, Vec<u64>)> {
+    let payload = msg.payload()?;
+    match format {
+        RecordFormat::Batch => {
+            let ct = msg.headers().and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == HEADER_CONTENT_TYPE)
+                    .and_then(|h| h.value)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+            });
+            let batch = kafka::decode_record_value(payload, ct, limits).ok()?;
+            let seqs = batch.iter_seq().map(|(seq, _)| seq).collect();
+            Some((batch.device, batch.epoch, seqs))
+        }
+        RecordFormat::DiyJson => {
+            let r: DiyReading = serde_json::from_slice(payload).ok()?;
+            Some((DeviceId::parse(r.device).ok()?, r.epoch, vec![r.seq]))
+        }
+    }
 }
 
 struct DeviceSeen {
@@ -54,6 +100,7 @@ struct DeviceSeen {
 pub fn verify(
     bootstrap: &str,
     topic: &str,
+    format: RecordFormat,
     expected: &[Expected],
     timeout: Duration,
 ) -> anyhow::Result<Verification> {
@@ -115,29 +162,20 @@ pub fn verify(
         };
         v.records += 1;
         last_new = Instant::now();
-        let ct = msg.headers().and_then(|hs| {
-            hs.iter()
-                .find(|h| h.key == HEADER_CONTENT_TYPE)
-                .and_then(|h| h.value)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .map(str::to_owned)
-        });
-        let Some(batch) = msg
-            .payload()
-            .and_then(|p| kafka::decode_record_value(p, ct.as_deref(), &limits).ok())
-        else {
+        let Some((device, epoch, seqs)) = decode(&msg, format, &limits) else {
             v.foreign_or_bad_records += 1;
             continue;
         };
-        let Some(dev) = state.get_mut(&batch.device) else {
+        let Some(dev) = state.get_mut(&device) else {
             v.foreign_or_bad_records += 1;
             continue;
         };
-        if dev.epoch != batch.epoch {
+        if dev.epoch != epoch {
             v.foreign_or_bad_records += 1;
             continue;
         }
-        for (seq, _) in batch.iter_seq() {
+        let mut brought_new = false;
+        for seq in seqs {
             let Some(slot) = usize::try_from(seq).ok().and_then(|i| dev.seen.get_mut(i)) else {
                 v.foreign_or_bad_records += 1;
                 break;
@@ -146,12 +184,19 @@ pub fn verify(
                 v.duplicates += 1;
             } else {
                 v.delivered_readings += 1;
+                brought_new = true;
                 if seq < dev.highest {
                     v.out_of_order += 1;
                 }
             }
             *slot = slot.saturating_add(1);
             dev.highest = dev.highest.max(seq);
+        }
+        if brought_new {
+            if let Some(ts) = msg.timestamp().to_millis() {
+                v.first_record_ms = Some(v.first_record_ms.map_or(ts, |f| f.min(ts)));
+                v.last_record_ms = Some(v.last_record_ms.map_or(ts, |l| l.max(ts)));
+            }
         }
     }
     v.lost = v.expected_readings.saturating_sub(v.delivered_readings);

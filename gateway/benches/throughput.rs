@@ -8,6 +8,16 @@
 //!    send-to-ack latency per batch in an HDR histogram (p50/p99/max).
 //!
 //! `BENCH_KAFKA_EXTRA="linger_ms = 1;compression = \"zstd\""` adds `[kafka]` keys.
+//! `BENCH_HALF_RATE=N` skips phase 1 and offers N readings/s in phase 2 (to compare builds or
+//! settings at one fixed load); `BENCH_GATEWAY_BIN=path` runs another gateway binary.
+//! After phase 2 the gateway's `breakwater_gateway_stage_seconds` histograms give where the
+//! ack latency went (per stage p50/p99, interpolated in the histogram buckets).
+//!
+//! `BENCH_MODE=produce` runs only a reference: a bare rdkafka producer with the gateway's
+//! producer settings sends `BENCH_PRODUCE_RATE` records/s (default 8,340: the batches/s of
+//! half of 834k readings/s) of 50-reading batches, keys from `BENCH_DEVICES` devices, for
+//! `BENCH_SECS`, and reports the send-to-delivery-report latency (tansu's produce round trip
+//! at that rate, without the gateway).
 //! 3. RSS with `BENCH_IDLE` idle connected devices (0 skips): the gateway's VmRSS. With
 //!    `BENCH_SECS=0` only this phase runs, on a fresh gateway.
 //!
@@ -101,7 +111,9 @@ fn start_gateway(kafka: Option<&str>) -> Gw {
     cfg.push_str("[admission]\nmax_connections = 20000\n");
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, cfg).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_breakwater-gateway"))
+    let bin = std::env::var("BENCH_GATEWAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_breakwater-gateway").to_owned());
+    let child = Command::new(bin)
         .arg("run")
         .arg("--config")
         .arg(&path)
@@ -121,6 +133,15 @@ fn start_gateway(kafka: Option<&str>) -> Gw {
         http,
         _dir: dir,
     }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -354,6 +375,197 @@ async fn idle_phase(port: u16, n: u64, gw_pid: u32) -> (u64, u64, Duration) {
     (got, after, took)
 }
 
+/// Cumulative bucket counts of `breakwater_gateway_stage_seconds`, per stage: (le, count).
+fn stage_buckets(port: u16) -> std::collections::BTreeMap<String, Vec<(f64, f64)>> {
+    let page = http_get(port, "/metrics").map(|x| x.1).unwrap_or_default();
+    let mut out: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for l in page.lines() {
+        let Some(rest) = l.strip_prefix("breakwater_gateway_stage_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, count)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'))
+                .map(str::to_owned)
+        };
+        let (Some(stage), Some(le)) = (label("stage"), label("le")) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
+        out.entry(stage)
+            .or_default()
+            .push((le, count.parse().unwrap_or(0.0)));
+    }
+    for v in out.values_mut() {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    out
+}
+
+/// Quantile `q` of the observations between two bucket snapshots, linearly interpolated inside
+/// the bucket (upper bound when it falls in the +Inf bucket).
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (f64, f64) {
+    let diff: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, c)| {
+            let b = before.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+            (le, c - b)
+        })
+        .collect();
+    let total = diff.last().map_or(0.0, |x| x.1);
+    if total <= 0.0 {
+        return (0.0, f64::NAN);
+    }
+    let target = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in &diff {
+        if c >= target {
+            if le.is_infinite() {
+                return (total, prev.0);
+            }
+            let frac = if c > prev.1 {
+                (target - prev.1) / (c - prev.1)
+            } else {
+                1.0
+            };
+            return (total, prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, c);
+    }
+    (total, prev.0)
+}
+
+fn print_stages(
+    before: &std::collections::BTreeMap<String, Vec<(f64, f64)>>,
+    after: &std::collections::BTreeMap<String, Vec<(f64, f64)>>,
+) {
+    for stage in ["spooled", "kafka_delivery", "durable", "ack_queue"] {
+        let Some(a) = after.get(stage) else { continue };
+        let b = before.get(stage).map_or(&[][..], Vec::as_slice);
+        let (n, p50) = bucket_quantile(b, a, 0.5);
+        let (_, p99) = bucket_quantile(b, a, 0.99);
+        println!(
+            "  stage {stage:<15} n={n:<8} p50={:.1} ms p99={:.1} ms",
+            p50 * 1000.0,
+            p99 * 1000.0
+        );
+    }
+}
+
+/// Bare producer reference: `rate` records/s for `secs`, send-to-delivery-report latency.
+async fn produce_reference(brokers: &str, devices: u64, rate: u64, secs: u64) -> Histogram<u64> {
+    use breakwater_gateway::config::KafkaConfig;
+    use breakwater_gateway::kafka::sink::{record_headers, record_value};
+    use breakwater_gateway::spool::SpoolRecord;
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut cfg = KafkaConfig {
+        brokers: Some(brokers.to_owned()),
+        topic: format!("bench-produce-{nanos}"),
+        events_topic: format!("bench-produce-ev-{nanos}"),
+        ..KafkaConfig::default()
+    };
+    for kv in std::env::var("BENCH_KAFKA_EXTRA")
+        .unwrap_or_default()
+        .split(';')
+    {
+        if let Some((k, v)) = kv.split_once('=') {
+            let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+            match k {
+                "linger_ms" => cfg.linger_ms = v.parse().unwrap(),
+                "batch_bytes" => cfg.batch_bytes = v.parse().unwrap(),
+                "compression" => {
+                    cfg.compression = toml::from_str::<
+                        std::collections::BTreeMap<String, breakwater_gateway::config::Compression>,
+                    >(&format!("c = \"{v}\""))
+                    .unwrap()["c"];
+                }
+                _ if k.starts_with("properties.") => {
+                    cfg.properties.insert(
+                        k["properties.".len()..].trim_matches('"').to_owned(),
+                        v.to_owned(),
+                    );
+                }
+                _ => panic!("BENCH_KAFKA_EXTRA key {k} not supported in produce mode"),
+            }
+        }
+    }
+    breakwater_gateway::kafka::admin::ensure_topics(&cfg, brokers, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let producer: FutureProducer =
+        breakwater_gateway::kafka::config::producer_config(&cfg, brokers)
+            .create()
+            .unwrap();
+    let records: Vec<SpoolRecord> = (0..devices)
+        .map(|i| {
+            let b = Batch {
+                device: DeviceId::parse(format!("ref-{i}")).unwrap(),
+                epoch: 1,
+                first_seq: 1,
+                readings: (1..=BATCH)
+                    .map(|s| Reading::new("temp", s as f64 * 0.5, 1_700_000_000_000 + s))
+                    .collect(),
+            };
+            SpoolRecord::from_batch(&b, envelope::encode_batch(&b), 0)
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut inflight = FuturesUnordered::new();
+    // Sends in 2 ms ticks (like a drain that wakes on each spool commit).
+    let tick = Duration::from_millis(2);
+    let per_tick = rate as f64 * tick.as_secs_f64();
+    let start = Instant::now();
+    let warm = Duration::from_secs(2);
+    let end = start + warm + Duration::from_secs(secs);
+    let mut owed = 0.0;
+    let mut i = 0usize;
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while Instant::now() < end || !inflight.is_empty() {
+        tokio::select! {
+            _ = ticker.tick(), if Instant::now() < end => {
+                owed += per_tick;
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    let rec = &records[i % records.len()];
+                    i += 1;
+                    let value = record_value(rec, breakwater_protocol::kafka::Encoding::Postcard).unwrap();
+                    let r = FutureRecord::to(&cfg.topic)
+                        .key(rec.device.as_str())
+                        .payload(&value)
+                        .headers(record_headers(rec, breakwater_protocol::kafka::Encoding::Postcard));
+                    let sent = Instant::now();
+                    match producer.send_result(r) {
+                        Ok(f) => inflight.push(async move { (sent, f.await) }),
+                        Err((e, _)) => panic!("produce: {e}"),
+                    }
+                }
+            }
+            Some((sent, res)) = inflight.next() => {
+                assert!(matches!(res, Ok(Ok(_))), "delivery failed");
+                if sent >= start + warm {
+                    hist.record((sent.elapsed().as_micros() as u64).max(1)).unwrap();
+                }
+            }
+        }
+    }
+    hist
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let kafka = std::env::var("BREAKWATER_TEST_KAFKA")
@@ -367,6 +579,20 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var("BENCH_MODE").as_deref() == Ok("produce") {
+        let brokers = kafka.expect("BENCH_MODE=produce needs BREAKWATER_TEST_KAFKA");
+        let rate = env_u64("BENCH_PRODUCE_RATE", 8_340);
+        let h = rt.block_on(produce_reference(&brokers, devices, rate, secs));
+        println!(
+            "bare produce to {brokers}: {rate} records/s of {BATCH}-reading batches, {devices} keys: n={} p50={:.1} ms p99={:.1} ms p99.9={:.1} ms max={:.1} ms",
+            h.len(),
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.value_at_quantile(0.999) as f64 / 1000.0,
+            h.max() as f64 / 1000.0
+        );
+        return;
+    }
     let gw = start_gateway(kafka.as_deref());
     println!(
         "gateway pid {} (kafka: {}, ack mode: {}), {devices} devices, {BATCH}-reading batches, {secs} s",
@@ -380,12 +606,19 @@ fn main() {
             idle_phase(gw.mqtt, idle, gw.child.id()).await;
             return;
         }
-        let (rate, _) = run_phase(gw.mqtt, devices, secs, None, "tp").await;
-        println!("throughput: {rate:.0} readings/s acked ({:.0} batches/s)", rate / BATCH as f64);
-        let delivered = metric(gw.http, "breakwater_gateway_kafka_delivered_batches_total");
-        let dropped = metric(gw.http, "breakwater_gateway_dropped_batches_total");
-        let jumps = metric(gw.http, "breakwater_gateway_link_cursor_jumps_total");
-        println!("gateway: kafka delivered batches {delivered}, dropped batches {dropped}, cursor jumps {jumps}, rss {:.1} MiB", rss_kib(gw.child.id()) as f64 / 1024.0);
+        let fixed = env_u64("BENCH_HALF_RATE", 0);
+        let rate = if fixed > 0 {
+            fixed as f64 * 2.0
+        } else {
+            let (rate, _) = run_phase(gw.mqtt, devices, secs, None, "tp").await;
+            println!("throughput: {rate:.0} readings/s acked ({:.0} batches/s), load average {}", rate / BATCH as f64, loadavg());
+            let delivered = metric(gw.http, "breakwater_gateway_kafka_delivered_batches_total");
+            let dropped = metric(gw.http, "breakwater_gateway_dropped_batches_total");
+            let jumps = metric(gw.http, "breakwater_gateway_link_cursor_jumps_total");
+            println!("gateway: kafka delivered batches {delivered}, dropped batches {dropped}, cursor jumps {jumps}, rss {:.1} MiB", rss_kib(gw.child.id()) as f64 / 1024.0);
+            rate
+        };
+        let stages_before = stage_buckets(gw.http);
 
         // Half load, spread evenly over the devices.
         let per_device = (rate / 2.0) / BATCH as f64 / devices as f64;
@@ -400,6 +633,8 @@ fn main() {
             h.value_at_quantile(0.999) as f64 / 1000.0,
             h.max() as f64 / 1000.0
         );
+        println!("  load average {}; in the gateway, per stage:", loadavg());
+        print_stages(&stages_before, &stage_buckets(gw.http));
         if idle > 0 {
             idle_phase(gw.mqtt, idle, gw.child.id()).await;
         }

@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use breakwater_protocol::{envelope, Ack, DeviceId, Topic};
 use rumqttd::local::LinkTx;
@@ -69,6 +70,8 @@ pub struct AckRequest {
     pub device: DeviceId,
     pub epoch: u64,
     pub upto: u64,
+    /// When it was queued (for `breakwater_gateway_stage_seconds{stage="ack_queue"}`).
+    pub queued: Instant,
 }
 
 /// Cheap handle to queue acks; never blocks.
@@ -93,6 +96,7 @@ impl Acker {
                 device,
                 epoch,
                 upto,
+                queued: Instant::now(),
             })
             .is_err()
         {
@@ -134,6 +138,8 @@ pub fn spawn_publisher(
                         return;
                     }
                     metrics::counter!(m::ACKS_SENT).increment(1);
+                    metrics::histogram!(m::STAGE_SECONDS, "stage" => "ack_queue")
+                        .record(req.queued.elapsed().as_secs_f64());
                 }
             }
             info!("ack publisher stopped");
@@ -174,6 +180,7 @@ mod tests {
             device: d(dev),
             epoch,
             upto,
+            queued: Instant::now(),
         };
         let mut v = vec![
             r("a", 1, 5),

@@ -32,6 +32,14 @@ pub fn recorder() -> PrometheusHandle {
                 .set_buckets(&[
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
                 ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            crate::stats::STAGE_SECONDS.to_owned(),
+                        ),
+                        crate::stats::STAGE_BUCKETS,
+                    )
+                })
                 .map(PrometheusBuilder::build_recorder)
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();

@@ -36,6 +36,19 @@ pub const EVENTS: &str = "breakwater_gateway_events_total";
 /// Labels: `reason` = `queue_full`, `kafka_error`.
 pub const EVENTS_DROPPED: &str = "breakwater_gateway_events_dropped_total";
 pub const DEVICES: &str = "breakwater_gateway_devices";
+/// Time a batch spends in one stage of the ack path, seconds. Labels: `stage` =
+/// * `spooled`: received from the broker -> handed to the Kafka producer (writer queue, spool
+///   commit, drain read; ms resolution, from the record's receive time),
+/// * `kafka_delivery`: handed to the producer -> its delivery report seen by the drain,
+/// * `durable`: received -> its ack queued (ack mode `kafka`: includes the two above and the
+///   wait for earlier batches of the same device),
+/// * `ack_queue`: ack queued -> published to the broker's router.
+pub const STAGE_SECONDS: &str = "breakwater_gateway_stage_seconds";
+/// Histogram buckets of [`STAGE_SECONDS`]: fine around the 100 ms ack-latency goal.
+pub const STAGE_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2,
+    0.3, 0.5, 1.0, 2.0, 5.0,
+];
 
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
@@ -85,4 +98,9 @@ pub fn describe() {
     describe_counter!(EVENTS, "Fleet events seen, by kind");
     describe_counter!(EVENTS_DROPPED, "Fleet events not published, by reason");
     describe_gauge!(DEVICES, "Devices known to the sequencer");
+    describe_histogram!(
+        STAGE_SECONDS,
+        Unit::Seconds,
+        "Time a batch spends in one stage of the ack path, by stage"
+    );
 }

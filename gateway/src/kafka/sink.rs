@@ -9,16 +9,20 @@
 //! broker, or a finite message timeout passing) rewinds the drain to the oldest failed record
 //! once everything in flight has completed; records after it that were delivered meanwhile are
 //! not resent, so in that case a device's records can reach Kafka out of order (never lost).
+//!
+//! Delivery reports are taken in the order they complete, not in produce order: a report from
+//! one partition does not wait behind a slower partition's (the sequencer only advances a
+//! device's ack over its contiguous durable prefix, whatever the order of the reports).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use breakwater_protocol::kafka::{
     Encoding, HEADER_CONTENT_TYPE, HEADER_DEVICE, HEADER_EPOCH, HEADER_FIRST_SEQ, HEADER_LAST_SEQ,
 };
 use breakwater_protocol::{json, DeviceId};
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
@@ -76,12 +80,23 @@ pub fn record_headers(rec: &SpoolRecord, encoding: Encoding) -> OwnedHeaders {
         })
 }
 
+/// Records `breakwater_gateway_stage_seconds{stage}` from a receive time in wall-clock ms.
+fn stage_since_ms(stage: &'static str, received_ms: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    let secs = crate::link::now_ms().saturating_sub(received_ms) as f64 / 1000.0;
+    metrics::histogram!(m::STAGE_SECONDS, "stage" => stage).record(secs);
+}
+
 struct Meta {
     key: u64,
     device: Option<DeviceId>,
     epoch: u64,
     first: u64,
     last: u64,
+    /// Gateway clock when the batch was received, ms since the Unix epoch.
+    received_ms: u64,
+    /// When it was handed to the producer.
+    enqueued: Instant,
 }
 
 pub struct Drain {
@@ -113,7 +128,7 @@ impl Drain {
     /// is cancelled (shutdown deadline: undelivered records stay in the spool).
     pub async fn run(self, stop: CancellationToken, abort: CancellationToken) {
         let mut next_key = 0u64;
-        let mut inflight = FuturesOrdered::new();
+        let mut inflight = FuturesUnordered::new();
         let mut failed: Option<u64> = None;
         let mut delivered_keys = Vec::with_capacity(1024);
         loop {
@@ -160,13 +175,18 @@ impl Drain {
                         .headers(record_headers(&rec, self.encoding));
                     match self.producer.send_result(record) {
                         Ok(fut) => {
-                            inflight.push_back(async move {
+                            let received_ms = rec.received_ms;
+                            stage_since_ms("spooled", received_ms);
+                            let enqueued = Instant::now();
+                            inflight.push(async move {
                                 let meta = Meta {
                                     key,
                                     device: DeviceId::parse(rec.device.as_str()).ok(),
                                     epoch: rec.epoch,
                                     first: rec.first_seq,
                                     last: rec.last_seq,
+                                    received_ms,
+                                    enqueued,
                                 };
                                 (meta, fut.await)
                             });
@@ -264,12 +284,15 @@ impl Drain {
         match res {
             Ok(Ok(_)) => {
                 metrics::counter!(m::KAFKA_DELIVERED_BATCHES).increment(1);
+                metrics::histogram!(m::STAGE_SECONDS, "stage" => "kafka_delivery")
+                    .record(meta.enqueued.elapsed().as_secs_f64());
                 keys.push(meta.key);
                 if let (Some(acker), Some(device)) = (&self.acker, meta.device) {
                     if let Some(upto) = self
                         .sequencer
                         .durable(&device, meta.epoch, meta.first, meta.last)
                     {
+                        stage_since_ms("durable", meta.received_ms);
                         acker.ack(device, meta.epoch, upto);
                     }
                 }

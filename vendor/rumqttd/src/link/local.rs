@@ -130,6 +130,7 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        let generation = connection.generation;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();
@@ -143,6 +144,7 @@ impl<'a> LinkBuilder<'a> {
 
         let registering = Registering {
             router_tx: self.router_tx,
+            generation,
             link_rx,
             outgoing_data_buffer,
             incoming_data_buffer,
@@ -154,6 +156,8 @@ impl<'a> LinkBuilder<'a> {
 /// A connection sent to the router, waiting for its answer.
 struct Registering {
     router_tx: Sender<(ConnectionId, Event)>,
+    /// Breakwater patch 9: see `LinkRx::generation`.
+    generation: u64,
     link_rx: Receiver<()>,
     outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
     incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
@@ -172,7 +176,8 @@ impl Registering {
         };
 
         let tx = LinkTx::new(id, self.router_tx.clone(), self.incoming_data_buffer);
-        let rx = LinkRx::new(id, self.router_tx, self.link_rx, self.outgoing_data_buffer);
+        let mut rx = LinkRx::new(id, self.router_tx, self.link_rx, self.outgoing_data_buffer);
+        rx.generation = self.generation;
         Ok((tx, rx, notification))
     }
 }
@@ -359,6 +364,9 @@ pub struct LinkRx {
     router_rx: Receiver<()>,
     send_buffer: Arc<Mutex<VecDeque<Notification>>>,
     cache: VecDeque<Notification>,
+    /// Breakwater patch 9: the generation of the connection the router registered for this link
+    /// (set by `LinkBuilder`; 0 for a link made with `LinkRx::new`, which is not registered).
+    generation: u64,
 }
 
 impl LinkRx {
@@ -375,11 +383,18 @@ impl LinkRx {
             send_buffer: outgoing_data_buffer,
             // Breakwater patch 6: grows on demand (see `Outgoing::new`).
             cache: VecDeque::new(),
+            generation: 0,
         }
     }
 
     pub fn id(&self) -> ConnectionId {
         self.connection_id
+    }
+
+    /// Breakwater patch 9: identifies this link's connection to the router when its id
+    /// ([`LinkRx::id`]) may already belong to a newer connection (see `Event::Disconnect`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn recv(&mut self) -> Result<Option<Notification>, LinkError> {

@@ -56,6 +56,8 @@ pub enum Error {
 pub struct RemoteLink<P> {
     connect: Connect,
     pub(crate) connection_id: ConnectionId,
+    /// Breakwater patch 9: sent with `Event::Disconnect` (see `LinkRx::generation`).
+    pub(crate) generation: u64,
     network: Network<P>,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -122,6 +124,7 @@ impl<P: Protocol> RemoteLink<P> {
         Ok(RemoteLink {
             connect,
             connection_id: id,
+            generation: link_rx.generation(),
             network,
             link_tx,
             link_rx,

@@ -4,6 +4,7 @@ use crate::protocol::LastWillProperties;
 use crate::Filter;
 use crate::{protocol::LastWill, Topic};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ConnectionEvents;
 
@@ -33,7 +34,14 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// Breakwater patch 9: unique in the process, unlike the router's connection id (a slab
+    /// index, reused as soon as the connection is removed). A link's `Event::Disconnect` carries
+    /// it, so the router can tell the connection it registered from a later one given its id.
+    pub(crate) generation: u64,
 }
+
+/// Breakwater patch 9: the next [`Connection::generation`]. Starts at 1: 0 is never registered.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl Connection {
     /// Create connection state to hold identifying information of connecting device
@@ -66,6 +74,7 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
         }
     }
 

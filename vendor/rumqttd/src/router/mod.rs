@@ -54,7 +54,12 @@ pub enum Event {
     /// Data for native commitlog
     DeviceData,
     /// Disconnection request
-    Disconnect,
+    ///
+    /// Breakwater patch 9: from the connection registered with this `generation` (see
+    /// `Connection::generation`). The connection id alone does not say which connection: by the
+    /// time the router handles the event, the connection may have been replaced (a new one with
+    /// the same client id) and its id given to the new one.
+    Disconnect { generation: u64 },
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

@@ -244,7 +244,7 @@ impl Router {
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
-            Event::Disconnect => self.handle_disconnection(id, None),
+            Event::Disconnect { generation } => self.handle_link_disconnection(id, generation),
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
@@ -405,6 +405,30 @@ impl Router {
 
     fn handle_new_alert(&mut self, tx: Sender<Vec<Alert>>) {
         let _alert_id = self.alerts.insert(tx);
+    }
+
+    /// Breakwater patch 9: a link reports that its connection ended. Acts only if `id` still
+    /// holds the connection that link registered (`generation`). Otherwise the connection is
+    /// already gone, and `id` may hold a newer one: typically the same client reconnected, its
+    /// CONNECT replaced the old connection (duplicate client id) and got the freed id while the
+    /// old link's disconnect was still queued. Applying it would drop the new connection, often
+    /// before its CONNACK.
+    fn handle_link_disconnection(&mut self, id: ConnectionId, generation: u64) {
+        match self.connections.get(id) {
+            Some(connection) if connection.generation == generation => {
+                self.handle_disconnection(id, None)
+            }
+            Some(connection) => info!(
+                connection_id = id,
+                generation,
+                current_generation = connection.generation,
+                "stale disconnect of a replaced connection, id reused: ignored"
+            ),
+            None => debug!(
+                connection_id = id,
+                "disconnect of a connection already gone"
+            ),
+        }
     }
 
     fn handle_disconnection(&mut self, id: ConnectionId, reason: Option<DisconnectReasonCode>) {
@@ -2393,3 +2417,82 @@ fn extract_group(filter: &str) -> Option<(String, String)> {
 // //         dbg!(trackers);
 // //     }
 // // }
+
+// Breakwater patch 9: a disconnect queued by a replaced connection must not drop the connection
+// that took over its id.
+#[cfg(test)]
+mod stale_disconnect_tests {
+    use super::{Event, Router};
+    use crate::local::{LinkBuilder, LinkError, LinkRx};
+    use crate::router::shared_subs::Strategy;
+    use crate::router::Notification;
+    use crate::RouterConfig;
+    use flume::RecvTimeoutError;
+    use std::time::{Duration, Instant};
+
+    fn router() -> flume::Sender<(crate::ConnectionId, Event)> {
+        let config = RouterConfig {
+            max_connections: 10,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        Router::new(0, config).spawn()
+    }
+
+    /// The next forwarded publish, or the error that ended the link.
+    fn next_forward(rx: &mut LinkRx) -> Result<Notification, LinkError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_deadline(deadline)? {
+                Some(forward @ Notification::Forward(_)) => return Ok(forward),
+                Some(_) | None => {}
+            }
+        }
+    }
+
+    #[test]
+    fn stale_disconnect_does_not_drop_the_connection_that_reused_the_id() {
+        let router_tx = router();
+        let (_old_tx, old_rx, _) = LinkBuilder::new("device", router_tx.clone())
+            .build()
+            .unwrap();
+        // The same client connects again: the router drops the old connection (duplicate client
+        // id) and gives the new one the id it freed.
+        let (mut new_tx, mut new_rx, _) = LinkBuilder::new("device", router_tx.clone())
+            .build()
+            .unwrap();
+        assert_eq!(new_rx.id(), old_rx.id());
+        assert_ne!(new_rx.generation(), old_rx.generation());
+
+        // The old connection's disconnect, sent before its link saw that it was dropped.
+        let stale = Event::Disconnect {
+            generation: old_rx.generation(),
+        };
+        router_tx.send((old_rx.id(), stale)).unwrap();
+
+        // The router handles events in order: the new connection is still there afterwards.
+        new_tx.subscribe("t").unwrap();
+        new_tx.publish("t", "still connected").unwrap();
+        match next_forward(&mut new_rx) {
+            Ok(Notification::Forward(forward)) => {
+                assert_eq!(forward.publish.payload, "still connected")
+            }
+            other => panic!("the new connection was dropped: {other:?}"),
+        }
+
+        // Its own disconnect still ends it.
+        let current = Event::Disconnect {
+            generation: new_rx.generation(),
+        };
+        router_tx.send((new_rx.id(), current)).unwrap();
+        new_tx.publish("t", "after disconnect").unwrap();
+        match next_forward(&mut new_rx) {
+            Err(LinkError::RecvTimeout(RecvTimeoutError::Disconnected)) => {}
+            other => panic!("expected the router to drop the connection, got {other:?}"),
+        }
+    }
+}

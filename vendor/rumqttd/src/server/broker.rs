@@ -475,6 +475,36 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 }
 
+/// Breakwater patch 9: registers the will handler of a new connection of `client_id` and tells
+/// the previous connection's handler, if any, whether to publish that connection's will.
+///
+/// The previous connection's task may have gone already: one whose registration failed
+/// (`RemoteLink::new` returned an error, e.g. the router dropped it before its CONNACK) returns
+/// without removing its entry. Upstream unwrapped the `try_send` to it while holding the map's
+/// lock, so the send to the dropped receiver panicked and poisoned the lock; from then on every
+/// CONNECT on the listener panicked at `lock().unwrap()`, and no client could connect any more.
+fn replace_will_handler(
+    will_handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+    client_id: &str,
+    clean_session: bool,
+) -> flume::Receiver<AwaitingWill> {
+    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
+    let previous = will_handlers
+        .lock()
+        .unwrap()
+        .insert(client_id.to_owned(), will_tx);
+    if let Some(sender) = previous {
+        let awaiting_will = if clean_session {
+            AwaitingWill::Fire
+        } else {
+            AwaitingWill::Cancel
+        };
+        // Fails only when that connection's task has gone: nobody waits for its will then.
+        sender.try_send(awaiting_will).ok();
+    }
+    will_rx
+}
+
 /// Breakwater patch: binds like `TcpListener::bind`, but with an accept queue of up to
 /// `net.core.somaxconn` (the kernel caps the request) instead of tokio's fixed 1024. When
 /// thousands of clients reconnect at once their SYNs arrive faster than one thread accepts; once
@@ -561,20 +591,8 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
-        let awaiting_will = if clean_session {
-            AwaitingWill::Fire
-        } else {
-            AwaitingWill::Cancel
-        };
-        sender.try_send(awaiting_will).unwrap();
-    }
-
-    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
+    // Breakwater patch 9: see `replace_will_handler`.
+    let will_rx = replace_will_handler(&will_handlers, &client_id, clean_session);
 
     // Start the link
     let mut link = match RemoteLink::new(
@@ -595,6 +613,7 @@ async fn remote<P: Protocol>(
     };
 
     let connection_id = link.connection_id;
+    let generation = link.generation;
     let will_delay_interval = link.will_delay_interval;
     let mut send_disconnect = true;
 
@@ -620,7 +639,8 @@ async fn remote<P: Protocol>(
     };
 
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        // Breakwater patch 9: `connection_id` alone may name a newer connection by now.
+        let disconnect = Event::Disconnect { generation };
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }
@@ -651,5 +671,28 @@ async fn remote<P: Protocol>(
         // It won't matter in this case as we don't use it
         // but might affect logs?
         router_tx.send((connection_id, message)).ok();
+    }
+}
+
+// Breakwater patch 9.
+#[cfg(test)]
+mod will_handler_tests {
+    use super::{replace_will_handler, AwaitingWill};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[test]
+    fn a_connection_that_left_its_will_handler_does_not_block_the_next() {
+        let handlers = Mutex::new(HashMap::new());
+        // A connection whose registration failed: its task returned, dropping its receiver, and
+        // left its entry behind.
+        drop(replace_will_handler(&handlers, "device", true));
+        // The client connects again, and again.
+        let second = replace_will_handler(&handlers, "device", true);
+        assert!(!handlers.is_poisoned());
+        let _third = replace_will_handler(&handlers, "device", false);
+        // The third connection told the second not to publish its will (not a clean session).
+        assert!(matches!(second.try_recv(), Ok(AwaitingWill::Cancel)));
+        assert_eq!(handlers.lock().unwrap().len(), 1);
     }
 }

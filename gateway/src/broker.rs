@@ -12,7 +12,9 @@
 //!   it: rumqttd disconnects a link that publishes to a topic no filter matches (a device not
 //!   subscribed to its ack topic yet), and this filter always matches. Because the link never
 //!   calls `ready()`, the router stops forwarding to it after one buffer (~200 messages); that
-//!   filter's in-memory log is bounded by the small default segment settings below.
+//!   filter's in-memory log is bounded by the small default segment settings below, and the
+//!   router skips the link ahead when it rotates (`CursorJump` alerts for [`ACKS_LINK`], which
+//!   [`crate::link::spawn_alerts`] does not count as lost data).
 //! * an alerts link receives `CursorJump` alerts (see [`crate::link::spawn_alerts`]).
 //!
 //! Memory: rumqttd keeps one in-memory log per subscribed filter, and every device subscribes
@@ -39,6 +41,10 @@ use crate::config::MqttConfig;
 
 /// Filter matching every device's ack topic.
 pub const ACK_FILTER: &str = "bw/v1/+/ack";
+
+/// Client id of the link that publishes acks. rumqttd skips it ahead now and then (it never
+/// reads its [`ACK_FILTER`] log), so its `CursorJump` alerts lose nothing.
+pub const ACKS_LINK: &str = "breakwater-gateway-acks";
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -168,13 +174,10 @@ pub fn start(config: rumqttd::Config, listen: SocketAddr) -> Result<Links, Broke
             source: Box::new(source),
         })?;
     }
-    let (mut atx, arx) =
-        broker
-            .link("breakwater-gateway-acks")
-            .map_err(|source| BrokerError::Link {
-                name: "acks",
-                source: Box::new(source),
-            })?;
+    let (mut atx, arx) = broker.link(ACKS_LINK).map_err(|source| BrokerError::Link {
+        name: "acks",
+        source: Box::new(source),
+    })?;
     atx.subscribe(ACK_FILTER)
         .map_err(|source| BrokerError::Link {
             name: "acks",

@@ -237,7 +237,8 @@ impl LogLimiter {
 ///
 /// rumqttd 0.20 keeps `AlertKind` private, so the alert is read through its `Serialize` form
 /// (`{"kind":{"CursorJump":{"filter":..,"lost":..}}}`). Note that 0.20 always reports
-/// `lost: 0`; the jump count is the reliable signal.
+/// `lost: 0`; the jump count is the reliable signal. Jumps of the acks link
+/// ([`crate::broker::ACKS_LINK`]), which never reads its log, are only logged at debug.
 pub fn spawn_alerts(
     alerts: rumqttd::alerts::AlertsLink,
     stop: Arc<AtomicBool>,
@@ -255,6 +256,11 @@ pub fn spawn_alerts(
                             };
                             let lost = jump.get("lost").and_then(serde_json::Value::as_u64).unwrap_or(0);
                             let filter = jump.get("filter").and_then(serde_json::Value::as_str).unwrap_or("");
+                            if a.client_id == crate::broker::ACKS_LINK {
+                                // Never read on purpose (see `crate::broker`): nothing is lost.
+                                debug!(filter, "rumqttd skipped the acks link ahead");
+                                continue;
+                            }
                             metrics::counter!(m::LINK_CURSOR_JUMPS).increment(1);
                             metrics::counter!(m::LINK_LOST_MESSAGES).increment(lost);
                             warn!(client = %a.client_id, filter, lost, "rumqttd skipped a gateway link ahead: it fell behind (devices resend what was lost)");

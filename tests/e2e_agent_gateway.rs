@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use breakwater_agent::config::AgentConfig;
 use breakwater_agent::Agent;
-use breakwater_protocol::kafka::{decode_record_value, HEADER_CONTENT_TYPE};
-use breakwater_protocol::{Limits, Reading, Value};
+use breakwater_protocol::{Reading, Value};
 use breakwater_testkit::{kafka as tk, require_kafka};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -85,12 +84,7 @@ batch_max_readings = 50
             .unwrap();
     let mut got = Vec::new();
     for r in &records {
-        let batch = decode_record_value(
-            r.value.as_deref().unwrap(),
-            r.header(HEADER_CONTENT_TYPE),
-            &Limits::DEFAULT,
-        )
-        .unwrap();
+        let batch = r.batch();
         assert_eq!(batch.device.as_str(), "press-01");
         assert_eq!(batch.epoch, epoch);
         assert_eq!(r.key.as_deref(), Some(&b"press-01"[..]));
@@ -280,12 +274,7 @@ max = "200ms"
     .unwrap();
     let mut got = Vec::new();
     for r in &records {
-        let batch = decode_record_value(
-            r.value.as_deref().unwrap(),
-            r.header(HEADER_CONTENT_TYPE),
-            &Limits::DEFAULT,
-        )
-        .unwrap();
+        let batch = r.batch();
         assert_eq!(batch.epoch, epoch);
         for (seq, value) in batch.iter_seq() {
             assert_eq!(value, &reading(seq));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use breakwater_protocol::kafka::{self, Encoding};
-use breakwater_protocol::{Batch, DeviceId, Limits, Reading};
+use breakwater_protocol::{Batch, DeviceId, Reading};
 use breakwater_testkit::{kafka as tk, require_kafka};
 
 fn batch(device: &DeviceId, first_seq: u64) -> Batch {
@@ -82,12 +82,7 @@ async fn records_round_trip_through_the_real_broker() {
             .iter()
             .filter(|r| r.key.as_deref() == Some(d.as_str().as_bytes()))
             .map(|r| {
-                let b = kafka::decode_record_value(
-                    r.value.as_deref().expect("value"),
-                    r.header(kafka::HEADER_CONTENT_TYPE),
-                    &Limits::DEFAULT,
-                )
-                .expect("decodes");
+                let b = r.batch();
                 assert_eq!(&b.device, d);
                 assert_eq!(
                     r.header(kafka::HEADER_LAST_SEQ),

@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use breakwater_protocol::kafka::{decode_record_value, HEADER_CONTENT_TYPE};
+use breakwater_protocol::{Batch, Limits};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -152,6 +154,20 @@ impl Record {
             .iter()
             .find(|(k, _)| k == name)
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The telemetry batch in this record, decoded by its content-type header.
+    ///
+    /// # Panics
+    /// If the record has no value or the value does not decode: a test failure.
+    #[must_use]
+    pub fn batch(&self) -> Batch {
+        let value = self
+            .value
+            .as_deref()
+            .expect("telemetry record without a value");
+        decode_record_value(value, self.header(HEADER_CONTENT_TYPE), &Limits::DEFAULT)
+            .expect("telemetry record decodes")
     }
 }
 

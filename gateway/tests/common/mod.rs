@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use breakwater_protocol::kafka::{decode_record_value, HEADER_CONTENT_TYPE};
-use breakwater_protocol::{
-    envelope, Ack, Batch, DeviceId, Limits, Reading, Status, StatusKind, Topic,
-};
+use breakwater_protocol::{envelope, Ack, Batch, DeviceId, Reading, Status, StatusKind, Topic};
 use breakwater_testkit::kafka::Record;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
@@ -421,9 +418,7 @@ pub fn spec(port: u16, device: &str, total: u64) -> DeviceSpec {
 pub fn seqs_by_device(records: &[Record]) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in records {
-        let value = r.value.as_deref().unwrap();
-        let b =
-            decode_record_value(value, r.header(HEADER_CONTENT_TYPE), &Limits::DEFAULT).unwrap();
+        let b = r.batch();
         assert_eq!(r.key.as_deref(), Some(b.device.as_str().as_bytes()));
         assert_eq!(r.header("bw-device"), Some(b.device.as_str()));
         assert_eq!(

@@ -47,18 +47,6 @@ async fn full_spool_lowers_credit_then_stops_acking() {
 
     // What was acked is exactly what the spool holds: 1..=acked_upto.
     assert!(gw.terminate());
-    let out = std::process::Command::new(BIN)
-        .args(["spool", "export", "--dir"])
-        .arg(dir.path().join("spool"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let mut seqs = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        for r in v["batch"]["readings"].as_array().unwrap() {
-            seqs.push(r["seq"].as_u64().unwrap());
-        }
-    }
+    let seqs = spooled_seqs(&dir.path().join("spool"));
     assert_eq!(seqs, (1..=r.acked_upto).collect::<Vec<_>>());
 }

@@ -188,27 +188,10 @@ async fn duplicates_dropped_and_never_ack_past_a_gap() {
     assert!(gw.terminate(), "graceful stop failed:\n{}", gw.log_text());
 
     // The spool holds exactly 1..=150 once, in order.
-    let out = std::process::Command::new(BIN)
-        .args(["spool", "export", "--dir"])
-        .arg(dir.path().join("spool"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        spooled_seqs(&dir.path().join("spool")),
+        (1..=150).collect::<Vec<_>>()
     );
-    let mut seqs = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let b = breakwater_protocol::json::decode_batch(
-            v["batch"].to_string().as_bytes(),
-            &breakwater_protocol::Limits::DEFAULT,
-        )
-        .unwrap();
-        seqs.extend(b.first_seq..=b.last_seq());
-    }
-    assert_eq!(seqs, (1..=150).collect::<Vec<_>>());
 }
 
 /// A device's floor declaration (`drop-oldest` dropped readings it never sent): the gateway acks
@@ -265,22 +248,7 @@ async fn floor_acks_past_device_dropped_readings_also_after_a_restart() {
         "the drop is logged"
     );
 
-    let out = std::process::Command::new(BIN)
-        .args(["spool", "export", "--dir"])
-        .arg(dir.path().join("spool"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let mut seqs = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let b = breakwater_protocol::json::decode_batch(
-            v["batch"].to_string().as_bytes(),
-            &breakwater_protocol::Limits::DEFAULT,
-        )
-        .unwrap();
-        seqs.extend(b.first_seq..=b.last_seq());
-    }
+    let seqs = spooled_seqs(&dir.path().join("spool"));
     let expected: Vec<u64> = (1..=50).chain(101..=150).chain(201..=210).collect();
     assert_eq!(seqs, expected);
 }

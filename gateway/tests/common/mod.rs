@@ -607,3 +607,29 @@ pub async fn run_devices(specs: Vec<DeviceSpec>) -> HashMap<String, DeviceReport
     }
     out
 }
+
+/// Runs `breakwater-gateway spool export` on `spool_dir` (the gateway must have stopped) and
+/// returns the seqs of every spooled reading, in export order. Each line must hold a valid batch.
+pub fn spooled_seqs(spool_dir: &Path) -> Vec<u64> {
+    let out = Command::new(BIN)
+        .args(["spool", "export", "--dir"])
+        .arg(spool_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seqs = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let b = breakwater_protocol::json::decode_batch(
+            v["batch"].to_string().as_bytes(),
+            &breakwater_protocol::Limits::DEFAULT,
+        )
+        .unwrap();
+        seqs.extend(b.first_seq..=b.last_seq());
+    }
+    seqs
+}

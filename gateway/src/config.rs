@@ -109,6 +109,11 @@ pub struct KafkaConfig {
     pub batch_bytes: u32,
     /// Records handed to the producer and not yet delivered, at most.
     pub max_in_flight_records: usize,
+    /// Ack mode `kafka`: batches produced straight from memory (past the spool) and not yet
+    /// delivered, at most. While Kafka keeps up, batches skip the spool; beyond this many, or
+    /// while the spool holds batches not yet produced, they go through the spool. 0: every
+    /// batch goes through the spool.
+    pub direct_max_in_flight_records: usize,
     /// librdkafka `message.timeout.ms`; 0 = retry forever (the spool keeps the data either way).
     pub message_timeout_ms: u32,
     /// Create `topic` and `events_topic` at start-up when missing.
@@ -130,6 +135,7 @@ impl Default for KafkaConfig {
             linger_ms: 5,
             batch_bytes: 1_000_000,
             max_in_flight_records: 20_000,
+            direct_max_in_flight_records: 5_000,
             message_timeout_ms: 0,
             create_topics: true,
             partitions: 6,

@@ -40,6 +40,16 @@
 //!   spooled; the device sends its floor again on the new connection, so the same range may be
 //!   counted again by the new process (the counter restarts at 0 with it).
 //!
+//! # Restart after direct delivery
+//!
+//! In ack mode `kafka` the gateway produces batches from memory while Kafka keeps up and only
+//! spools the rest, so the spool's cursors can be behind what the previous process acked. Such
+//! devices are seeded with `behind` set ([`Sequencer::seed`]): the first batch that starts after
+//! `accepted + 1` is taken, and the range in between is recorded as done ("acked before the
+//! restart": a device only skips readings it got an ack for, and an ack only ever covered
+//! durable readings). It still waits behind the seeded pending batches. The flag clears with
+//! the device's first accepted batch; after that a gap is a gap again.
+//!
 //! An ack therefore means "every seq `<= upto` is durable or was declared dropped by the device".
 
 use std::collections::{HashMap, VecDeque};
@@ -47,7 +57,7 @@ use std::hash::BuildHasher;
 
 use breakwater_protocol::{Batch, DeviceId, Floor};
 use parking_lot::Mutex;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::stats;
 
@@ -80,6 +90,8 @@ struct DeviceState {
     accepted: u64,
     durable: u64,
     pending: VecDeque<Pending>,
+    /// Seeded from a spool that may lag what was acked (see the module doc).
+    behind: bool,
 }
 
 impl DeviceState {
@@ -89,6 +101,7 @@ impl DeviceState {
             accepted: baseline,
             durable: baseline,
             pending: VecDeque::new(),
+            behind: false,
         }
     }
 
@@ -176,6 +189,23 @@ impl Sequencer {
                 durable: (last <= state.durable).then_some(state.durable),
             };
         }
+        if batch.first_seq > state.accepted + 1 && state.behind {
+            debug!(
+                device = %batch.device,
+                epoch = batch.epoch,
+                spooled_upto = state.accepted,
+                first_seq = batch.first_seq,
+                "device resumes past the spooled state (acked before the restart)"
+            );
+            state.pending.push_back(Pending {
+                first: state.accepted + 1,
+                last: batch.first_seq - 1,
+                done: true,
+                dropped: false,
+            });
+            state.accepted = batch.first_seq - 1;
+            state.advance(&batch.device);
+        }
         if batch.first_seq > state.accepted + 1 {
             return Admit::Gap {
                 expected: state.accepted + 1,
@@ -196,6 +226,7 @@ impl Sequencer {
             dropped: false,
         });
         state.accepted = last;
+        state.behind = false;
         Admit::Accept(batch)
     }
 
@@ -261,10 +292,19 @@ impl Sequencer {
     }
 
     /// Restores state found on disk at start-up: `durable` readings are durable, `pending`
-    /// batches (first, last) are in flight (not durable yet).
-    pub fn seed(&self, device: DeviceId, epoch: u64, durable: u64, pending: &[(u64, u64)]) {
+    /// batches (first, last) are in flight (not durable yet). `behind`: the previous process
+    /// may have acked past what the spool recorded (see the module doc).
+    pub fn seed(
+        &self,
+        device: DeviceId,
+        epoch: u64,
+        durable: u64,
+        pending: &[(u64, u64)],
+        behind: bool,
+    ) {
         let mut shard = self.shard(&device).lock();
         let mut st = DeviceState::new(epoch, durable);
+        st.behind = behind;
         for &(first, last) in pending {
             if first == st.accepted + 1 {
                 st.pending.push_back(Pending {
@@ -367,7 +407,7 @@ mod tests {
     #[test]
     fn seed_restores_durable_and_pending() {
         let s = Sequencer::new();
-        s.seed(dev(), 7, 10, &[(11, 20), (21, 30)]);
+        s.seed(dev(), 7, 10, &[(11, 20), (21, 30)], false);
         assert_eq!(
             s.admit(batch(7, 11, 10)),
             Admit::Duplicate { durable: None }
@@ -378,6 +418,36 @@ mod tests {
         );
         assert!(matches!(s.admit(batch(7, 31, 1)), Admit::Accept(_)));
         assert_eq!(s.durable(&dev(), 7, 11, 20), Some(20));
+    }
+
+    #[test]
+    fn seeded_behind_takes_the_first_batch_past_the_spool_then_gaps_again() {
+        let s = Sequencer::new();
+        // The spool recorded up to 10 with 11..=20 undelivered; the device was acked to 40.
+        s.seed(dev(), 7, 10, &[(11, 20)], true);
+        assert!(matches!(s.admit(batch(7, 41, 5)), Admit::Accept(_)));
+        // 41..=45 durable first: the ack still waits for the seeded batch.
+        assert_eq!(s.durable(&dev(), 7, 41, 45), None);
+        assert_eq!(s.durable(&dev(), 7, 11, 20), Some(45));
+        // The flag is gone: a later gap is a gap.
+        assert_eq!(s.admit(batch(7, 50, 5)), Admit::Gap { expected: 46 });
+
+        // Not behind: the same batch is a gap.
+        let s = Sequencer::new();
+        s.seed(dev(), 7, 10, &[], false);
+        assert_eq!(s.admit(batch(7, 41, 5)), Admit::Gap { expected: 11 });
+        // Behind, nothing pending: acked as soon as it is durable.
+        let s = Sequencer::new();
+        s.seed(dev(), 7, 10, &[], true);
+        assert!(matches!(s.admit(batch(7, 41, 5)), Admit::Accept(_)));
+        assert_eq!(s.durable(&dev(), 7, 41, 45), Some(45));
+        // A resend below the spooled state is still a duplicate.
+        let s = Sequencer::new();
+        s.seed(dev(), 7, 10, &[], true);
+        assert_eq!(
+            s.admit(batch(7, 6, 5)),
+            Admit::Duplicate { durable: Some(10) }
+        );
     }
 
     fn floor(epoch: u64, first_seq: u64) -> Floor {
@@ -464,11 +534,11 @@ mod tests {
     fn floor_after_restart_seed_passes_the_unspooled_range() {
         // Spool mode restart: 1..=10 spooled and durable; the device dropped 11..=40.
         let s = Sequencer::new();
-        s.seed(dev(), 7, 10, &[]);
+        s.seed(dev(), 7, 10, &[], false);
         assert_eq!(s.floor(&floor(7, 41)), Some(40));
         // Kafka mode restart: 11..=20 still in the spool, not delivered.
         let s = Sequencer::new();
-        s.seed(dev(), 7, 10, &[(11, 20)]);
+        s.seed(dev(), 7, 10, &[(11, 20)], false);
         assert_eq!(s.floor(&floor(7, 41)), None);
         assert_eq!(s.durable(&dev(), 7, 11, 20), Some(40));
     }

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! rumqttd ──link──> link consumer ──queue──> spool writer ──(spool mode: ack)
-//!                     │  sequencer                │ committed
-//!                     └─ status ─> events ──> Kafka events topic
-//!                                                 v
+//!                     │  sequencer                │ committed     │ kafka mode, Kafka keeping
+//!                     └─ status ─> events ──> Kafka events topic  │ up: past the spool, from
+//!                                                 v               v memory
 //!                                   Kafka drain ──> telemetry topic ──(kafka mode: ack)
 //! acks ──> ack publisher ──link──> rumqttd ──> bw/v1/{device}/ack
 //! ```
@@ -33,7 +33,7 @@ use crate::http::Health;
 use crate::kafka::sink::Drain;
 use crate::link::LinkConsumer;
 use crate::sequencer::Sequencer;
-use crate::spool::writer::{Deletes, Writer};
+use crate::spool::writer::{Bypass, BypassTx, Deletes, Writer};
 use crate::spool::{self, Spool, SpoolError};
 use crate::stats as m;
 
@@ -89,7 +89,9 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-fn seed(sequencer: &Sequencer, rec: &spool::Recovery, mode: AckMode) {
+/// `behind`: batches may have skipped the spool (ack mode `kafka`), so the previous process may
+/// have acked past the spool's cursors.
+fn seed(sequencer: &Sequencer, rec: &spool::Recovery, mode: AckMode, behind: bool) {
     for (device, (epoch, upto)) in spool::parse_devices(&rec.cursors) {
         let pending: Vec<(u64, u64)> = rec
             .pending
@@ -99,9 +101,9 @@ fn seed(sequencer: &Sequencer, rec: &spool::Recovery, mode: AckMode) {
             .unwrap_or_default();
         match (mode, pending.first()) {
             (AckMode::Kafka, Some(&(first, _))) => {
-                sequencer.seed(device, epoch, first - 1, &pending);
+                sequencer.seed(device, epoch, first - 1, &pending, behind);
             }
-            _ => sequencer.seed(device, epoch, upto, &[]),
+            _ => sequencer.seed(device, epoch, upto, &[], behind),
         }
     }
 }
@@ -126,7 +128,9 @@ impl Gateway {
             .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
             .map_err(Box::new)?;
         let sequencer = Arc::new(Sequencer::new());
-        seed(&sequencer, &recovery, mode);
+        // Batches skip the spool only in ack mode `kafka`; a previous process may have done so
+        // even when this one is configured not to, so seed as `behind` in that mode regardless.
+        seed(&sequencer, &recovery, mode, mode == AckMode::Kafka);
         info!(
             dir = %cfg.spool.dir.display(),
             records = recovery.records,
@@ -203,6 +207,25 @@ impl Gateway {
         let ack_thread = crate::ack::spawn_publisher(atx, ack_rx, pressure, cfg.ack.clone())
             .map_err(StartError::Thread)?;
 
+        // Batches past the spool (ack mode `kafka`, see spool::writer).
+        let (bypass_tx, bypass_rx) = if mode == AckMode::Kafka
+            && producer.is_some()
+            && cfg.kafka.direct_max_in_flight_records > 0
+        {
+            let shared = Arc::new(Bypass::default());
+            let (tx, rx) = mpsc::unbounded_channel();
+            (
+                Some(BypassTx {
+                    shared: shared.clone(),
+                    tx,
+                    max_in_flight: cfg.kafka.direct_max_in_flight_records,
+                }),
+                Some((shared, rx)),
+            )
+        } else {
+            (None, None)
+        };
+
         // Spool writer.
         let deletes = Arc::new(Deletes::default());
         let committed = Arc::new(Notify::new());
@@ -217,6 +240,7 @@ impl Gateway {
                 acker: (mode == AckMode::Spool).then(|| acker.clone()),
                 committed: committed.clone(),
                 max_batches_per_commit: cfg.spool.max_batches_per_commit,
+                bypass: bypass_tx,
             };
             let done = writer_done.clone();
             let health = health.clone();
@@ -230,6 +254,7 @@ impl Gateway {
         // Kafka drain.
         let drain_stop = CancellationToken::new();
         let drain_abort = CancellationToken::new();
+        let mut bypass_rx = bypass_rx;
         let drain = producer.as_ref().map(|p| {
             let d = Drain {
                 spool: spool.clone(),
@@ -242,6 +267,7 @@ impl Gateway {
                 acker: (mode == AckMode::Kafka).then(|| acker.clone()),
                 max_in_flight: cfg.kafka.max_in_flight_records,
                 writer_done: writer_done.clone(),
+                bypass: bypass_rx.take(),
             };
             tokio::spawn(d.run(drain_stop.clone(), drain_abort.clone()))
         });

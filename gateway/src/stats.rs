@@ -9,7 +9,8 @@ pub const ACCEPTED_READINGS: &str = "breakwater_gateway_accepted_readings_total"
 /// Labels: `reason` = decode reason (`bad_magic`, `malformed`, ...), `bad_topic`,
 /// `device_mismatch`, `wrong_kind`.
 pub const INVALID_PAYLOADS: &str = "breakwater_gateway_invalid_payloads_total";
-/// Labels: `reason` = `duplicate`, `gap`, `queue_full`, `spool_full`, `spool_error`.
+/// Labels: `reason` = `duplicate`, `gap`, `queue_full`, `spool_full`, `spool_error`,
+/// `drain_stopped`, `kafka_rejected`.
 pub const DROPPED_BATCHES: &str = "breakwater_gateway_dropped_batches_total";
 /// Readings a device declared dropped (its `drop-oldest` buffer) that the gateway never got,
 /// counted when the acks pass them (see `sequencer`).
@@ -22,6 +23,8 @@ pub const QUEUE_DEPTH: &str = "breakwater_gateway_queue_batches";
 pub const SPOOL_BYTES: &str = "breakwater_gateway_spool_bytes";
 pub const SPOOL_RECORDS: &str = "breakwater_gateway_spool_records";
 pub const SPOOL_WRITTEN_BATCHES: &str = "breakwater_gateway_spool_written_batches_total";
+/// Batches produced to Kafka straight from memory, past the spool (ack mode `kafka`).
+pub const DIRECT_BATCHES: &str = "breakwater_gateway_direct_batches_total";
 pub const SPOOL_DELETED_BATCHES: &str = "breakwater_gateway_spool_deleted_batches_total";
 pub const SPOOL_COMMIT_SECONDS: &str = "breakwater_gateway_spool_commit_seconds";
 pub const KAFKA_DELIVERED_BATCHES: &str = "breakwater_gateway_kafka_delivered_batches_total";
@@ -38,7 +41,9 @@ pub const EVENTS_DROPPED: &str = "breakwater_gateway_events_dropped_total";
 pub const DEVICES: &str = "breakwater_gateway_devices";
 /// Time a batch spends in one stage of the ack path, seconds. Labels: `stage` =
 /// * `spooled`: received from the broker -> handed to the Kafka producer (writer queue, spool
-///   commit, drain read; ms resolution, from the record's receive time),
+///   commit, drain read; ms resolution, from the record's receive time), for batches that went
+///   through the spool,
+/// * `direct`: the same for batches produced from memory (writer queue only),
 /// * `kafka_delivery`: handed to the producer -> its delivery report seen by the drain,
 /// * `durable`: received -> its ack queued (ack mode `kafka`: includes the two above and the
 ///   wait for earlier batches of the same device),
@@ -78,6 +83,10 @@ pub fn describe() {
     describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes of batches in the spool");
     describe_gauge!(SPOOL_RECORDS, "Batches in the spool");
     describe_counter!(SPOOL_WRITTEN_BATCHES, "Batches committed to the spool");
+    describe_counter!(
+        DIRECT_BATCHES,
+        "Batches produced to Kafka from memory, past the spool (ack mode kafka, Kafka keeping up)"
+    );
     describe_counter!(
         SPOOL_DELETED_BATCHES,
         "Batches deleted after Kafka delivery"

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use breakwater_protocol::envelope;
 use breakwater_protocol::kafka::{FleetEvent, FleetEventKind};
-use breakwater_protocol::{envelope, DeviceId, Topic};
 use common::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 
 /// Many devices at once, acked on Kafka delivery: every reading arrives, in order per device,
 /// exactly once, and each device's birth is on the events topic.
@@ -49,108 +49,6 @@ async fn every_reading_arrives_in_order_exactly_once() {
         assert!(births.contains(d), "no birth event for {d}");
     }
     assert!(gw.metric("breakwater_gateway_acks_sent_total", "") >= 1.0);
-}
-
-/// A raw device: publishes exactly what the test says and collects acks.
-struct RawDevice {
-    client: AsyncClient,
-    acks: tokio::sync::mpsc::UnboundedReceiver<breakwater_protocol::Ack>,
-    task: tokio::task::JoinHandle<()>,
-    device: String,
-}
-
-impl RawDevice {
-    async fn connect(port: u16, device: &str) -> Self {
-        let mut o = MqttOptions::new(device, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30));
-        let (client, mut el) = AsyncClient::new(o, 100);
-        let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
-        let sub = client.clone();
-        let ack_topic = Topic::ack(&DeviceId::parse(device).unwrap());
-        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-        let mut subscribed_tx = Some(subscribed_tx);
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        sub.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)
-                            .unwrap();
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(t) = subscribed_tx.take() {
-                            let _ = t.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(a) = envelope::decode_ack(&p.payload) {
-                            let _ = tx.send(a);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
-            .await
-            .unwrap()
-            .unwrap();
-        Self {
-            client,
-            acks,
-            task,
-            device: device.to_owned(),
-        }
-    }
-
-    async fn send(&self, first: u64, n: u64) {
-        let b = make_batch(&self.device, 7, first, n);
-        let topic = Topic::telemetry(&b.device);
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, envelope::encode_batch(&b))
-            .await
-            .unwrap();
-    }
-
-    async fn floor(&self, first_seq: u64) {
-        let f = breakwater_protocol::Floor {
-            device: DeviceId::parse(&self.device).unwrap(),
-            epoch: 7,
-            first_seq,
-        };
-        self.client
-            .publish(
-                Topic::telemetry(&f.device),
-                QoS::AtLeastOnce,
-                false,
-                envelope::encode_floor(&f),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Waits for an ack with `upto_seq == upto` (bounded); returns every ack seen meanwhile.
-    async fn expect_ack(&mut self, upto: u64) -> Vec<breakwater_protocol::Ack> {
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let a = tokio::time::timeout_at(deadline, self.acks.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no ack upto {upto}; saw {seen:?}"))
-                .unwrap();
-            let hit = a.upto_seq == upto;
-            seen.push(a);
-            if hit {
-                return seen;
-            }
-        }
-    }
-}
-
-impl Drop for RawDevice {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Duplicates are dropped (and re-acked); a batch after a gap is never acked past the gap; a

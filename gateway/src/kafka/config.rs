@@ -24,7 +24,7 @@ pub fn producer_config(cfg: &KafkaConfig, brokers: &str) -> ClientConfig {
         .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
         .set(
             "queue.buffering.max.messages",
-            (cfg.max_in_flight_records * 2 + 20_000).to_string(),
+            (cfg.max_in_flight_records * 2 + cfg.direct_max_in_flight_records + 20_000).to_string(),
         )
         .set("socket.nagle.disable", "true")
         .set("client.id", "breakwater-gateway");

@@ -1,6 +1,8 @@
 //! The drain: reads committed spool records in key order and produces them to Kafka, at most
 //! `max_in_flight_records` at a time. A record is deleted from the spool only after its delivery
-//! report; in ack mode `kafka` the report is also what acks the device.
+//! report; in ack mode `kafka` the report is also what acks the device. In ack mode `kafka` it
+//! also produces the batches the spool writer hands over from memory while Kafka keeps up
+//! (`spool::writer`, "Past the spool"), ordered before any spool record committed after them.
 //!
 //! Order: records are produced in key order, which per device is seq order, and the idempotent
 //! producer keeps that order per partition through retries. With `message_timeout_ms = 0`
@@ -15,6 +17,7 @@
 //! 3-6 ms at p50, but every such run had ~0.9 s ack outliers at the devices (p99.9) that the
 //! ordered drain did not show at the same load, so it is not used until that is understood.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,14 +30,14 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::Notify;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ack::Acker;
 use crate::sequencer::Sequencer;
-use crate::spool::writer::Deletes;
+use crate::spool::writer::{Accepted, Bypass, Deletes};
 use crate::spool::{Spool, SpoolRecord};
 use crate::stats as m;
 
@@ -89,7 +92,8 @@ fn stage_since_ms(stage: &'static str, received_ms: u64) {
 }
 
 struct Meta {
-    key: u64,
+    /// The spool key; `None` for a batch produced from memory (past the spool).
+    key: Option<u64>,
     device: Option<DeviceId>,
     epoch: u64,
     first: u64,
@@ -98,6 +102,15 @@ struct Meta {
     received_ms: u64,
     /// When it was handed to the producer.
     enqueued: Instant,
+}
+
+/// Why a record was not handed to the producer.
+enum SendError {
+    /// librdkafka's queue is full: try again shortly.
+    QueueFull,
+    /// The stored envelope does not decode (JSON encoding only).
+    Corrupt(String),
+    Kafka(KafkaError),
 }
 
 pub struct Drain {
@@ -113,6 +126,9 @@ pub struct Drain {
     pub max_in_flight: usize,
     /// Set once the spool writer has stopped (no new records will appear).
     pub writer_done: Arc<AtomicBool>,
+    /// Batches the writer hands over past the spool (see `spool::writer`), with the state the
+    /// two share. `None`: every batch comes through the spool.
+    pub bypass: Option<(Arc<Bypass>, mpsc::UnboundedReceiver<Accepted>)>,
 }
 
 impl std::fmt::Debug for Drain {
@@ -125,86 +141,131 @@ impl std::fmt::Debug for Drain {
 }
 
 impl Drain {
-    /// Runs until `stop` is cancelled and everything spooled was delivered, or until `abort`
-    /// is cancelled (shutdown deadline: undelivered records stay in the spool).
-    pub async fn run(self, stop: CancellationToken, abort: CancellationToken) {
+    /// Runs until `stop` is cancelled and everything spooled or handed over from memory was
+    /// delivered, or until `abort` is cancelled (shutdown deadline: undelivered records stay in
+    /// the spool; undelivered batches from memory were never acked, their devices resend them).
+    ///
+    /// Order: each round first reads the spool, then takes what the writer handed over from
+    /// memory and produces that, then the spool records. The writer hands a batch over only
+    /// when every committed record has been produced, and anything it handed over before it
+    /// committed the records just read is in the channel by the time the read returns, so no
+    /// batch overtakes an older one of the same device.
+    pub async fn run(mut self, stop: CancellationToken, abort: CancellationToken) {
+        let (shared, mut direct_rx) = match self.bypass.take() {
+            Some((s, rx)) => (Some(s), Some(rx)),
+            None => (None, None),
+        };
         let mut next_key = 0u64;
         let mut inflight = FuturesOrdered::new();
         let mut failed: Option<u64> = None;
         let mut delivered_keys = Vec::with_capacity(1024);
+        // Batches from memory not yet handed to the producer (its queue was full), oldest first.
+        let mut memory: VecDeque<Accepted> = VecDeque::new();
+        let mut direct_open = direct_rx.is_some();
         loop {
             if abort.is_cancelled() {
                 break;
             }
-            // Fill the window from the spool.
-            let mut read_any = false;
-            let mut queue_full = false;
-            if failed.is_none() && inflight.len() < self.max_in_flight {
+            // 1. Spool records not yet produced, unless batches from memory wait (they go first).
+            let mut from_spool = Vec::new();
+            let mut caught_up_to = None;
+            if failed.is_none() && memory.is_empty() && inflight.len() < self.max_in_flight {
                 let want = (self.max_in_flight - inflight.len()).min(2_000);
+                let committed = shared
+                    .as_ref()
+                    .map(|b| b.committed_upto.load(Ordering::Acquire));
                 let spool = self.spool.clone();
                 let from = next_key;
-                let recs =
-                    match tokio::task::spawn_blocking(move || spool.read_from(from, want)).await {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(e)) => {
-                            error!(error = %e, "spool read failed");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue;
+                match tokio::task::spawn_blocking(move || spool.read_from(from, want)).await {
+                    Ok(Ok(r)) => {
+                        // Fewer than asked: every key committed before the read was returned.
+                        if r.len() < want {
+                            caught_up_to = committed;
                         }
-                        Err(e) => {
-                            error!(error = %e, "spool read task failed");
-                            continue;
+                        from_spool = r;
+                    }
+                    Ok(Err(e)) => {
+                        error!(error = %e, "spool read failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "spool read task failed");
+                        continue;
+                    }
+                }
+            }
+            // 2. Batches handed over from memory.
+            if let Some(rx) = direct_rx.as_mut() {
+                loop {
+                    match rx.try_recv() {
+                        Ok(a) => memory.push_back(a),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            direct_open = false;
+                            break;
                         }
-                    };
-                for (key, rec) in recs {
+                    }
+                }
+            }
+            let mut queue_full = false;
+            while let Some(a) = memory.pop_front() {
+                match self.send(None, &a.record) {
+                    Ok(fut) => {
+                        stage_since_ms("direct", a.record.received_ms);
+                        inflight.push_back(fut);
+                    }
+                    Err(SendError::QueueFull) => {
+                        memory.push_front(a);
+                        queue_full = true;
+                        break;
+                    }
+                    Err(SendError::Corrupt(e)) => self.refuse_direct(&a, &e, shared.as_deref()),
+                    Err(SendError::Kafka(e)) => {
+                        self.refuse_direct(&a, &e.to_string(), shared.as_deref());
+                    }
+                }
+            }
+            // 3. The spool records.
+            let mut read_any = false;
+            if memory.is_empty() {
+                for (key, rec) in from_spool {
                     read_any = true;
-                    let value = match record_value(&rec, self.encoding) {
-                        Ok(v) => v,
-                        Err(e) => {
+                    match self.send(Some(key), &rec) {
+                        Ok(fut) => {
+                            stage_since_ms("spooled", rec.received_ms);
+                            inflight.push_back(fut);
+                            next_key = key + 1;
+                        }
+                        Err(SendError::QueueFull) => {
+                            queue_full = true;
+                            caught_up_to = None;
+                            break;
+                        }
+                        Err(SendError::Corrupt(e)) => {
                             // Cannot happen for records the link consumer wrote; keep the
                             // record out of the way rather than stall the whole spool.
                             error!(key, error = %e, "corrupt spool record skipped (kept in the spool)");
                             metrics::counter!(m::KAFKA_ERRORS, "reason" => "corrupt_record")
                                 .increment(1);
                             next_key = key + 1;
-                            continue;
                         }
-                    };
-                    let record = FutureRecord::to(&self.topic)
-                        .key(rec.device.as_str())
-                        .payload(&value)
-                        .headers(record_headers(&rec, self.encoding));
-                    match self.producer.send_result(record) {
-                        Ok(fut) => {
-                            let received_ms = rec.received_ms;
-                            stage_since_ms("spooled", received_ms);
-                            let enqueued = Instant::now();
-                            inflight.push_back(async move {
-                                let meta = Meta {
-                                    key,
-                                    device: DeviceId::parse(rec.device.as_str()).ok(),
-                                    epoch: rec.epoch,
-                                    first: rec.first_seq,
-                                    last: rec.last_seq,
-                                    received_ms,
-                                    enqueued,
-                                };
-                                (meta, fut.await)
-                            });
-                            next_key = key + 1;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            queue_full = true;
-                            break;
-                        }
-                        Err((e, _)) => {
+                        Err(SendError::Kafka(e)) => {
                             warn!(key, error = %e, "produce failed; will retry");
                             metrics::counter!(m::KAFKA_ERRORS, "reason" => "produce").increment(1);
                             failed = Some(failed.map_or(key, |f| f.min(key)));
+                            caught_up_to = None;
                             break;
                         }
                     }
                 }
+                if let Some(c) = caught_up_to {
+                    next_key = next_key.max(c);
+                }
+            }
+            if let Some(b) = &shared {
+                let upto = failed.map_or(next_key, |f| f.min(next_key));
+                b.produced_upto.store(upto, Ordering::Release);
             }
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!(m::KAFKA_IN_FLIGHT).set(inflight.len() as f64);
@@ -225,7 +286,11 @@ impl Drain {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                if stop.is_cancelled() && self.writer_done.load(Ordering::Acquire) {
+                if stop.is_cancelled()
+                    && self.writer_done.load(Ordering::Acquire)
+                    && !direct_open
+                    && memory.is_empty()
+                {
                     // Re-check after the writer's last commit.
                     let spool = self.spool.clone();
                     let from = next_key;
@@ -241,6 +306,7 @@ impl Drain {
                 }
                 tokio::select! {
                     () = self.committed.notified() => {}
+                    Some(a) = recv(&mut direct_rx), if direct_open => memory.push_back(a),
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                     () = abort.cancelled() => break,
                 }
@@ -250,29 +316,79 @@ impl Drain {
             let can_fill = failed.is_none() && !queue_full && inflight.len() < self.max_in_flight;
             tokio::select! {
                 Some((meta, res)) = inflight.next() => {
-                    self.delivered(meta, res, &mut failed, &mut delivered_keys);
+                    self.delivered(meta, res, &mut failed, &mut delivered_keys, shared.as_deref());
                     // Take every other report that is already complete.
                     while let Some(Some((meta, res))) = futures_util::FutureExt::now_or_never(inflight.next()) {
-                        self.delivered(meta, res, &mut failed, &mut delivered_keys);
+                        self.delivered(meta, res, &mut failed, &mut delivered_keys, shared.as_deref());
                     }
                     if !delivered_keys.is_empty() {
                         self.deletes.push(delivered_keys.drain(..));
                     }
                 }
                 () = self.committed.notified(), if can_fill => {}
+                Some(a) = recv(&mut direct_rx), if direct_open && !queue_full => memory.push_back(a),
                 () = abort.cancelled() => break,
             }
         }
         if !delivered_keys.is_empty() {
             self.deletes.push(delivered_keys.drain(..));
         }
-        if !inflight.is_empty() {
+        if !inflight.is_empty() || !memory.is_empty() {
             warn!(
                 records = inflight.len(),
-                "shutdown deadline: records still in flight to Kafka stay in the spool"
+                from_memory_not_produced = memory.len(),
+                "shutdown deadline: records still in flight to Kafka stay in the spool; batches \
+                 from memory among them were never acked and their devices resend them"
             );
         }
         info!("kafka drain stopped");
+    }
+
+    /// Hands one record to the producer. `key`: its spool key, `None` for a batch from memory.
+    fn send(
+        &self,
+        key: Option<u64>,
+        rec: &SpoolRecord,
+    ) -> Result<
+        impl std::future::Future<Output = (Meta, <DeliveryFuture as std::future::Future>::Output)>,
+        SendError,
+    > {
+        let value = record_value(rec, self.encoding).map_err(SendError::Corrupt)?;
+        let record = FutureRecord::to(&self.topic)
+            .key(rec.device.as_str())
+            .payload(&value)
+            .headers(record_headers(rec, self.encoding));
+        let fut = match self.producer.send_result(record) {
+            Ok(fut) => fut,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(SendError::QueueFull);
+            }
+            Err((e, _)) => return Err(SendError::Kafka(e)),
+        };
+        let meta = Meta {
+            key,
+            device: DeviceId::parse(rec.device.as_str()).ok(),
+            epoch: rec.epoch,
+            first: rec.first_seq,
+            last: rec.last_seq,
+            received_ms: rec.received_ms,
+            enqueued: Instant::now(),
+        };
+        Ok(async move { (meta, fut.await) })
+    }
+
+    /// A batch from memory that cannot be produced: it is not acked, and the sequencer forgets
+    /// it (and the device's later batches) so the device's resend is taken.
+    fn refuse_direct(&self, a: &Accepted, error: &str, shared: Option<&Bypass>) {
+        warn!(device = %a.device, epoch = a.record.epoch, first_seq = a.record.first_seq, %error,
+            "produce failed for a batch from memory; not acked, the device resends it");
+        metrics::counter!(m::KAFKA_ERRORS, "reason" => "produce").increment(1);
+        metrics::counter!(m::DROPPED_BATCHES, "reason" => "kafka_rejected").increment(1);
+        self.sequencer
+            .reject(&a.device, a.record.epoch, a.record.first_seq);
+        if let Some(b) = shared {
+            b.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn delivered<E>(
@@ -281,13 +397,21 @@ impl Drain {
         res: Result<OwnedDeliveryResult, E>,
         failed: &mut Option<u64>,
         keys: &mut Vec<u64>,
+        shared: Option<&Bypass>,
     ) {
+        if meta.key.is_none() {
+            if let Some(b) = shared {
+                b.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         match res {
             Ok(Ok(_)) => {
                 metrics::counter!(m::KAFKA_DELIVERED_BATCHES).increment(1);
                 metrics::histogram!(m::STAGE_SECONDS, "stage" => "kafka_delivery")
                     .record(meta.enqueued.elapsed().as_secs_f64());
-                keys.push(meta.key);
+                if let Some(key) = meta.key {
+                    keys.push(key);
+                }
                 if let (Some(acker), Some(device)) = (&self.acker, meta.device) {
                     if let Some(upto) = self
                         .sequencer
@@ -299,14 +423,48 @@ impl Drain {
                 }
             }
             Ok(Err((e, _))) => {
-                warn!(key = meta.key, error = %e, "delivery failed; will retry from the spool");
                 metrics::counter!(m::KAFKA_ERRORS, "reason" => "delivery").increment(1);
-                *failed = Some(failed.map_or(meta.key, |f| f.min(meta.key)));
+                match (meta.key, meta.device) {
+                    (Some(key), _) => {
+                        warn!(key, error = %e, "delivery failed; will retry from the spool");
+                        *failed = Some(failed.map_or(key, |f| f.min(key)));
+                        if let Some(b) = shared {
+                            b.produced_upto.fetch_min(key, Ordering::AcqRel);
+                        }
+                    }
+                    (None, Some(device)) => {
+                        warn!(%device, epoch = meta.epoch, first_seq = meta.first, error = %e,
+                            "delivery failed for a batch from memory; not acked, the device resends it");
+                        metrics::counter!(m::DROPPED_BATCHES, "reason" => "kafka_rejected")
+                            .increment(1);
+                        self.sequencer.reject(&device, meta.epoch, meta.first);
+                    }
+                    (None, None) => {}
+                }
             }
             Err(_) => {
                 metrics::counter!(m::KAFKA_ERRORS, "reason" => "canceled").increment(1);
-                *failed = Some(failed.map_or(meta.key, |f| f.min(meta.key)));
+                match (meta.key, meta.device) {
+                    (Some(key), _) => {
+                        *failed = Some(failed.map_or(key, |f| f.min(key)));
+                        if let Some(b) = shared {
+                            b.produced_upto.fetch_min(key, Ordering::AcqRel);
+                        }
+                    }
+                    (None, Some(device)) => {
+                        self.sequencer.reject(&device, meta.epoch, meta.first);
+                    }
+                    (None, None) => {}
+                }
             }
         }
+    }
+}
+
+/// The next batch handed over from memory; pending forever without a channel.
+async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Accepted>>) -> Option<Accepted> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

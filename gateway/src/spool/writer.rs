@@ -1,14 +1,33 @@
 //! The spool writer: the only task that writes the spool. Group commit: it takes every batch
 //! waiting in the queue (up to `max_batches_per_commit`) plus the deletes the Kafka drain
 //! reported, writes them in one fsync'd transaction, then (ack mode `spool`) acks them.
+//!
+//! # Past the spool ([`Bypass`], ack mode `kafka`)
+//!
+//! In ack mode `kafka` the device is acked on Kafka's delivery report, so while Kafka keeps up
+//! the spool adds an fsync'd write, a read and a delete to every batch and protects nothing the
+//! device does not still hold. The writer then hands the batches it takes from the queue to the
+//! Kafka drain in memory instead of committing them, when both hold:
+//!
+//! * the drain has handed every committed spool record to the producer
+//!   ([`Bypass::produced_upto`] `>=` the writer's next key), so no batch of a device overtakes
+//!   an older one waiting in the spool (the producer keeps order per partition);
+//! * fewer than `direct_max_in_flight_records` batches produced from memory are undelivered
+//!   (the oldest batches of a group fill the window, the rest are committed), so when Kafka
+//!   slows down or goes away the backlog lands on disk, not in the producer's queue.
+//!
+//! A batch produced from memory is not acked before its delivery report, so a crash loses only
+//! batches the devices still hold and resend. The drain produces what it got from memory before
+//! any spool record committed after it (see `kafka::sink`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use breakwater_protocol::DeviceId;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{Spool, SpoolRecord};
 use crate::ack::Acker;
@@ -23,6 +42,26 @@ pub struct Accepted {
     pub size: u64,
 }
 
+/// What the writer and the Kafka drain tell each other so that batches can skip the spool
+/// without overtaking older ones (see the module doc).
+#[derive(Debug, Default)]
+pub struct Bypass {
+    /// Every spool key below this is committed (the writer's next key).
+    pub committed_upto: AtomicU64,
+    /// Every spool key below this has been handed to the producer (the drain's position).
+    pub produced_upto: AtomicU64,
+    /// Batches produced from memory whose delivery report has not been seen.
+    pub in_flight: AtomicUsize,
+}
+
+/// The writer's side of [`Bypass`].
+#[derive(Debug)]
+pub struct BypassTx {
+    pub shared: Arc<Bypass>,
+    pub tx: mpsc::UnboundedSender<Accepted>,
+    pub max_in_flight: usize,
+}
+
 /// Keys the Kafka drain has delivered, waiting to be deleted by the next commit.
 #[derive(Debug, Default)]
 pub struct Deletes {
@@ -30,8 +69,8 @@ pub struct Deletes {
     notify: Notify,
 }
 
-/// Longest a delivered record waits for its delete when no batch arrives.
-const DELETE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest a delivered record waits for its delete when no batch is committed.
+const DELETE_FLUSH: Duration = Duration::from_millis(200);
 
 impl Deletes {
     pub fn push(&self, keys: impl IntoIterator<Item = u64>) {
@@ -61,11 +100,13 @@ pub struct Writer {
     /// Woken after each commit with new records (the Kafka drain waits on it).
     pub committed: Arc<Notify>,
     pub max_batches_per_commit: usize,
+    /// `Some` in ack mode `kafka` with Kafka configured and `direct_max_in_flight_records > 0`.
+    pub bypass: Option<BypassTx>,
 }
 
 impl Writer {
     /// Runs until the queue is closed (the link consumer stopped) and drained, and no deletes
-    /// are left. Returns the spool for the drain's final deletes.
+    /// are left.
     pub async fn run(mut self) {
         let mut next_key = match self.spool.next_key() {
             Ok(k) => k,
@@ -74,8 +115,12 @@ impl Writer {
                 return;
             }
         };
+        if let Some(b) = &self.bypass {
+            b.shared.committed_upto.store(next_key, Ordering::Release);
+        }
         let mut buf = Vec::with_capacity(self.max_batches_per_commit);
         let mut open = true;
+        let mut flush_at = Instant::now() + DELETE_FLUSH;
         while open {
             buf.clear();
             // Deletes ride along with the next insert commit; alone they are committed at most
@@ -84,11 +129,15 @@ impl Writer {
                 n = self.rx.recv_many(&mut buf, self.max_batches_per_commit) => {
                     if n == 0 { open = false; }
                 }
-                () = tokio::time::sleep(DELETE_FLUSH) => {}
+                () = tokio::time::sleep_until(flush_at.into()) => {}
                 () = self.deletes.notify.notified() => {}
             }
             self.depth.fetch_sub(buf.len(), Ordering::Relaxed);
+            if !buf.is_empty() && self.bypass(&mut buf, next_key) && Instant::now() < flush_at {
+                continue;
+            }
             let deletes = self.deletes.take();
+            flush_at = Instant::now() + DELETE_FLUSH;
             if buf.is_empty() && deletes.is_empty() {
                 continue;
             }
@@ -101,6 +150,42 @@ impl Writer {
             self.commit(Vec::new(), &deletes, next_key).await;
         }
         info!("spool writer stopped");
+    }
+
+    /// Hands the oldest batches of `buf` to the Kafka drain past the spool, as many as the
+    /// window has room for, when Kafka keeps up (see the module doc); the rest stay in `buf` for
+    /// the spool (committed after them, so the drain produces them after). Returns `true` when
+    /// `buf` is then empty.
+    fn bypass(&self, buf: &mut Vec<Accepted>, next_key: u64) -> bool {
+        let Some(b) = &self.bypass else {
+            return false;
+        };
+        if b.tx.is_closed() || b.shared.produced_upto.load(Ordering::Acquire) < next_key {
+            return false;
+        }
+        let room = b
+            .max_in_flight
+            .saturating_sub(b.shared.in_flight.load(Ordering::Acquire));
+        let n = room.min(buf.len());
+        if n == 0 {
+            return false;
+        }
+        b.shared.in_flight.fetch_add(n, Ordering::AcqRel);
+        for a in buf.drain(..n) {
+            self.spool.release(a.size);
+            if let Err(mpsc::error::SendError(a)) = b.tx.send(a) {
+                // The drain stopped between the check and here (shutdown): not acked, the
+                // device resends it.
+                b.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                warn!(device = %a.device, epoch = a.record.epoch, first_seq = a.record.first_seq,
+                    "Kafka drain stopped: batch not taken (not acked, the device resends it)");
+                metrics::counter!(m::DROPPED_BATCHES, "reason" => "drain_stopped").increment(1);
+                self.sequencer
+                    .reject(&a.device, a.record.epoch, a.record.first_seq);
+            }
+        }
+        metrics::counter!(m::DIRECT_BATCHES).increment(n as u64);
+        buf.is_empty()
     }
 
     async fn commit(&self, batch: Vec<Accepted>, deletes: &[u64], next_key: u64) -> u64 {
@@ -140,6 +225,11 @@ impl Writer {
                             acker.ack(a.device.clone(), r.epoch, upto);
                         }
                     }
+                }
+                if let Some(b) = &self.bypass {
+                    b.shared
+                        .committed_upto
+                        .store(next_key + n, Ordering::Release);
                 }
                 if n > 0 {
                     self.committed.notify_one();

@@ -142,6 +142,10 @@ pub(crate) fn connect(
     let (client, mut eventloop) = AsyncClient::new(options, request_cap);
     let mut net = eventloop.network_options();
     net.set_connection_timeout(connect_timeout.as_secs().max(1));
+    // Several small batches are in flight at once: with Nagle on, each waits for the gateway's
+    // delayed ACK of the previous one (up to 40 ms), which caps a credit-limited sender
+    // (vendor/PATCHES.md, patch 10, has the measurement).
+    net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
     let (tx, rx) = mpsc::channel(64);
     let handle = tokio::spawn(poll_loop(eventloop, tx));

@@ -406,6 +406,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
+            // Breakwater patch 10: no Nagle delay on MQTT connections (see vendor/PATCHES.md).
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error=?e, "set_nodelay failed");
+            }
+
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
                 Err(e) => {

@@ -6,8 +6,11 @@
 //! 1. [`broker`] — rumqttd embedded in-process; the gateway reads through local links.
 //! 2. [`link`] — the link consumer: decode, validate, never block.
 //! 3. [`sequencer`] — per (device, epoch): duplicates, gaps, what may be acked.
-//! 4. [`spool`] — the redb spool every accepted batch is written to (group commit, fsync).
-//! 5. [`kafka`] — the drain from the spool into Kafka (idempotent producer), topic creation.
+//! 4. [`spool`] — the redb spool (group commit, fsync): every accepted batch in ack mode
+//!    `spool`; in ack mode `kafka` only the batches Kafka does not keep up with (the others are
+//!    produced from memory, see [`spool::writer`]).
+//! 5. [`kafka`] — the drain into Kafka (idempotent producer), from the spool and from memory;
+//!    topic creation.
 //! 6. [`ack`] — acks with credit and retry hints once a batch is durable.
 //!
 //! Around it: [`admission`] (connect pacing and authentication), [`events`] (fleet lifecycle

@@ -1,4 +1,6 @@
-//! The redb spool: every accepted batch is written here before anything else happens to it.
+//! The redb spool: where an accepted batch is made durable before its ack (ack mode `spool`),
+//! or kept while Kafka does not keep up (ack mode `kafka`; batches Kafka keeps up with skip it,
+//! see [`writer`]).
 //!
 //! # Layout (`{dir}/spool.redb`)
 //!
@@ -6,7 +8,9 @@
 //!   writer in acceptance order, strictly increasing across restarts (the next key is the last
 //!   key + 1), so key order is acceptance order and, for each device, seq order.
 //! * table `cursors`: device id -> `(epoch, upto)`: the highest seq of that device's epoch that
-//!   was ever spooled. Written in the same transaction as the batches.
+//!   was ever spooled. Written in the same transaction as the batches. In ack mode `kafka` it
+//!   can be behind what was acked (batches that skipped the spool); the sequencer is seeded
+//!   accordingly (`sequencer`, "Restart after direct delivery").
 //!
 //! # Durability
 //!

@@ -15,6 +15,10 @@ use tracing::{error, info};
 /// workers); glibc keeps freed memory in per-thread arenas and rarely gives it back, so the RSS
 /// stayed near its storm peak. jemalloc returns unused pages to the kernel after a few seconds.
 /// Measured figures: `vendor/PATCHES.md`, "Memory".
+///
+/// The `system-allocator` feature leaves the system allocator in place, for heap profilers that
+/// hook `malloc` (`heaptrack`); see `vendor/PATCHES.md`, "Measurements of patches 11-13".
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

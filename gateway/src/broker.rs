@@ -20,7 +20,9 @@
 //! Memory: rumqttd keeps one in-memory log per subscribed filter, and every device subscribes
 //! to its own ack topic, so the per-device ack log size is multiplied by the fleet; it is the
 //! smallest rumqttd allows (the default segment settings below). The vendored rumqttd allocates
-//! per-connection queues on demand (`vendor/PATCHES.md`, patch 6).
+//! per-connection queues on demand (`vendor/PATCHES.md`, patch 6) and releases a log's entries
+//! once every reader has read them (patch 11): a delivered ack, a telemetry batch the
+//! telemetry link has read, and the log of a device that has gone take no memory.
 //!
 //! For a 10k-device reconnection storm the per-listener accept thread and the single router
 //! thread are the serial parts; admission control (`crate::admission`) paces CONNECTs in the
@@ -99,11 +101,12 @@ pub fn rumqttd_config(
             "max_outgoing_packet_count": 200,
             // Device ack topics and the gateway's ack filter: the smallest logs rumqttd allows
             // (1 KiB segments, ~45 acks). Every device subscribes to its own ack topic, so this
-            // log exists once per device and, being kept until its segments fill, its size
-            // multiplies by the fleet: 2 x 64 KiB of acks (~900 KiB with rumqttd's per-entry
-            // overhead) per device would be gigabytes at 10,000 devices. A device has at most
-            // its credit (`ack.max_credit`) of batches unacked and acks are cumulative, so an
-            // ack the router skips (a device far behind) is covered by the next one. The
+            // log exists once per device; delivered acks are released (vendor/PATCHES.md, patch
+            // 11), but a lagging device's log fills up to this size, multiplied by the fleet:
+            // 2 x 64 KiB of acks (~900 KiB with rumqttd's per-entry overhead) per device would
+            // be gigabytes at 10,000 devices. A device has at most its credit
+            // (`ack.max_credit`) of batches unacked and acks are cumulative, so an ack the
+            // router skips (a device far behind) is covered by the next one. The
             // gateway's own ack filter, never read, is skipped ahead now and then (a
             // `CursorJump` alert for the acks link, harmless: nothing reads that log).
             "max_segment_size": 1024,

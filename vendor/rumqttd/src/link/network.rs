@@ -42,6 +42,9 @@ pub struct Network<P> {
     protocol: P,
 }
 
+/// Breakwater patch 13: initial capacity of a connection's write buffer, bytes.
+const WRITE_BUFFER_INITIAL_CAPACITY: usize = 1024;
+
 impl<P: Protocol> Network<P> {
     pub fn new(
         socket: Box<dyn N>,
@@ -52,7 +55,10 @@ impl<P: Protocol> Network<P> {
         Network {
             socket,
             read: BytesMut::with_capacity(10 * 1024),
-            write: BytesMut::with_capacity(10 * 1024),
+            // Breakwater patch 13: grows on demand (`Protocol::write` reserves what a packet
+            // needs, and `clear` keeps the capacity). 10 KiB up front cost every connection a
+            // resident page although most only ever write a few acks of a few dozen bytes.
+            write: BytesMut::with_capacity(WRITE_BUFFER_INITIAL_CAPACITY),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we

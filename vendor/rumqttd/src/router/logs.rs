@@ -279,6 +279,27 @@ impl DataLog {
         data.waiters.register(id, request);
     }
 
+    /// Breakwater patch 11: see [`Data::add_reader`].
+    pub fn add_reader(&mut self, filter_idx: FilterIdx, rereads: bool) {
+        if let Some(data) = self.native.get_mut(filter_idx) {
+            data.add_reader(rereads);
+        }
+    }
+
+    /// Breakwater patch 11: see [`Data::remove_reader`].
+    pub fn remove_reader(&mut self, filter_idx: FilterIdx) {
+        if let Some(data) = self.native.get_mut(filter_idx) {
+            data.remove_reader();
+        }
+    }
+
+    /// Breakwater patch 11: see [`Data::release_consumed`].
+    pub fn release_consumed(&mut self, filter_idx: FilterIdx) -> bool {
+        self.native
+            .get_mut(filter_idx)
+            .is_some_and(Data::release_consumed)
+    }
+
     /// Cleanup a connection from all the waiters
     pub fn clean(&mut self, id: ConnectionId) -> Vec<DataRequest> {
         let mut inflight = Vec::new();
@@ -347,6 +368,13 @@ pub struct Data<T> {
     pub log: CommitLog<T>,
     pub waiters: Waiters<DataRequest>,
     meter: SubscriptionMeter,
+    /// Breakwater patch 11: the data requests reading this log (one per subscription, shared
+    /// ones included), counted when they are created and when a clean session's request goes.
+    readers: usize,
+    /// Breakwater patch 11: a reader may come back for entries it has already read (a
+    /// persistent session, whose unacked QoS 1/2 messages are read again from its saved
+    /// cursor) or shares a cursor (a shared subscription): this log is never released.
+    pinned: bool,
 }
 
 impl<T> Data<T>
@@ -378,7 +406,38 @@ where
             log,
             waiters,
             meter: metrics,
+            readers: 0,
+            pinned: false,
         }
+    }
+
+    /// Breakwater patch 11: a data request for this log was created. `rereads` when its reader
+    /// may read entries again after reading them (persistent session, shared subscription).
+    pub fn add_reader(&mut self, rereads: bool) {
+        self.readers += 1;
+        self.pinned |= rereads;
+    }
+
+    /// Breakwater patch 11: a data request of a clean session went (disconnect, unsubscribe).
+    pub fn remove_reader(&mut self) {
+        self.readers = self.readers.saturating_sub(1);
+        self.release_consumed();
+    }
+
+    /// Breakwater patch 11: once every reader has read the log to its end (all of them are
+    /// parked in `waiters`, or there are none), nobody will read its entries again: a new
+    /// subscription starts at the end of the log. Drops them all but the last
+    /// ([`CommitLog::keep_last_only`], for `shadow`). Without this a log keeps every entry until
+    /// its segments rotate, also after its subscribers have gone: with one filter per device
+    /// (its own ack topic) that is memory per device ever connected, and a wildcard telemetry
+    /// filter held every publish of the last `max_segment_size * max_segment_count` bytes, and
+    /// through their payloads the connections' 10 KiB read buffers. Returns whether anything
+    /// was dropped.
+    pub fn release_consumed(&mut self) -> bool {
+        if self.pinned || self.waiters.waiters().len() != self.readers {
+            return false;
+        }
+        self.log.keep_last_only()
     }
 
     /// Writes to all the filters that are mapped to this publish topic
@@ -396,6 +455,12 @@ where
 
         self.meter.count += 1;
         self.meter.total_size += size;
+
+        // Breakwater patch 11: with no reader nobody will read it (a new subscription starts at
+        // the end); e.g. an ack published for a device that has just disconnected.
+        if self.readers == 0 {
+            self.release_consumed();
+        }
 
         (offset, &self.filter)
     }
@@ -546,6 +611,142 @@ mod test {
                 .collect();
             want.sort_unstable();
             assert_eq!(got, want, "topic {topic:?}");
+        }
+    }
+
+    // Breakwater patch 11: a log is released once every reader has read it to the end (all
+    // parked), and never while one is behind or may read it again.
+    mod release {
+        use super::super::{DataLog, PublishData};
+        use crate::protocol::Publish;
+        use crate::router::shared_subs::Strategy;
+        use crate::router::DataRequest;
+        use crate::RouterConfig;
+        use std::collections::VecDeque;
+
+        fn datalog() -> DataLog {
+            DataLog::new(RouterConfig {
+                max_segment_size: 1024,
+                max_connections: 10,
+                max_segment_count: 10,
+                max_outgoing_packet_count: 1024,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Strategy::RoundRobin,
+            })
+            .unwrap()
+        }
+
+        fn append(log: &mut DataLog, idx: usize, n: usize) -> VecDeque<(usize, DataRequest)> {
+            let mut woken = VecDeque::new();
+            for i in 0..n {
+                let payload = format!("ack {i:03} with some padding");
+                let publish = Publish::new("d/ack".to_owned(), payload, false);
+                let data: PublishData = (publish, None).into();
+                log.native[idx].append(data, &mut woken);
+            }
+            woken
+        }
+
+        fn request(idx: usize, cursor: (u64, u64)) -> DataRequest {
+            DataRequest {
+                filter: "d/ack".to_owned(),
+                filter_idx: idx,
+                qos: 0,
+                cursor,
+                read_count: 0,
+                max_count: 100,
+                forward_retained: false,
+                group: None,
+            }
+        }
+
+        /// Reads everything from `cursor` like the router does; returns the payloads and the end.
+        fn read_all(log: &DataLog, idx: usize, cursor: (u64, u64)) -> (Vec<String>, (u64, u64)) {
+            let (position, read) = log.native_readv(idx, cursor, 1000).unwrap();
+            let crate::segments::Position::Done { start, end } = position else {
+                panic!("read to the end");
+            };
+            assert_eq!(start, cursor, "cursor jumped");
+            let payloads = read
+                .into_iter()
+                .map(|((p, _), _)| String::from_utf8(p.payload.to_vec()).unwrap())
+                .collect();
+            (payloads, end)
+        }
+
+        fn held(log: &DataLog, idx: usize) -> u64 {
+            log.native[idx].log.size()
+        }
+
+        #[test]
+        fn released_when_every_reader_has_caught_up() {
+            let mut log = datalog();
+            let (idx, start) = log.next_native_offset("d/ack");
+            log.add_reader(idx, false);
+            log.add_reader(idx, false);
+            append(&mut log, idx, 100);
+            let full = held(&log, idx);
+            assert!(full > 2048, "several segments: {full}");
+
+            // The first reader catches up and parks: the second has read nothing yet.
+            let (read, end) = read_all(&log, idx, start);
+            assert_eq!(read.len(), 100);
+            log.park(1, request(idx, end));
+            assert!(!log.release_consumed(idx));
+            assert_eq!(held(&log, idx), full);
+
+            // The second reads everything too, and parks: the log keeps only its last entry.
+            let (read2, end2) = read_all(&log, idx, start);
+            assert_eq!(read2, read);
+            assert_eq!(end2, end);
+            log.park(2, request(idx, end2));
+            assert!(log.release_consumed(idx));
+            assert!(held(&log, idx) < 64, "{}", held(&log, idx));
+            assert_eq!(
+                log.shadow("d/ack").unwrap().0.payload,
+                "ack 099 with some padding"
+            );
+
+            // New data wakes both; they read exactly it, from where they were, without a jump.
+            let woken = append(&mut log, idx, 3);
+            assert_eq!(woken.len(), 2);
+            for (_, request) in woken {
+                let (read, _) = read_all(&log, idx, request.cursor);
+                assert_eq!(read.len(), 3);
+                assert_eq!(read[0], "ack 000 with some padding");
+            }
+        }
+
+        #[test]
+        fn released_when_the_last_reader_goes_and_on_appends_without_readers() {
+            let mut log = datalog();
+            let (idx, _) = log.next_native_offset("d/ack");
+            log.add_reader(idx, false);
+            append(&mut log, idx, 100);
+            // The reader goes (a clean session disconnects) without having read it all.
+            let full = held(&log, idx);
+            log.remove_reader(idx);
+            assert!(held(&log, idx) < full / 10);
+            // Appends with nobody subscribed are not kept (only the last, for `shadow`).
+            append(&mut log, idx, 100);
+            assert!(held(&log, idx) < 64);
+        }
+
+        #[test]
+        fn never_released_when_a_reader_may_read_again() {
+            // A persistent session (or a shared subscription) pins the log.
+            let mut log = datalog();
+            let (idx, start) = log.next_native_offset("d/ack");
+            log.add_reader(idx, true);
+            append(&mut log, idx, 100);
+            let full = held(&log, idx);
+            let (_, end) = read_all(&log, idx, start);
+            log.park(1, request(idx, end));
+            assert!(!log.release_consumed(idx));
+            log.remove_reader(idx);
+            append(&mut log, idx, 1);
+            assert!(held(&log, idx) > full);
         }
     }
 

@@ -55,6 +55,10 @@ pub enum RouterError {
 // TODO: set this to some appropriate value
 const TOPIC_ALIAS_MAX: u16 = 4096;
 
+/// Breakwater patch 12: the capacity (packets, ~200 bytes each) the router's exchange buffer
+/// keeps between two connections' batches; see `handle_device_payload`.
+const CACHE_CAPACITY_KEPT: usize = 8;
+
 pub struct Router {
     id: RouterId,
     /// Id of this router. Used to index native commitlog to store data from
@@ -546,6 +550,14 @@ impl Router {
                 outgoing.unacked_pubrels,
             );
         } else {
+            // Breakwater patch 11: this session's data requests are gone (parked ones were
+            // removed from the waiters by `clean` above, the others are in its tracker).
+            for request in inflight_data_requests
+                .iter()
+                .chain(tracker.data_requests.iter())
+            {
+                self.datalog.remove_reader(request.filter_idx);
+            }
             tracker.pause(PauseReason::Busy);
             let id = tracker.id.clone();
             // Only save metrics in clean session
@@ -778,8 +790,17 @@ impl Router {
                             };
                             let ackslog = self.ackslog.get_mut(id).unwrap();
                             ackslog.unsuback(unsuback);
-                            self.scheduler.untrack(id, filter);
-                            self.datalog.remove_waiters_for_id(id, filter);
+                            let untracked = self.scheduler.untrack(id, filter);
+                            let parked = self.datalog.remove_waiters_for_id(id, filter);
+                            // Breakwater patch 11: the request is gone (a persistent session's
+                            // filter stays pinned: it counts only clean sessions' requests).
+                            if connection.clean {
+                                if let Some(filter_idx) =
+                                    untracked.or(parked.map(|request| request.filter_idx))
+                                {
+                                    self.datalog.remove_reader(filter_idx);
+                                }
+                            }
                             force_ack = true;
                         }
                     }
@@ -904,6 +925,11 @@ impl Router {
             }
         }
 
+        // Breakwater patch 12: `exchange` hands this buffer to the next connection that sends
+        // something, which keeps it until then. Its capacity is that of the busiest connection
+        // it went through (the gateway's ack link publishes up to 1,024 packets of ~200 bytes
+        // at a time): without a cap, such buffers spread to idle connections and stay there.
+        packets.shrink_to(CACHE_CAPACITY_KEPT);
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -989,6 +1015,10 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            // Breakwater patch 11: a reader of this filter's log; one that may read it again
+            // (persistent session, shared subscription) keeps the log from being released.
+            self.datalog
+                .add_reader(filter_idx, group.is_some() || !connection.clean);
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -1099,7 +1129,10 @@ impl Router {
                     // When all the data in the log is caught up, current request is
                     // registered in waiters and not added back to the tracker. This
                     // ensures that tracker.next() stops when all the requests are done
+                    let filter_idx = request.filter_idx;
                     datalog.park(id, request);
+                    // Breakwater patch 11: the last reader to catch up releases the log.
+                    datalog.release_consumed(filter_idx);
                 }
                 ConsumeStatus::PartialRead => {
                     requests.push_back(request);
@@ -2494,5 +2527,144 @@ mod stale_disconnect_tests {
             Err(LinkError::RecvTimeout(RecvTimeoutError::Disconnected)) => {}
             other => panic!("expected the router to drop the connection, got {other:?}"),
         }
+    }
+}
+
+/// Breakwater patch 11: the router releases a filter's log once its readers have read it, and
+/// only then. Drives the router on the test thread, step by step, to look at its logs.
+#[cfg(test)]
+mod release_tests {
+    use super::Router;
+    use crate::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+    use crate::router::shared_subs::Strategy;
+    use crate::router::Notification;
+    use crate::RouterConfig;
+    use std::time::Instant;
+
+    fn router() -> Router {
+        Router::new(
+            0,
+            RouterConfig {
+                max_connections: 10,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1024,
+                max_segment_count: 100,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Strategy::RoundRobin,
+            },
+        )
+    }
+
+    /// Runs the router until it has nothing left to do.
+    fn settle(router: &mut Router) {
+        while !router.router_rx.is_empty() || !router.scheduler.readyqueue.is_empty() {
+            router.run_inner().unwrap();
+        }
+    }
+
+    fn connect(router: &mut Router, client_id: &'static str, clean: bool) -> (LinkTx, LinkRx) {
+        let tx = router.link();
+        let builder = std::thread::spawn(move || {
+            LinkBuilder::new(client_id, tx)
+                .clean_session(clean)
+                .build()
+                .unwrap()
+        });
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !builder.is_finished() {
+            assert!(Instant::now() < deadline, "no CONNACK for {client_id}");
+            settle(router);
+            std::thread::yield_now();
+        }
+        let (tx, rx, _) = builder.join().unwrap();
+        (tx, rx)
+    }
+
+    /// Reads every forwarded payload the link has, calling `ready` like a well-behaved link.
+    fn read(router: &mut Router, rx: &mut LinkRx) -> Vec<String> {
+        let mut payloads = Vec::new();
+        loop {
+            settle(router);
+            match rx.recv_deadline(Instant::now()) {
+                Ok(Some(Notification::Forward(f))) => {
+                    payloads.push(String::from_utf8(f.publish.payload.to_vec()).unwrap())
+                }
+                Ok(Some(Notification::Unschedule)) => rx.ready().unwrap(),
+                Ok(_) => {}
+                Err(LinkError::RecvTimeout(_)) => return payloads,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn held(router: &mut Router, filter: &str) -> u64 {
+        let idx = router.datalog.matches(filter).unwrap()[0];
+        router.datalog.native[idx].log.size()
+    }
+
+    fn publish(router: &mut Router, tx: &mut LinkTx, n: usize) {
+        for i in 0..n {
+            tx.publish("d/1/ack", format!("ack {i:04} with some padding"))
+                .unwrap();
+        }
+        settle(router);
+    }
+
+    #[test]
+    fn a_log_is_released_when_its_readers_have_read_it_and_not_before() {
+        let mut router = router();
+        let (mut gw, _gw_rx) = connect(&mut router, "gateway", true);
+        let (mut fast, mut fast_rx) = connect(&mut router, "fast", true);
+        let (mut slow, mut slow_rx) = connect(&mut router, "slow", true);
+        fast.subscribe("d/1/ack").unwrap();
+        slow.subscribe("d/1/ack").unwrap();
+        settle(&mut router);
+
+        publish(&mut router, &mut gw, 300);
+        let full = held(&mut router, "d/1/ack");
+        assert!(full > 8 * 1024, "{full}");
+        // One reader has read everything, the other nothing: the log stays.
+        let got = read(&mut router, &mut fast_rx);
+        assert_eq!(got.len(), 300);
+        assert_eq!(held(&mut router, "d/1/ack"), full);
+        // Both have: only the last entry stays.
+        let got_slow = read(&mut router, &mut slow_rx);
+        assert_eq!(got_slow, got);
+        assert!(held(&mut router, "d/1/ack") < 64);
+
+        // More data: both get exactly it, and the log is released again.
+        publish(&mut router, &mut gw, 5);
+        assert_eq!(read(&mut router, &mut fast_rx).len(), 5);
+        assert_eq!(read(&mut router, &mut slow_rx).len(), 5);
+        assert!(held(&mut router, "d/1/ack") < 64);
+
+        // The slow reader lags again, then its session ends: nobody is behind any more.
+        publish(&mut router, &mut gw, 300);
+        assert_eq!(read(&mut router, &mut fast_rx).len(), 300);
+        assert!(held(&mut router, "d/1/ack") > 8 * 1024);
+        drop(slow);
+        drop(slow_rx);
+        let slow_id = router.connection_map["slow"];
+        router.handle_disconnection(slow_id, None);
+        assert!(held(&mut router, "d/1/ack") < 64);
+
+        // Published with no subscriber left: not kept.
+        fast.unsubscribe("d/1/ack").unwrap();
+        settle(&mut router);
+        publish(&mut router, &mut gw, 300);
+        assert!(held(&mut router, "d/1/ack") < 64);
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_the_log() {
+        let mut router = router();
+        let (mut gw, _gw_rx) = connect(&mut router, "gateway", true);
+        let (mut device, mut device_rx) = connect(&mut router, "device", false);
+        device.subscribe("d/1/ack").unwrap();
+        settle(&mut router);
+        publish(&mut router, &mut gw, 300);
+        assert_eq!(read(&mut router, &mut device_rx).len(), 300);
+        assert!(held(&mut router, "d/1/ack") > 8 * 1024);
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use slab::Slab;
 use tracing::trace;
 
-use super::DataRequest;
+use super::{DataRequest, FilterIdx};
 use crate::{ConnectionId, Filter};
 
 pub struct Scheduler {
@@ -49,9 +49,10 @@ impl Scheduler {
         tracker.register_data_request(request);
     }
 
-    pub fn untrack(&mut self, id: ConnectionId, filter: &Filter) {
+    /// Breakwater patch 11: returns the log index of the removed request, if there was one.
+    pub fn untrack(&mut self, id: ConnectionId, filter: &Filter) -> Option<FilterIdx> {
         let tracker = self.trackers.get_mut(id).unwrap();
-        tracker.unregister_data_request(filter.clone());
+        tracker.unregister_data_request(filter.clone())
     }
 
     pub fn trackv(&mut self, id: ConnectionId, requests: VecDeque<DataRequest>) {
@@ -192,9 +193,17 @@ impl Tracker {
         self.data_requests.push_back(request);
     }
 
-    pub fn unregister_data_request(&mut self, filter: Filter) {
-        self.data_requests
-            .retain(|data_req| data_req.filter != filter);
+    /// Breakwater patch 11: returns the log index of the removed request, if there was one.
+    pub fn unregister_data_request(&mut self, filter: Filter) -> Option<FilterIdx> {
+        let mut removed = None;
+        self.data_requests.retain(|data_req| {
+            let keep = data_req.filter != filter;
+            if !keep {
+                removed = Some(data_req.filter_idx);
+            }
+            keep
+        });
+        removed
     }
 }
 

@@ -167,6 +167,28 @@ where
         self.active_segment().last()
     }
 
+    /// Breakwater patch 11: drops every entry except the active segment's last one (the one
+    /// [`CommitLog::last`] returns), keeping the offsets: the next append gets the offset it
+    /// would have got, and a reader at the end of the log (cursor = [`CommitLog::next_offset`])
+    /// goes on reading from there without a jump. A reader further behind jumps to the kept
+    /// entry, as after retention. For a log that every reader has read to the end. Returns
+    /// whether anything was dropped.
+    pub fn keep_last_only(&mut self) -> bool {
+        if self.segments.len() == 1 && self.active_segment().len() <= 1 {
+            return false;
+        }
+        let next = self.active_segment().next_offset();
+        let last = self.last();
+        let mut segment = Segment::with_offset(next - u64::from(last.is_some()));
+        if let Some(item) = last {
+            segment.push(item);
+        }
+        self.segments.clear();
+        self.segments.push_back(segment);
+        self.head = self.tail;
+        true
+    }
+
     /// Read `len` Ts at once. More efficient than reading 1 at a time. Returns
     /// the next offset to read data from. The Position::start returned need not
     /// be a valid index if the start given is not valid either.
@@ -282,6 +304,65 @@ mod tests {
         let expected = Bytes::from(vec![expected_id as u8; expected_size as usize]);
         // dbg!(expected_id, &expected);
         assert_eq!(out.0, expected);
+    }
+
+    // Breakwater patch 11: after `keep_last_only` a reader at the end reads on without a jump,
+    // appends keep their offsets, `last` is unchanged, and only the last entry stays.
+    #[test]
+    fn keep_last_only_keeps_offsets_and_the_last_entry() {
+        let mut log: CommitLog<Bytes> = CommitLog::new(1024, 3).unwrap();
+        // Three segments' worth: 25 entries of 100 bytes, segments of 1 KiB.
+        for i in 0..25 {
+            log.append(random_payload(i, 100));
+        }
+        assert!(log.len() > 1);
+        let end = log.next_offset();
+        let mut out = Vec::new();
+        let Done { end: reader, .. } = log.readv((0, 0), 100, &mut out).unwrap() else {
+            panic!("read to the end");
+        };
+        assert_eq!(reader, end);
+
+        assert!(log.keep_last_only());
+        assert_eq!(log.next_offset(), end);
+        assert_eq!(log.len(), 1);
+        assert_eq!(log.entries(), end.1);
+        verify(24, 100, (log.last().unwrap(), (0, 0)));
+        // Nothing more to drop.
+        assert!(!log.keep_last_only());
+
+        // The reader at the end: nothing new, no jump.
+        out.clear();
+        assert_eq!(
+            log.readv(reader, 100, &mut out).unwrap(),
+            Done {
+                start: reader,
+                end: reader
+            }
+        );
+        assert!(out.is_empty());
+
+        // New entries get the offsets they would have got, and the reader reads exactly them.
+        let offset = log.append(random_payload(25, 100));
+        assert_eq!(offset, (end.0, end.1 + 1));
+        let next = log.readv(reader, 100, &mut out).unwrap();
+        assert_eq!(
+            next,
+            Done {
+                start: reader,
+                end: (end.0, end.1 + 1)
+            }
+        );
+        assert_eq!(out.len(), 1);
+        verify(25, 100, out.pop().unwrap());
+
+        // A reader from before the release jumps to the kept entry.
+        let next = log.readv((0, 0), 100, &mut out).unwrap();
+        let Done { start, .. } = next else {
+            panic!("read to the end");
+        };
+        assert_eq!(start, (end.0, end.1 - 1));
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

@@ -167,13 +167,20 @@ impl Drain {
                 break;
             }
             // 1. Spool records not yet produced, unless batches from memory wait (they go first).
+            // While batches skip the spool, nothing new is committed: no read on the hot path.
+            let committed = shared
+                .as_ref()
+                .map(|b| b.committed_upto.load(Ordering::Acquire))
+                .filter(|&c| c != Bypass::UNKNOWN);
+            let nothing_new = committed.is_some_and(|c| next_key >= c);
             let mut from_spool = Vec::new();
             let mut caught_up_to = None;
-            if failed.is_none() && memory.is_empty() && inflight.len() < self.max_in_flight {
+            if failed.is_none()
+                && memory.is_empty()
+                && !nothing_new
+                && inflight.len() < self.max_in_flight
+            {
                 let want = (self.max_in_flight - inflight.len()).min(2_000);
-                let committed = shared
-                    .as_ref()
-                    .map(|b| b.committed_upto.load(Ordering::Acquire));
                 let spool = self.spool.clone();
                 let from = next_key;
                 match tokio::task::spawn_blocking(move || spool.read_from(from, want)).await {

@@ -44,14 +44,30 @@ pub struct Accepted {
 
 /// What the writer and the Kafka drain tell each other so that batches can skip the spool
 /// without overtaking older ones (see the module doc).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Bypass {
-    /// Every spool key below this is committed (the writer's next key).
+    /// Every spool key below this is committed (the writer's next key); [`Bypass::UNKNOWN`]
+    /// until the writer has read the spool's last key.
     pub committed_upto: AtomicU64,
     /// Every spool key below this has been handed to the producer (the drain's position).
     pub produced_upto: AtomicU64,
     /// Batches produced from memory whose delivery report has not been seen.
     pub in_flight: AtomicUsize,
+}
+
+impl Bypass {
+    /// `committed_upto` before the writer has started.
+    pub const UNKNOWN: u64 = u64::MAX;
+}
+
+impl Default for Bypass {
+    fn default() -> Self {
+        Self {
+            committed_upto: AtomicU64::new(Self::UNKNOWN),
+            produced_upto: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// The writer's side of [`Bypass`].

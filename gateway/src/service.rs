@@ -254,7 +254,6 @@ impl Gateway {
         // Kafka drain.
         let drain_stop = CancellationToken::new();
         let drain_abort = CancellationToken::new();
-        let mut bypass_rx = bypass_rx;
         let drain = producer.as_ref().map(|p| {
             let d = Drain {
                 spool: spool.clone(),
@@ -267,7 +266,7 @@ impl Gateway {
                 acker: (mode == AckMode::Kafka).then(|| acker.clone()),
                 max_in_flight: cfg.kafka.max_in_flight_records,
                 writer_done: writer_done.clone(),
-                bypass: bypass_rx.take(),
+                bypass: bypass_rx,
             };
             tokio::spawn(d.run(drain_stop.clone(), drain_abort.clone()))
         });

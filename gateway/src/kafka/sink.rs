@@ -431,39 +431,41 @@ impl Drain {
             }
             Ok(Err((e, _))) => {
                 metrics::counter!(m::KAFKA_ERRORS, "reason" => "delivery").increment(1);
-                match (meta.key, meta.device) {
-                    (Some(key), _) => {
-                        warn!(key, error = %e, "delivery failed; will retry from the spool");
-                        *failed = Some(failed.map_or(key, |f| f.min(key)));
-                        if let Some(b) = shared {
-                            b.produced_upto.fetch_min(key, Ordering::AcqRel);
-                        }
-                    }
-                    (None, Some(device)) => {
-                        warn!(%device, epoch = meta.epoch, first_seq = meta.first, error = %e,
-                            "delivery failed for a batch from memory; not acked, the device resends it");
-                        metrics::counter!(m::DROPPED_BATCHES, "reason" => "kafka_rejected")
-                            .increment(1);
-                        self.sequencer.reject(&device, meta.epoch, meta.first);
-                    }
-                    (None, None) => {}
-                }
+                self.undelivered(&meta, &e.to_string(), failed, shared);
             }
             Err(_) => {
                 metrics::counter!(m::KAFKA_ERRORS, "reason" => "canceled").increment(1);
-                match (meta.key, meta.device) {
-                    (Some(key), _) => {
-                        *failed = Some(failed.map_or(key, |f| f.min(key)));
-                        if let Some(b) = shared {
-                            b.produced_upto.fetch_min(key, Ordering::AcqRel);
-                        }
-                    }
-                    (None, Some(device)) => {
-                        self.sequencer.reject(&device, meta.epoch, meta.first);
-                    }
-                    (None, None) => {}
+                self.undelivered(&meta, "delivery report canceled", failed, shared);
+            }
+        }
+    }
+
+    /// A record Kafka did not take: a spool record is produced again from the spool (the drain
+    /// rewinds to it); a batch from memory is not acked and the sequencer forgets it, so the
+    /// device's resend is taken.
+    fn undelivered(
+        &self,
+        meta: &Meta,
+        error: &str,
+        failed: &mut Option<u64>,
+        shared: Option<&Bypass>,
+    ) {
+        match (meta.key, &meta.device) {
+            (Some(key), _) => {
+                warn!(key, %error, "delivery failed; will retry from the spool");
+                *failed = Some(failed.map_or(key, |f| f.min(key)));
+                if let Some(b) = shared {
+                    b.produced_upto.fetch_min(key, Ordering::AcqRel);
                 }
             }
+            (None, Some(device)) => {
+                warn!(%device, epoch = meta.epoch, first_seq = meta.first, %error,
+                    "delivery failed for a batch from memory; not acked, the device resends it");
+                metrics::counter!(m::DROPPED_BATCHES, "reason" => "kafka_rejected").increment(1);
+                self.sequencer.reject(device, meta.epoch, meta.first);
+            }
+            // Cannot happen: the id comes from a batch the link consumer accepted.
+            (None, None) => {}
         }
     }
 }

@@ -61,12 +61,21 @@ mod tests {
 
     #[test]
     fn stable_and_separated() {
-        // Golden value: changing the hash would break dedupe of replayed outputs downstream.
+        // Golden values, computed outside this code (FNV-1a 64 by its definition, a 0xff byte
+        // after each field, u64 as 8 big-endian bytes): changing the hash would break dedupe of
+        // replayed outputs downstream.
+        assert_eq!(IdHasher::default().finish(), "cbf29ce484222325");
         assert_eq!(
             IdHasher::new("session").str("d1").u64(7).finish(),
-            IdHasher::new("session").str("d1").u64(7).finish()
+            "0fb493673254ef0e"
         );
-        assert_eq!(IdHasher::default().finish(), "cbf29ce484222325");
+        assert_eq!(
+            IdHasher::new("session/activity")
+                .str("press-01")
+                .u64(1_764_115_200_000)
+                .finish(),
+            "c359c8840dfab992"
+        );
         assert_ne!(
             IdHasher::new("x").str("ab").str("c").finish(),
             IdHasher::new("x").str("a").str("bc").finish()

@@ -64,87 +64,103 @@ pub fn describe() {
     describe_counter!(OUTPUTS, "Output records produced, by topic.");
     describe_counter!(OUTPUT_ERRORS, "Output records Kafka failed to acknowledge.");
     describe_gauge!(DEVICES, "Devices held in memory.");
-    for (name, help) in STAT_COUNTERS {
+    for (name, help, _) in STAT_COUNTERS {
         describe_counter!(*name, *help);
     }
 }
 
-const STAT_COUNTERS: &[(&str, &str)] = &[
+/// The core's counters: name, help, and the [`Stats`] field it reports. Name and value live in
+/// one row, so a counter can never be reported under another's name.
+type StatRow = (&'static str, &'static str, fn(&Stats) -> u64);
+
+const STAT_COUNTERS: &[StatRow] = &[
     (
         "breakwater_processor_batches_total",
         "Telemetry batches processed (duplicates included).",
+        |s| s.batches,
     ),
     (
         "breakwater_processor_duplicate_batches_total",
         "Batches whose readings were all seen before.",
+        |s| s.duplicate_batches,
     ),
     (
         "breakwater_processor_readings_total",
         "Readings admitted by dedupe (late ones included).",
+        |s| s.readings,
     ),
     (
         "breakwater_processor_duplicate_readings_total",
         "Readings dropped as already seen.",
+        |s| s.duplicate_readings,
     ),
     (
         "breakwater_processor_gap_readings_total",
         "Sequence numbers skipped by devices (never seen).",
+        |s| s.gap_readings,
     ),
     (
         "breakwater_processor_late_readings_total",
-        "Readings older than the watermark, dropped.",
+        "Readings older than their device's watermark: written to the late topic, not aggregated.",
+        |s| s.late_readings,
+    ),
+    (
+        "breakwater_processor_future_readings_total",
+        "Readings more than max_future_skew after their Kafka record's timestamp, dropped.",
+        |s| s.future_readings,
     ),
     (
         "breakwater_processor_non_numeric_readings_total",
         "Bool and string readings (sessions only).",
+        |s| s.non_numeric_readings,
     ),
     (
         "breakwater_processor_untracked_metric_readings_total",
         "Readings of metrics beyond max_metrics_per_device.",
+        |s| s.untracked_metric_readings,
     ),
     (
         "breakwater_processor_events_total",
         "Fleet events processed.",
+        |s| s.events,
     ),
     (
         "breakwater_processor_late_events_total",
         "Connect events older than the fleet watermark.",
+        |s| s.late_events,
     ),
     (
         "breakwater_processor_unmatched_ends_total",
         "Death or lost events with no open session.",
+        |s| s.unmatched_ends,
     ),
     (
         "breakwater_processor_windows_closed_total",
         "Windows closed (emitted if a windows topic is set).",
+        |s| s.windows_closed,
     ),
     (
         "breakwater_processor_sessions_closed_total",
         "Sessions emitted.",
+        |s| s.sessions_closed,
     ),
-    ("breakwater_processor_anomalies_total", "Anomalies emitted."),
+    (
+        "breakwater_processor_anomalies_total",
+        "Anomalies emitted.",
+        |s| s.anomalies,
+    ),
 ];
+
+/// Every core counter's name and value.
+#[must_use]
+pub fn stat_values(s: &Stats) -> Vec<(&'static str, u64)> {
+    STAT_COUNTERS.iter().map(|(n, _, f)| (*n, f(s))).collect()
+}
 
 /// Reports `now - before` of every core counter.
 pub fn report_stats(now: &Stats, before: &Stats) {
-    let pairs = [
-        now.batches - before.batches,
-        now.duplicate_batches - before.duplicate_batches,
-        now.readings - before.readings,
-        now.duplicate_readings - before.duplicate_readings,
-        now.gap_readings - before.gap_readings,
-        now.late_readings - before.late_readings,
-        now.future_readings - before.future_readings,
-        now.non_numeric_readings - before.non_numeric_readings,
-        now.untracked_metric_readings - before.untracked_metric_readings,
-        now.events - before.events,
-        now.late_events - before.late_events,
-        now.unmatched_ends - before.unmatched_ends,
-        now.windows_closed - before.windows_closed,
-        now.sessions_closed - before.sessions_closed,
-        now.anomalies - before.anomalies,
-    ];
-    for ((name, _), d) in STAT_COUNTERS.iter().zip(pairs) {
+    for (name, _, f) in STAT_COUNTERS {
+        let d = f(now).saturating_sub(f(before));
         if d > 0 {
             counter!(*name).increment(d);
         }
@@ -210,4 +226,77 @@ pub async fn serve(
 /// Sets the records-per-second gauge.
 pub fn records_rate(per_second: f64) {
     gauge!(RECORDS_RATE).set(per_second);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter reports its own field's value: a distinct value per field, read back from
+    /// the rendered Prometheus text by name.
+    #[test]
+    fn each_core_counter_reports_its_own_value() {
+        let s = Stats {
+            batches: 101,
+            duplicate_batches: 102,
+            readings: 103,
+            duplicate_readings: 104,
+            gap_readings: 105,
+            late_readings: 106,
+            future_readings: 107,
+            non_numeric_readings: 108,
+            untracked_metric_readings: 109,
+            events: 110,
+            late_events: 111,
+            unmatched_ends: 112,
+            windows_closed: 113,
+            sessions_closed: 114,
+            anomalies: 115,
+        };
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || report_stats(&s, &Stats::default()));
+        let text = handle.render();
+        let value = |name: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        };
+        let want = [
+            ("batches_total", 101),
+            ("duplicate_batches_total", 102),
+            ("readings_total", 103),
+            ("duplicate_readings_total", 104),
+            ("gap_readings_total", 105),
+            ("late_readings_total", 106),
+            ("future_readings_total", 107),
+            ("non_numeric_readings_total", 108),
+            ("untracked_metric_readings_total", 109),
+            ("events_total", 110),
+            ("late_events_total", 111),
+            ("unmatched_ends_total", 112),
+            ("windows_closed_total", 113),
+            ("sessions_closed_total", 114),
+            ("anomalies_total", 115),
+        ];
+        for (suffix, v) in want {
+            let name = format!("breakwater_processor_{suffix}");
+            assert_eq!(value(&name), Some(v), "{name} in\n{text}");
+        }
+        assert_eq!(
+            stat_values(&s).len(),
+            want.len(),
+            "a Stats field without a counter"
+        );
+        // Deltas: only what changed since `before` is added.
+        let mut later = s;
+        later.future_readings += 5;
+        metrics::with_local_recorder(&recorder, || report_stats(&later, &s));
+        let text = handle.render();
+        let v = text.lines().find_map(|l| {
+            l.strip_prefix("breakwater_processor_future_readings_total ")?
+                .parse::<u64>()
+                .ok()
+        });
+        assert_eq!(v, Some(112));
+    }
 }

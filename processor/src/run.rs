@@ -91,6 +91,9 @@ struct Worker {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     fatal: Option<anyhow::Error>,
+    /// Set when a send failed synchronously: an output was lost from the producer's view, so no
+    /// checkpoint may ever cover its input (see [`Worker::produce_outputs`]).
+    send_failed: Option<String>,
     summary: Summary,
     limits: Limits,
     progress: Arc<Progress>,
@@ -243,22 +246,37 @@ impl Worker {
         }
     }
 
+    /// Hands every pending output to the producer.
+    ///
+    /// # Errors
+    /// A send librdkafka refused synchronously (after retrying a full queue until
+    /// `kafka.flush_timeout`). The refused output and every one after it stay in `self.out`, and
+    /// the worker is marked as having lost an output: no checkpoint (periodic, on revocation, or
+    /// final) can commit after that, so a restart replays the input they came from.
     fn produce_outputs(&mut self) -> anyhow::Result<()> {
-        for o in self.out.drain(..) {
-            let topic = match &o {
+        if let Some(why) = &self.send_failed {
+            bail!("an output could not be sent ({why}); not checkpointing past it");
+        }
+        let mut sent = 0;
+        let mut failure = None;
+        for o in &self.out {
+            let topic = match o {
                 Output::Session(_) => self.cfg.kafka.sessions_topic.as_str(),
                 Output::Anomaly(_) => self.cfg.kafka.anomalies_topic.as_str(),
                 Output::Window(_) => match &self.cfg.kafka.windows_topic {
                     Some(t) => t.as_str(),
-                    None => continue,
+                    None => {
+                        sent += 1;
+                        continue;
+                    }
                 },
             };
             let value = o.to_json();
             let mut rec = BaseRecord::to(topic).key(o.key()).payload(&value);
             let deadline = Instant::now() + self.cfg.kafka.flush_timeout;
-            loop {
+            let result = loop {
                 match self.producer.send(rec) {
-                    Ok(()) => break,
+                    Ok(()) => break Ok(()),
                     Err((e, r))
                         if e.rdkafka_error_code()
                             == Some(rdkafka::error::RDKafkaErrorCode::QueueFull)
@@ -267,12 +285,24 @@ impl Worker {
                         rec = r;
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    Err((e, _)) => bail!("producing to {topic}: {e}"),
+                    Err((e, _)) => break Err(format!("producing to {topic}: {e}")),
                 }
+            };
+            if let Err(e) = result {
+                failure = Some(e);
+                break;
             }
+            sent += 1;
             self.deliveries.sent.fetch_add(1, Ordering::Release);
             self.summary.outputs += 1;
             counter!(m::OUTPUTS, "topic" => topic.to_owned()).increment(1);
+        }
+        self.out.drain(..sent);
+        if let Some(e) = failure {
+            counter!(m::OUTPUT_ERRORS).increment(1);
+            tracing::error!(error = %e, unsent = self.out.len(), "output not sent; stopping without a checkpoint so a restart replays it");
+            self.send_failed = Some(e.clone());
+            bail!(e);
         }
         Ok(())
     }
@@ -474,6 +504,7 @@ pub fn run_blocking(
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
         fatal: None,
+        send_failed: None,
         summary: Summary::default(),
         limits: Limits::DEFAULT,
         progress,
@@ -659,5 +690,78 @@ fn report_lag(consumer: &BaseConsumer, cfg: &Config, held: &[Held]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{EndReason, SessionKind, SessionRecord};
+
+    fn session(i: u64) -> Output {
+        Output::Session(SessionRecord {
+            id: format!("{i:016x}"),
+            device: "d".to_owned(),
+            kind: SessionKind::Activity,
+            epoch: 1,
+            start: i,
+            end: i,
+            duration_ms: 0,
+            readings: 1,
+            end_reason: EndReason::Inactivity,
+        })
+    }
+
+    /// A send refused synchronously (here: a one-record queue to a broker that does not exist)
+    /// keeps the unsent outputs and forbids every later checkpoint, so the input they came from
+    /// is replayed rather than checkpointed past.
+    #[test]
+    fn a_refused_send_keeps_the_outputs_and_blocks_every_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.redb");
+        let text = format!(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\nflush_timeout = \"200ms\"\n[kafka.producer]\n\"queue.buffering.max.messages\" = \"1\"\n[state]\npath = \"{}\"\n",
+            state.display()
+        );
+        let cfg = Arc::new(Config::parse(&text, &|_| None).unwrap());
+        let (producer, deliveries) = kafka::producer(&cfg.kafka).unwrap();
+        let mut w = Worker {
+            cfg: cfg.clone(),
+            store: Store::open(&state).unwrap(),
+            parts: BTreeMap::new(),
+            stats: Stats::default(),
+            reported: Stats::default(),
+            out: (0..3).map(session).collect(),
+            producer,
+            deliveries,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            fatal: None,
+            send_failed: None,
+            summary: Summary::default(),
+            limits: Limits::DEFAULT,
+            progress: Arc::default(),
+        };
+        let mut part = Partition::new(0);
+        part.telemetry_next = Some(42);
+        w.parts.insert(0, part);
+        assert!(w.produce_outputs().is_err());
+        // The first fit in the queue; the second and third were not sent and are kept.
+        let kept: Vec<&str> = w.out.iter().map(Output::id).collect();
+        assert_eq!(kept, ["0000000000000001", "0000000000000002"]);
+        assert_eq!(w.summary.outputs, 1);
+        // Neither a later send nor a checkpoint (periodic, revocation, final) goes through.
+        w.out.push(session(9));
+        assert!(w.produce_outputs().is_err());
+        assert_eq!(w.out.len(), 3);
+        assert!(w.checkpoint().is_err());
+        let loaded = w
+            .store
+            .load(0, "breakwater.telemetry", "breakwater.events")
+            .unwrap();
+        assert_eq!(
+            loaded.partition.telemetry_next, None,
+            "checkpointed past a lost output"
+        );
     }
 }

@@ -79,6 +79,9 @@ pub struct FlushError {
     pub target: u64,
 }
 
+/// How long [`Agent::shutdown`] waits for the ingest, metrics and gauge tasks after the sender.
+pub const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What `shutdown` achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -288,31 +291,45 @@ impl Agent {
         self.metrics_addr
     }
 
-    /// Stops in stages: (1) stop taking input (ingest stops reading; replies for lines already
-    /// appended are still written), (2) send what can be sent within `[shutdown]
-    /// drain_timeout`, publish `Death`, disconnect, (3) stop the rest and close the buffer. What
-    /// is not acked stays on disk.
+    /// A token that, cancelled while [`Agent::shutdown`] runs, skips the rest of the drain
+    /// (what `main` does on a second SIGTERM or SIGINT).
+    #[must_use]
+    pub fn skip_drain_token(&self) -> CancellationToken {
+        self.sender.skip_drain_token()
+    }
+
+    /// Stops in stages, all within one deadline of `[shutdown] drain_timeout` plus
+    /// [`sender::CLOSE_GRACE`] plus [`TASKS_STOP_TIMEOUT`], whatever the gateway does:
+    /// (1) stop taking input (ingest stops reading; replies for lines already appended are
+    /// still written), (2) send what can be sent until the drain deadline (a link lost
+    /// meanwhile is retried only until then), publish `Death`, disconnect, (3) stop the rest
+    /// and close the buffer. What is not acked stays on disk; `left_buffered` says how much.
     pub async fn shutdown(self) -> ShutdownReport {
         self.input_cancel.cancel();
         let drain = self.config.shutdown.drain_timeout;
         let sender = self.sender.shutdown(drain).await;
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+        if tokio::time::timeout(TASKS_STOP_TIMEOUT, self.tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!("some agent tasks did not stop within 5s");
+            tracing::warn!("some agent tasks did not stop within {TASKS_STOP_TIMEOUT:?}");
         }
+        // The buffer's own counters, not the sender's view: an ack the buffer could not apply
+        // (storage failing) leaves its readings stored, and they are what the next start sends.
         let left_buffered = self.buffer.stats().readings;
         tracing::info!(
             acked_upto = sender.acked_upto,
             left_buffered,
-            drained = sender.drained,
+            drained = left_buffered == 0,
             "agent stopped"
         );
         ShutdownReport {
-            sender,
+            sender: SenderExit {
+                drained: left_buffered == 0,
+                ..sender
+            },
             left_buffered,
         }
     }

@@ -107,8 +107,11 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     rt.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let agent = Agent::start(cfg).await.context("agent failed to start")?;
         let _ = sd_notify::notify(false, &[NotifyState::Ready]);
         let mut usec = 0u64;
@@ -127,20 +130,34 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            r = tokio::signal::ctrl_c() => {
-                r.context("cannot wait for SIGINT")?;
-                tracing::info!("SIGINT: shutting down");
-            }
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
         let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
-        let report = agent.shutdown().await;
+        // One deadline for the whole shutdown (Agent::shutdown); a second SIGTERM or SIGINT
+        // skips what is left of the drain.
+        let skip_drain = agent.skip_drain_token();
+        let shutdown = agent.shutdown();
+        tokio::pin!(shutdown);
+        let report = loop {
+            tokio::select! {
+                report = &mut shutdown => break report,
+                _ = term.recv() => {
+                    tracing::info!("second SIGTERM: skipping the drain");
+                    skip_drain.cancel();
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT during shutdown: skipping the drain");
+                    skip_drain.cancel();
+                }
+            }
+        };
         if let Some(w) = watchdog {
             w.abort();
         }
         tracing::info!(
             acked_upto = report.sender.acked_upto,
             left_buffered = report.left_buffered,
-            "bye"
+            "bye: buffer closed"
         );
         Ok(())
     })

@@ -206,7 +206,11 @@ impl DeviceSender {
     /// # Panics
     /// Outside a tokio runtime.
     #[must_use]
+    // By value: the caller hands the sender its place in the cancellation tree (a public
+    // signature the fleet simulator uses); the sender keeps a child of it.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn spawn(self, cancel: CancellationToken) -> SenderHandle {
+        let cancel = cancel.child_token();
         let (ctl_tx, ctl_rx) = mpsc::channel(8);
         let first = self.buffer.stats().first_seq;
         let (acked_tx, acked_rx) = watch::channel(first.saturating_sub(1));
@@ -225,13 +229,14 @@ impl DeviceSender {
             ctl_rx,
             acked_tx,
             conn_tx,
-            cancel,
+            cancel.clone(),
         );
         let join = tokio::spawn(session.run());
         SenderHandle {
             ctl: ctl_tx,
             acked: acked_rx,
             connected: conn_rx,
+            cancel,
             join,
         }
     }
@@ -243,8 +248,14 @@ pub struct SenderHandle {
     ctl: mpsc::Sender<Control>,
     acked: watch::Receiver<u64>,
     connected: watch::Receiver<bool>,
+    /// Stops this sender at once (no drain, best-effort `Death`).
+    cancel: CancellationToken,
     join: tokio::task::JoinHandle<SenderExit>,
 }
+
+/// Time a sender gets after its drain deadline for the graceful close (`Death`, DISCONNECT,
+/// bounded at 2 s in the session) before [`SenderHandle::shutdown`] stops waiting for it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(4);
 
 impl SenderHandle {
     /// Simulates a network cut: drops the connection at once without an MQTT DISCONNECT (the
@@ -283,20 +294,55 @@ impl SenderHandle {
         self.connected.clone()
     }
 
+    /// A token that ends a running [`SenderHandle::shutdown`]'s drain at once (a second
+    /// SIGTERM): the sender publishes `Death` best-effort and stops.
+    #[must_use]
+    pub fn skip_drain_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     /// Graceful stop: keep sending until everything buffered is acked or `drain` elapsed,
     /// publish `Death`, disconnect. What is not acked stays in the buffer.
-    pub async fn shutdown(self, drain: Duration) -> SenderExit {
-        let _ = self.ctl.send(Control::Shutdown(drain)).await;
-        match self.join.await {
+    ///
+    /// Returns within `drain` + [`CLOSE_GRACE`] whatever the gateway does (a link lost during
+    /// the drain is retried only until the deadline). The session keeps that deadline itself;
+    /// this bound is the backstop should it not: the sender is then cancelled, and aborted if
+    /// it still does not stop.
+    pub async fn shutdown(mut self, drain: Duration) -> SenderExit {
+        // A full control queue must not delay the request past the deadline either.
+        let deadline = tokio::time::Instant::now() + drain + CLOSE_GRACE;
+        let _ = tokio::time::timeout_at(deadline, self.ctl.send(Control::Shutdown(drain))).await;
+        let res = match tokio::time::timeout_at(deadline, &mut self.join).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(
+                    ?drain,
+                    "sender did not stop at its drain deadline; cancelling it"
+                );
+                self.cancel.cancel();
+                match tokio::time::timeout(CLOSE_GRACE, &mut self.join).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.join.abort();
+                        return self.fallback_exit();
+                    }
+                }
+            }
+        };
+        match res {
             Ok(exit) => exit,
             Err(e) => {
                 tracing::error!(error = %e, "sender task failed");
-                SenderExit {
-                    acked_upto: *self.acked.borrow(),
-                    last_seq: 0,
-                    drained: false,
-                }
+                self.fallback_exit()
             }
+        }
+    }
+
+    fn fallback_exit(&self) -> SenderExit {
+        SenderExit {
+            acked_upto: *self.acked.borrow(),
+            last_seq: 0,
+            drained: false,
         }
     }
 }

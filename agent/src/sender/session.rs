@@ -146,13 +146,44 @@ impl Session {
         }
     }
 
+    /// True once a graceful shutdown's drain deadline has passed.
+    fn drain_over(&self) -> bool {
+        self.draining.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// A shutdown request: the first one starts the drain (its deadline holds for every
+    /// connection and reconnect that follows), a second one ends it now.
+    fn on_shutdown_request(&mut self, drain: Duration) {
+        let now = Instant::now();
+        self.send_now = true;
+        self.draining = Some(match self.draining {
+            None => now + drain,
+            Some(_) => {
+                tracing::info!(device = %self.device, "second shutdown request: skipping the drain");
+                now
+            }
+        });
+    }
+
     /// The device's whole life: connect, run a session, back off, repeat.
+    ///
+    /// Shutdown is one deadline (`draining`): once a drain started, a lost link may be
+    /// re-established only within it; the backoff sleep and every connect attempt end at the
+    /// deadline, so the sender returns by then (plus the bounded graceful close) whatever the
+    /// gateway does.
     pub(crate) async fn run(mut self) -> SenderExit {
         let mut delay = Duration::ZERO;
         loop {
+            if self.drain_over() {
+                tracing::info!(device = %self.device, "drain deadline reached while disconnected; the rest stays buffered");
+                return self.exit();
+            }
             if !delay.is_zero() {
                 self.emit(&SenderEvent::Backoff { delay });
-                let until = Instant::now() + delay;
+                let mut until = Instant::now() + delay;
+                if let Some(d) = self.draining {
+                    until = until.min(d);
+                }
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep_until(until) => break,
@@ -163,6 +194,10 @@ impl Session {
                             Some(Control::Cut(_) | Control::FlushNow) => {}
                         },
                     }
+                }
+                if self.drain_over() {
+                    tracing::info!(device = %self.device, "drain deadline reached while reconnecting; the rest stays buffered");
+                    return self.exit();
                 }
             }
             let attempt = self.backoff.attempt();
@@ -221,17 +256,25 @@ impl Session {
         let (client, mut events, poller) = link::connect(options, self.link.connect_timeout, cap);
         let _abort = AbortOnDrop(poller.abort_handle());
 
-        // Phase 1: CONNECT -> CONNACK -> SUBSCRIBE -> SUBACK, bounded in time.
-        let deadline = Instant::now() + self.link.connect_timeout + Duration::from_secs(1);
+        // Phase 1: CONNECT -> CONNACK -> SUBSCRIBE -> SUBACK, bounded in time (and by the
+        // drain deadline when shutting down).
+        let connect_deadline = Instant::now() + self.link.connect_timeout + Duration::from_secs(1);
         let mut subscribed = false;
         while !subscribed {
+            let deadline = self
+                .draining
+                .map_or(connect_deadline, |d| d.min(connect_deadline));
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
+                    if self.drain_over() {
+                        return End::Shutdown;
+                    }
                     return End::Lost { reason: "connect/subscribe timed out".into(), connected_for: None };
                 }
                 () = self.cancel.cancelled() => return End::Shutdown,
                 ctl = self.ctl.recv() => match ctl {
                     Some(Control::Cut(d)) => return End::Cut(d),
+                    // Not connected yet: nothing can be drained on this attempt.
                     Some(Control::Shutdown(_)) | None => return End::Shutdown,
                     Some(Control::FlushNow) => {}
                 },
@@ -293,10 +336,7 @@ impl Session {
                 ctl = self.ctl.recv() => match ctl {
                     Some(Control::Cut(d)) => return End::Cut(d),
                     Some(Control::FlushNow) => self.send_now = true,
-                    Some(Control::Shutdown(drain)) => {
-                        self.send_now = true;
-                        self.draining = Some(Instant::now() + drain);
-                    }
+                    Some(Control::Shutdown(drain)) => self.on_shutdown_request(drain),
                     None => {
                         self.graceful_close(&client, &mut events).await;
                         return End::Shutdown;

@@ -274,8 +274,9 @@ impl Session {
                 () = self.cancel.cancelled() => return End::Shutdown,
                 ctl = self.ctl.recv() => match ctl {
                     Some(Control::Cut(d)) => return End::Cut(d),
-                    // Not connected yet: nothing can be drained on this attempt.
-                    Some(Control::Shutdown(_)) | None => return End::Shutdown,
+                    // Connecting: finish the connect within the drain deadline, then drain.
+                    Some(Control::Shutdown(drain)) => self.on_shutdown_request(drain),
+                    None => return End::Shutdown,
                     Some(Control::FlushNow) => {}
                 },
                 ev = events.recv() => match ev {

@@ -119,6 +119,9 @@ pub struct SenderConfig {
     pub ack_timeout: Duration,
     /// Cap on readings sent per second (backlog drain rate); 0 = no cap.
     pub max_readings_per_sec: u32,
+    /// Cap on a gateway's `retry_after_ms` (the pause of sending and the floor of the next
+    /// reconnect delay): a forged ack must not silence the device for weeks.
+    pub max_retry_after: Duration,
     pub backoff: BackoffConfig,
 }
 
@@ -131,6 +134,7 @@ impl Default for SenderConfig {
             max_in_flight: 16,
             ack_timeout: Duration::from_secs(15),
             max_readings_per_sec: 0,
+            max_retry_after: Duration::from_secs(60),
             backoff: BackoffConfig::default(),
         }
     }
@@ -600,6 +604,16 @@ impl AgentConfig {
             }) {
                 sender.max_readings_per_sec = u32::try_from(n).unwrap_or(u32::MAX);
             }
+            if let Some(d) = w.take(&mut t, p, "max_retry_after", duration) {
+                if d > Duration::from_secs(3600) {
+                    w.err(
+                        "sender.max_retry_after",
+                        "must be at most 1h (a gateway pause longer than that is an attack or a bug)",
+                    );
+                } else {
+                    sender.max_retry_after = d;
+                }
+            }
             if sender.initial_credit > sender.max_in_flight {
                 w.err(
                     "sender.initial_credit",
@@ -759,6 +773,7 @@ mod tests {
             [sender]
             batch_max_readings = 5000
             ack_timeout = "0s"
+            max_retry_after = "49days"
             typo = 1
             [sender.backoff]
             initial = "10m"
@@ -778,13 +793,14 @@ mod tests {
             "ingest.listen",
             "sender.batch_max_readings",
             "sender.ack_timeout",
+            "sender.max_retry_after",
             "sender.typo",
             "sender.backoff.initial",
             "metrics.listen",
         ] {
             assert!(e.has(key), "no issue for {key}: {e}");
         }
-        assert_eq!(e.issues.len(), 12, "{e}");
+        assert_eq!(e.issues.len(), 13, "{e}");
     }
 
     #[test]

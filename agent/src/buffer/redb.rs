@@ -243,6 +243,27 @@ fn map_db_error(path: &Path, e: redb::DatabaseError) -> OpenError {
     }
 }
 
+/// Opens the buffer file read-write; a new file is created owner-only (0600) whatever the
+/// umask, and an existing one readable by others is narrowed to 0600 (readings are the
+/// device's data). `create = false` refuses a missing file (a reopen must never start an
+/// empty buffer in place of a vanished one).
+fn open_owner_only(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "buffer file was readable by others; narrowed to owner-only");
+    }
+    Ok(file)
+}
+
 fn oldest_ts(
     table: &impl ReadableTable<u64, &'static [u8]>,
     first_seq: u64,
@@ -271,8 +292,12 @@ impl RedbBuffer {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        let file = open_owner_only(&path, true).map_err(|e| OpenError::Storage {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         let db = Database::builder()
-            .create(&path)
+            .create_file(file)
             .map_err(|e| map_db_error(&path, e))?;
         let (epoch, shared) = Self::init(&db, &path)?;
         let budget = Arc::new(Budget::new(opts.max_bytes, opts.policy, shared.bytes));

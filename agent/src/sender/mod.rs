@@ -36,8 +36,16 @@
 //!   `max_in_flight`. An ack with credit 0 pauses sending for `retry_after_ms` (or
 //!   `ack_timeout`), after which one probe batch may go.
 //! * An ack is cumulative (`upto_seq`) and only counts for the buffer's epoch; it deletes the
-//!   acked readings from the buffer. `retry_after_ms` pauses sending for that long and is the
+//!   acked readings from the buffer. `retry_after_ms` pauses sending for that long (at most
+//!   `max_retry_after`, counted in `breakwater_agent_acks_retry_after_capped_total`) and is the
 //!   floor of the next reconnect delay.
+//! * Trust boundary: the ack topic carries no identity; whoever can publish on it (the gateway,
+//!   or in an open broker any client, also with a retained message) is heard. So an ack is
+//!   applied only up to the highest seq this connection actually sent (a floor counts for the
+//!   range it declares); anything beyond is ignored, counted
+//!   (`breakwater_agent_acks_beyond_sent_total`) and logged at most once per 10 s. What this
+//!   cannot stop: a forged ack covering readings that were sent but not yet stored by the
+//!   gateway; only the gateway's topic authorization (issue 11 item 3) stops that.
 //! * No ack within `ack_timeout` of the oldest in-flight batch -> everything in flight is
 //!   forgotten and sending restarts from the oldest unacked seq (counted as a resend). Each
 //!   timeout in a row doubles the next one (up to 8x `ack_timeout`) until an ack arrives, so a

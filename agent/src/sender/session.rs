@@ -73,6 +73,14 @@ pub(crate) struct Session {
     timeouts_in_row: u32,
     /// Highest seq ever published (to flag resends).
     max_sent: u64,
+    /// Highest seq published on the current connection (a floor counts for the range it
+    /// declares), or what was acked before it started. An ack never applies beyond it: any
+    /// other client able to publish on our ack topic (a forged or retained ack) could
+    /// otherwise delete readings the gateway never received.
+    conn_sent_upto: u64,
+    /// Rate limits of the warnings about hostile acks.
+    beyond_log: LogLimiter,
+    capped_log: LogLimiter,
     /// Set by a graceful shutdown request: drain until this deadline.
     draining: Option<Instant>,
     /// The next batch must be preceded by a [`Floor`]: readings were dropped before they were
@@ -125,6 +133,9 @@ impl Session {
             send_now: false,
             rate_next: Instant::now(),
             max_sent: acked_upto,
+            conn_sent_upto: acked_upto,
+            beyond_log: LogLimiter::default(),
+            capped_log: LogLimiter::default(),
             timeouts_in_row: 0,
             draining: None,
             floor_due: false,
@@ -312,6 +323,7 @@ impl Session {
         self.send_now = true;
         self.pending_since = None;
         self.floor_due = self.buffer.stats().dropped_total > 0;
+        self.conn_sent_upto = self.acked_upto;
 
         // Phase 2: steady state.
         loop {
@@ -474,6 +486,7 @@ impl Session {
                     self.paused_until = Some(now + Duration::from_millis(10));
                     return Ok(());
                 }
+                self.conn_sent_upto = self.conn_sent_upto.max(first_seq - 1);
                 metrics::counter!("breakwater_agent_sent_floors_total").increment(1);
                 self.emit(&SenderEvent::FloorSent { first_seq });
             }
@@ -500,6 +513,7 @@ impl Session {
             }
             let resend = first_seq <= self.max_sent;
             self.max_sent = self.max_sent.max(last_seq);
+            self.conn_sent_upto = self.conn_sent_upto.max(last_seq);
             self.in_flight.push_back(InFlight {
                 last_seq,
                 sent_at: now,
@@ -600,7 +614,20 @@ impl Session {
         let now = Instant::now();
         self.credit = ack.credit.min(self.cfg.max_in_flight);
         if let Some(ms) = ack.retry_after_ms {
-            let d = Duration::from_millis(u64::from(ms));
+            let mut d = Duration::from_millis(u64::from(ms));
+            if d > self.cfg.max_retry_after {
+                metrics::counter!("breakwater_agent_acks_retry_after_capped_total").increment(1);
+                if let Some(suppressed) = self.capped_log.allow(now) {
+                    tracing::warn!(
+                        device = %self.device,
+                        retry_after_ms = ms,
+                        cap = ?self.cfg.max_retry_after,
+                        suppressed,
+                        "ack asks for a pause beyond sender.max_retry_after; capped"
+                    );
+                }
+                d = self.cfg.max_retry_after;
+            }
             self.paused_until = Some(now + d);
             self.retry_hint = Some(d);
         } else if ack.credit == 0 {
@@ -609,7 +636,22 @@ impl Session {
             self.retry_hint = None;
         }
         let last_stored = *self.last_seq.borrow();
-        let upto = ack.upto_seq.min(last_stored);
+        let mut upto = ack.upto_seq.min(last_stored);
+        if upto > self.conn_sent_upto {
+            // Beyond what this connection sent: not the gateway's ack of our batches (a
+            // forged or stale retained ack). Only the part we did send is applied.
+            metrics::counter!("breakwater_agent_acks_beyond_sent_total").increment(1);
+            if let Some(suppressed) = self.beyond_log.allow(now) {
+                tracing::warn!(
+                    device = %self.device,
+                    upto_seq = ack.upto_seq,
+                    sent_upto = self.conn_sent_upto,
+                    suppressed,
+                    "ack beyond what this connection sent; applied only up to what was sent"
+                );
+            }
+            upto = self.conn_sent_upto;
+        }
         let mut latency = None;
         if upto > self.acked_upto {
             while let Some(f) = self.in_flight.front() {
@@ -639,6 +681,31 @@ impl Session {
             latency,
             credit: ack.credit,
         });
+    }
+}
+
+/// At most one log line per [`LogLimiter::PERIOD`]; counts the lines it suppressed.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now < t + Self::PERIOD => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
     }
 }
 

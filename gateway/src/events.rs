@@ -73,17 +73,24 @@ pub async fn forward_refused(mut rx: mpsc::Receiver<Refused>, events: mpsc::Send
 }
 
 /// Runs until every sender is dropped, then waits up to `flush` for outstanding deliveries.
+///
+/// Status messages also update `presence` (connected devices for operators), whether or not
+/// there is a Kafka producer.
 pub async fn run(
     mut rx: mpsc::Receiver<FleetInput>,
     producer: Option<FutureProducer>,
     topic: String,
     flush: Duration,
+    presence: Option<std::sync::Arc<crate::status::Presence>>,
 ) {
     let mut inflight = FuturesUnordered::new();
     loop {
         tokio::select! {
             input = rx.recv() => {
                 let Some(input) = input else { break };
+                if let (FleetInput::Status(status, at), Some(p)) = (&input, &presence) {
+                    p.apply(status, *at);
+                }
                 let Some(ev) = to_event(input) else {
                     metrics::counter!(m::EVENTS_DROPPED, "reason" => "invalid_client_id").increment(1);
                     continue;

@@ -1,6 +1,7 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the link consumer and the spool
 //! writer are alive), `/readyz` (start-up finished: the MQTT listener accepts and the spool is
-//! open; false again once shutdown begins). Kafka health is not part of readiness: the gateway
+//! open; false again once shutdown begins), and whatever routes the caller adds (the status page
+//! and `/api/v1/`, see [`crate::status`]). Kafka health is not part of readiness: the gateway
 //! keeps accepting on its spool while Kafka is away; watch `breakwater_gateway_kafka_*`.
 
 use std::net::SocketAddr;
@@ -88,6 +89,7 @@ pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
     refresh: Arc<dyn Fn() + Send + Sync>,
+    extra: Option<Router>,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -97,11 +99,14 @@ pub async fn serve(
         health,
         refresh,
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     let task = tokio::spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })

@@ -14,7 +14,8 @@
 //! 6. [`ack`] — acks with credit and retry hints once a batch is durable.
 //!
 //! Around it: [`admission`] (connect pacing and authentication), [`events`] (fleet lifecycle
-//! records), [`http`] (`/metrics`, `/healthz`, `/readyz`), [`config`], [`service`] (wiring and
+//! records), [`http`] (`/metrics`, `/healthz`, `/readyz`), [`status`] (the status page, the JSON
+//! API under `/api/v1/` and `breakwater-gateway status`), [`config`], [`service`] (wiring and
 //! shutdown), [`stats`] (metric names).
 //!
 //! # Invariants
@@ -41,6 +42,7 @@ pub mod sequencer;
 pub mod service;
 pub mod spool;
 pub mod stats;
+pub mod status;
 
 pub use config::Config;
 pub use service::Gateway;

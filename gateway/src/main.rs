@@ -1,4 +1,5 @@
-//! `breakwater-gateway`: run the gateway, check or print its configuration, export the spool.
+//! `breakwater-gateway`: run the gateway, check or print its configuration, print a running
+//! gateway's status, export the spool.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,17 @@ enum Command {
     /// Hash a device secret for the credentials file (`[auth] mode = "file"`). Reads the
     /// secret from the argument or, without one, from the first line of stdin; prints the hash.
     HashSecret { secret: Option<String> },
+    /// Print a running gateway's status (devices, bursts, admission, spool, Kafka, acks,
+    /// backpressure) from its `/api/v1/status`.
+    Status {
+        /// Base URL of the gateway's HTTP listener; default `http://` + `[metrics] listen` of
+        /// the configuration.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the API's JSON document instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the spool.
     Spool {
         #[command(subcommand)]
@@ -52,8 +64,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum SpoolCommand {
-    /// Print every spooled batch as a JSON line (stop the gateway first: the spool is locked
-    /// while it runs).
+    /// Print every spooled batch as a JSON line. The spool is locked while a gateway runs: stop
+    /// it first (a running gateway's spool depth and oldest record: `status`).
     Export {
         /// Spool directory; default `[spool] dir` of the configuration.
         #[arg(long)]
@@ -134,12 +146,54 @@ fn main() -> ExitCode {
                 };
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                breakwater_gateway::spool::export(&dir, &mut out)
-                    .with_context(|| format!("exporting the spool in {}", dir.display()))
+                match breakwater_gateway::spool::export(&dir, &mut out) {
+                    Err(breakwater_gateway::spool::SpoolError::Db(e))
+                        if matches!(*e, redb::Error::DatabaseAlreadyOpen) =>
+                    {
+                        anyhow::bail!(
+                            "the spool in {} is in use by a running gateway (only one process can \
+                             open it). For its depth and oldest record run `breakwater-gateway \
+                             status` (or GET /api/v1/status); to export its batches, stop the \
+                             gateway first",
+                            dir.display()
+                        )
+                    }
+                    other => {
+                        other.with_context(|| format!("exporting the spool in {}", dir.display()))
+                    }
+                }
             })();
             match res {
                 Ok(n) => {
                     eprintln!("{n} batch(es) exported");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { url, json } => {
+            let res = (|| -> anyhow::Result<String> {
+                let url = match url {
+                    Some(u) => u,
+                    None => format!("http://{}", load(cli.config.as_deref())?.metrics.listen),
+                };
+                let doc = breakwater_gateway::status::cli::fetch(
+                    url.trim_end_matches('/'),
+                    "/api/v1/status",
+                    Duration::from_secs(5),
+                )?;
+                Ok(if json {
+                    serde_json::to_string_pretty(&doc)? + "\n"
+                } else {
+                    breakwater_gateway::status::cli::render(&doc)
+                })
+            })();
+            match res {
+                Ok(text) => {
+                    print!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

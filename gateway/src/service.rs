@@ -78,6 +78,8 @@ pub struct Gateway {
     producer: Option<FutureProducer>,
     http_cancel: CancellationToken,
     http: tokio::task::JoinHandle<()>,
+    /// The status sampler and Kafka probe ([`crate::status`]); end with `http_cancel`.
+    status_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -196,6 +198,7 @@ impl Gateway {
         let depth = Arc::new(AtomicUsize::new(0));
         let (events_tx, events_rx) = mpsc::channel(cfg.pipeline.events_queue_capacity);
         let (acker, ack_rx) = Acker::channel(cfg.ack.queue_capacity);
+        let presence = Arc::new(crate::status::Presence::new());
         let pressure = Arc::new(Pressure {
             queue_depth: depth.clone(),
             queue_capacity: cfg.pipeline.queue_capacity,
@@ -204,8 +207,9 @@ impl Gateway {
         // The ack link's receiver is deliberately never read (see broker.rs). It must outlive
         // the link, and the broker lives as long as the process: leak it (one small struct).
         std::mem::forget(arx);
-        let ack_thread = crate::ack::spawn_publisher(atx, ack_rx, pressure, cfg.ack.clone())
-            .map_err(StartError::Thread)?;
+        let ack_thread =
+            crate::ack::spawn_publisher(atx, ack_rx, pressure.clone(), cfg.ack.clone())
+                .map_err(StartError::Thread)?;
 
         // Batches past the spool (ack mode `kafka`, see spool::writer).
         let (bypass_tx, bypass_rx) = if mode == AckMode::Kafka
@@ -281,6 +285,7 @@ impl Gateway {
             producer.clone(),
             cfg.kafka.events_topic.clone(),
             Duration::from_secs(2),
+            Some(presence.clone()),
         ));
 
         // Link consumer and alerts.
@@ -327,10 +332,24 @@ impl Gateway {
                 }
             })
         };
+        let status = crate::status::Status::new(crate::status::Sources {
+            sequencer: sequencer.clone(),
+            spool: spool.clone(),
+            admission: admission.clone(),
+            presence,
+            pressure,
+            ack: cfg.ack.clone(),
+            ack_mode: mode,
+            kafka: producer.clone().map(|p| (p, cfg.kafka.topic.clone())),
+            health: health.clone(),
+            prom: crate::http::recorder(),
+        });
+        let status_tasks = status.spawn(&http_cancel);
         let (metrics_addr, http) = crate::http::serve(
             cfg.metrics.listen,
             health.clone(),
             refresh,
+            Some(crate::status::api::router(status)),
             http_cancel.clone(),
         )
         .await
@@ -363,6 +382,7 @@ impl Gateway {
             producer,
             http_cancel,
             http,
+            status_tasks,
         })
     }
 
@@ -434,6 +454,9 @@ impl Gateway {
         }
         self.http_cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.http).await;
+        for t in &self.status_tasks {
+            t.abort();
+        }
         info!(
             elapsed = ?start.elapsed(),
             spool_records = self.spool.records(),

@@ -39,6 +39,16 @@ pub const EVENTS: &str = "breakwater_gateway_events_total";
 /// Labels: `reason` = `queue_full`, `kafka_error`.
 pub const EVENTS_DROPPED: &str = "breakwater_gateway_events_dropped_total";
 pub const DEVICES: &str = "breakwater_gateway_devices";
+/// Devices whose last status message was a `Birth` (see `status::presence`).
+pub const CONNECTED_DEVICES: &str = "breakwater_gateway_connected_devices";
+/// Age of the oldest accepted batch some device still waits an ack for (0: none).
+pub const OLDEST_UNACKED_AGE: &str = "breakwater_gateway_oldest_unacked_age_seconds";
+/// Devices with accepted readings not yet durable (waiting for their ack).
+pub const DEVICES_UNACKED: &str = "breakwater_gateway_devices_unacked";
+/// Age of the oldest batch in the spool (0: empty).
+pub const SPOOL_OLDEST_AGE: &str = "breakwater_gateway_spool_oldest_age_seconds";
+/// 1 when the last Kafka metadata request succeeded, 0 when it failed (absent without Kafka).
+pub const KAFKA_UP: &str = "breakwater_gateway_kafka_up";
 /// Time a batch spends in one stage of the ack path, seconds. Labels: `stage` =
 /// * `spooled`: received from the broker -> handed to the Kafka producer (writer queue, spool
 ///   commit, drain read; ms resolution, from the record's receive time), for batches that went
@@ -107,6 +117,28 @@ pub fn describe() {
     describe_counter!(EVENTS, "Fleet events seen, by kind");
     describe_counter!(EVENTS_DROPPED, "Fleet events not published, by reason");
     describe_gauge!(DEVICES, "Devices known to the sequencer");
+    describe_gauge!(
+        CONNECTED_DEVICES,
+        "Devices connected (last status message a birth)"
+    );
+    describe_gauge!(
+        OLDEST_UNACKED_AGE,
+        Unit::Seconds,
+        "Age of the oldest accepted batch not yet durable (a device waits for its ack)"
+    );
+    describe_gauge!(
+        DEVICES_UNACKED,
+        "Devices with accepted readings not yet durable"
+    );
+    describe_gauge!(
+        SPOOL_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest batch in the spool"
+    );
+    describe_gauge!(
+        KAFKA_UP,
+        "1 when the last Kafka metadata request succeeded, else 0"
+    );
     describe_histogram!(
         STAGE_SECONDS,
         Unit::Seconds,

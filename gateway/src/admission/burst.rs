@@ -120,6 +120,14 @@ impl BurstDetector {
         self.active.is_some()
     }
 
+    /// The burst going on, if any: (started at ms, peak connects/s so far, connects so far).
+    #[must_use]
+    pub fn current(&self) -> Option<(u64, f64, u64)> {
+        self.active
+            .as_ref()
+            .map(|a| (a.started_ms, a.peak_rate, a.connects))
+    }
+
     fn threshold(&self) -> f64 {
         (self.factor * self.baseline).max(self.min_rate)
     }

@@ -61,6 +61,36 @@ pub use burst::{BurstDetector, BurstEvent};
 pub use config::{AdmissionConfig, AuthConfig, AuthMode};
 pub use rate::PaceRefusal;
 
+/// Ended bursts kept for the status page (`/api/v1/bursts`), newest first.
+pub const BURSTS_KEPT: usize = 20;
+
+/// One reconnect burst, for operators. Times are wall clock, ms since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BurstRecord {
+    pub started_ms: u64,
+    /// `None` while it goes on.
+    pub ended_ms: Option<u64>,
+    /// Highest windowed connects/s (so far).
+    pub peak_rate: f64,
+    /// Connects during the burst (so far), counting the window that set it off.
+    pub connects: u64,
+    pub duration_ms: u64,
+}
+
+/// Burst detection as operators see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BurstsView {
+    /// Connects/s over the burst window, now.
+    pub rate: f64,
+    /// The baseline connects/s a burst is measured against.
+    pub baseline: f64,
+    /// Bursts started since this process started.
+    pub total: u64,
+    pub current: Option<BurstRecord>,
+    /// The last [`BURSTS_KEPT`] ended bursts, newest first.
+    pub recent: Vec<BurstRecord>,
+}
+
 /// A refused CONNECT, for the fleet events topic.
 #[derive(Debug, Clone)]
 pub struct Refused {
@@ -130,7 +160,11 @@ pub struct Admission {
     pacer: rate::Pacer,
     refused: Option<mpsc::Sender<Refused>>,
     burst: Mutex<BurstDetector>,
+    /// Ended bursts, newest first, at most [`BURSTS_KEPT`].
+    burst_log: Mutex<std::collections::VecDeque<BurstRecord>>,
     epoch: Instant,
+    /// Wall clock (ms) at `epoch`: turns detector times into timestamps.
+    epoch_wall_ms: u64,
     max_connections: usize,
     counters: Counters,
 }
@@ -209,7 +243,11 @@ impl Admission {
                 adm.burst_factor,
                 adm.burst_min_rate,
             )),
+            burst_log: Mutex::new(std::collections::VecDeque::with_capacity(BURSTS_KEPT)),
             epoch: Instant::now(),
+            epoch_wall_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             max_connections: adm.max_connections,
             counters: Counters::default(),
         })
@@ -337,6 +375,40 @@ impl Admission {
         }
     }
 
+    /// Burst detection now: rate, baseline, the current burst and the last ended ones.
+    #[must_use]
+    pub fn bursts(&self) -> BurstsView {
+        let now = self.now_ms();
+        let (rate, baseline, current) = {
+            let d = self
+                .burst
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (d.rate(now), d.baseline(), d.current())
+        };
+        let current = current.map(|(started, peak_rate, connects)| BurstRecord {
+            started_ms: self.epoch_wall_ms + started,
+            ended_ms: None,
+            peak_rate,
+            connects,
+            duration_ms: now.saturating_sub(started),
+        });
+        let recent = self
+            .burst_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        BurstsView {
+            rate,
+            baseline,
+            total: self.counters.bursts.load(Ordering::Relaxed),
+            current,
+            recent,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -344,13 +416,13 @@ impl Admission {
     /// Evaluates burst detection now: gauges, and the start/end log lines.
     pub fn tick_burst(&self) {
         let now = self.now_ms();
-        let (event, rate, active) = {
+        let (event, rate, active, current) = {
             let mut d = self
                 .burst
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let ev = d.tick(now);
-            (ev, d.rate(now), d.active())
+            (ev, d.rate(now), d.active(), d.current())
         };
         gauge!("breakwater_gateway_connect_rate_per_second").set(rate);
         gauge!("breakwater_gateway_reconnect_burst_active").set(if active { 1.0 } else { 0.0 });
@@ -358,18 +430,36 @@ impl Admission {
             Some(BurstEvent::Started { rate, baseline, .. }) => {
                 self.counters.bursts.fetch_add(1, Ordering::Relaxed);
                 counter!("breakwater_gateway_reconnect_bursts_total").increment(1);
+                let connects = current.map_or(0, |c| c.2);
                 warn!(
                     rate = format_args!("{rate:.0}"),
+                    peak_rate = format_args!("{rate:.0}"),
+                    connects,
                     baseline = format_args!("{baseline:.1}"),
                     "reconnect burst started: connects/s far above baseline"
                 );
             }
             Some(BurstEvent::Ended {
+                at_ms,
                 peak_rate,
                 connects,
                 duration_ms,
-                ..
             }) => {
+                let mut log = self
+                    .burst_log
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if log.len() >= BURSTS_KEPT {
+                    log.pop_back();
+                }
+                log.push_front(BurstRecord {
+                    started_ms: self.epoch_wall_ms + at_ms.saturating_sub(duration_ms),
+                    ended_ms: Some(self.epoch_wall_ms + at_ms),
+                    peak_rate,
+                    connects,
+                    duration_ms,
+                });
+                drop(log);
                 let stats = self.stats();
                 info!(
                     peak_rate = format_args!("{peak_rate:.0}"),

@@ -1,13 +1,14 @@
 //! Checkpoints: the processor state and the consumed offsets in one redb write transaction.
 //!
-//! # Layout (format 1)
+//! # Layout (format 2)
 //! * `devices`: `(partition: i32, device: &str)` → postcard [`DeviceState`].
 //! * `partitions`: `partition: i32` → postcard [`PartitionMeta`] (watermarks, fleet baseline).
 //! * `offsets`: `(topic: &str, partition: i32)` → next offset to consume (`i64`).
 //! * `info`: `"format"` → `"1"`.
 //!
 //! # What is durable when
-//! [`Store::commit`] writes the devices changed since the last commit, the partition metadata
+//! [`Store::commit`] writes the devices changed since the last commit (and deletes the ones
+//! evicted since), the partition metadata
 //! and the offsets in **one** transaction with `Durability::Immediate` (fsync before `commit`
 //! returns). A crash before that leaves the previous checkpoint intact; redb never exposes a
 //! half-written transaction. So state and offsets always describe the same point of the input:
@@ -39,7 +40,8 @@ const DEVICES: TableDefinition<(i32, &str), &[u8]> = TableDefinition::new("devic
 const PARTITIONS: TableDefinition<i32, &[u8]> = TableDefinition::new("partitions");
 const OFFSETS: TableDefinition<(&str, i32), i64> = TableDefinition::new("offsets");
 const INFO: TableDefinition<&str, &str> = TableDefinition::new("info");
-const FORMAT: &str = "1";
+/// 2: device state has `last_seen` instead of the idle `floor` (per-device event time, TTL).
+const FORMAT: &str = "2";
 
 #[derive(Debug, Error)]
 pub enum OpenError {
@@ -264,6 +266,9 @@ impl Store {
             for p in &parts {
                 for device in p.dirty_devices() {
                     let Some(state) = p.devices.get(device) else {
+                        // Evicted since the last checkpoint.
+                        devices.remove((p.id, device.as_str())).map_err(storage)?;
+                        written += 1;
                         continue;
                     };
                     buf.clear();

@@ -32,6 +32,8 @@ pub struct KafkaConfig {
     pub anomalies_topic: String,
     /// `None`: window aggregates are not written.
     pub windows_topic: Option<String>,
+    /// Readings beyond their device's allowed lateness.
+    pub late_topic: String,
     pub group_id: String,
     pub group_instance_id: Option<String>,
     /// `Some`: consume exactly these partitions of both input topics, no consumer group.
@@ -358,6 +360,7 @@ impl Config {
         let sessions_topic = s.string("sessions_topic", "breakwater.sessions");
         let anomalies_topic = s.string("anomalies_topic", "breakwater.anomalies");
         let windows_topic = s.opt_string("windows_topic");
+        let late_topic = s.string("late_topic", "breakwater.late");
         let group_id = s.string("group_id", "breakwater-processor");
         let mut group_instance_id = s.opt_string("group_instance_id");
         let mut assign = match s.raw("assign") {
@@ -396,6 +399,9 @@ impl Config {
         let checkpoint_interval = s.duration("checkpoint_interval", Duration::from_secs(5));
         let checkpoint_records =
             u64::try_from(s.int("checkpoint_records", 100_000, 1, i64::MAX)).unwrap_or(100_000);
+        // Zero: never evict.
+        let device_ttl =
+            ms(s.duration_allow_zero("device_ttl", Duration::from_millis(d.device_ttl), true));
         s.finish();
 
         let mut s = Section::new(&root, "sessions", &mut errors);
@@ -411,7 +417,12 @@ impl Config {
             Duration::from_millis(d.allowed_lateness),
             true,
         ));
-        let idle_timeout = ms(s.duration("idle_timeout", Duration::from_millis(d.idle_timeout)));
+        if s.raw("idle_timeout").is_some() {
+            s.err(
+                "idle_timeout",
+                "removed: event time is per device, a quiet device's backlog is never late; bound state with state.device_ttl",
+            );
+        }
         let max_future_skew =
             ms(s.duration("max_future_skew", Duration::from_millis(d.max_future_skew)));
         let max_metrics_per_device = usize::try_from(s.int(
@@ -521,6 +532,7 @@ impl Config {
                     sessions_topic,
                     anomalies_topic,
                     windows_topic,
+                    late_topic,
                     group_id,
                     group_instance_id,
                     assign,
@@ -539,7 +551,7 @@ impl Config {
                 params: Params {
                     window,
                     allowed_lateness,
-                    idle_timeout,
+                    device_ttl,
                     inactivity_gap,
                     metric,
                     fleet,

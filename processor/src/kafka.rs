@@ -130,7 +130,11 @@ pub async fn ensure_output_topics(cfg: &KafkaConfig) -> Result<(), TopicError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .create()?;
-    let mut names = vec![cfg.sessions_topic.as_str(), cfg.anomalies_topic.as_str()];
+    let mut names = vec![
+        cfg.sessions_topic.as_str(),
+        cfg.anomalies_topic.as_str(),
+        cfg.late_topic.as_str(),
+    ];
     if let Some(w) = &cfg.windows_topic {
         names.push(w);
     }

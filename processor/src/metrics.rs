@@ -149,6 +149,11 @@ const STAT_COUNTERS: &[StatRow] = &[
         "Anomalies emitted.",
         |s| s.anomalies,
     ),
+    (
+        "breakwater_processor_evicted_devices_total",
+        "Devices not seen for state.device_ttl whose state was removed.",
+        |s| s.evicted_devices,
+    ),
 ];
 
 /// Every core counter's name and value.
@@ -252,6 +257,7 @@ mod tests {
             windows_closed: 113,
             sessions_closed: 114,
             anomalies: 115,
+            evicted_devices: 116,
         };
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
@@ -277,6 +283,7 @@ mod tests {
             ("windows_closed_total", 113),
             ("sessions_closed_total", 114),
             ("anomalies_total", 115),
+            ("evicted_devices_total", 116),
         ];
         for (suffix, v) in want {
             let name = format!("breakwater_processor_{suffix}");

@@ -26,6 +26,9 @@ pub enum EndReason {
     Superseded,
     /// No reading for longer than the inactivity gap (event time, closed by the watermark).
     Inactivity,
+    /// The device was not seen for `state.device_ttl` (partition event time) and its state was
+    /// evicted; the session was still open.
+    Expired,
 }
 
 /// `sessions` topic record.
@@ -113,6 +116,29 @@ impl AnomalyRecord {
     }
 }
 
+/// `late` topic record: one reading older than its device's watermark (its own newest event
+/// time minus `windows.allowed_lateness`). It is in no window, session or baseline; it is
+/// written here so that nothing the agent delivered disappears silently.
+///
+/// ```json
+/// {"id":"…","device":"press-01","epoch":7,"seq":301,"metric":"temp","ts":1764115500000,
+///  "value":21.5,"watermark":1764115530000}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateRecord {
+    /// Hash of (device, epoch, seq), like the reading's metric anomaly would be.
+    pub id: String,
+    pub device: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub metric: String,
+    pub ts: u64,
+    /// The reading's value as JSON (number, bool or string).
+    pub value: serde_json::Value,
+    /// The device's watermark when the reading arrived.
+    pub watermark: u64,
+}
+
 /// Key used for fleet-level records.
 pub const FLEET_KEY: &str = "fleet";
 
@@ -122,6 +148,7 @@ pub enum Output {
     Session(SessionRecord),
     Window(WindowRecord),
     Anomaly(AnomalyRecord),
+    Late(LateRecord),
 }
 
 impl Output {
@@ -131,6 +158,7 @@ impl Output {
             Self::Session(s) => &s.id,
             Self::Window(w) => &w.id,
             Self::Anomaly(a) => a.id(),
+            Self::Late(l) => &l.id,
         }
     }
 
@@ -142,6 +170,7 @@ impl Output {
             Self::Window(w) => &w.device,
             Self::Anomaly(AnomalyRecord::Metric { device, .. }) => device,
             Self::Anomaly(AnomalyRecord::ReconnectStorm { .. }) => FLEET_KEY,
+            Self::Late(l) => &l.device,
         }
     }
 
@@ -152,6 +181,7 @@ impl Output {
             Self::Session(s) => serde_json::to_vec(s),
             Self::Window(w) => serde_json::to_vec(w),
             Self::Anomaly(a) => serde_json::to_vec(a),
+            Self::Late(l) => serde_json::to_vec(l),
         };
         // Plain structs of strings and numbers; NaN/inf are never produced (see window.rs).
         r.unwrap_or_default()

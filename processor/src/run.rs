@@ -58,6 +58,8 @@ use crate::metrics as m;
 use crate::output::Output;
 use crate::state::{Partition, Stats};
 
+const LATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// What a run did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
@@ -94,6 +96,9 @@ struct Worker {
     /// Set when a send failed synchronously: an output was lost from the producer's view, so no
     /// checkpoint may ever cover its input (see [`Worker::produce_outputs`]).
     send_failed: Option<String>,
+    /// Late readings already logged, and when (rate limit).
+    late_logged: u64,
+    late_log_at: Option<Instant>,
     summary: Summary,
     limits: Limits,
     progress: Arc<Progress>,
@@ -263,6 +268,7 @@ impl Worker {
             let topic = match o {
                 Output::Session(_) => self.cfg.kafka.sessions_topic.as_str(),
                 Output::Anomaly(_) => self.cfg.kafka.anomalies_topic.as_str(),
+                Output::Late(_) => self.cfg.kafka.late_topic.as_str(),
                 Output::Window(_) => match &self.cfg.kafka.windows_topic {
                     Some(t) => t.as_str(),
                     None => {
@@ -376,6 +382,22 @@ impl Worker {
     }
 
     fn report(&mut self) {
+        // Late readings: logged at most every 10 s, with how many since the last line.
+        let late = self.stats.late_readings - self.late_logged;
+        if late > 0
+            && self
+                .late_log_at
+                .is_none_or(|t| t.elapsed() >= LATE_LOG_EVERY)
+        {
+            tracing::warn!(
+                readings = late,
+                total = self.stats.late_readings,
+                topic = %self.cfg.kafka.late_topic,
+                "readings older than their device's watermark (beyond windows.allowed_lateness) written to the late topic, not aggregated"
+            );
+            self.late_logged = self.stats.late_readings;
+            self.late_log_at = Some(Instant::now());
+        }
         m::report_stats(&self.stats, &self.reported);
         self.reported = self.stats;
         gauge!(m::DEVICES).set(self.device_count() as f64);
@@ -505,6 +527,8 @@ pub fn run_blocking(
         last_checkpoint: Instant::now(),
         fatal: None,
         send_failed: None,
+        late_logged: 0,
+        late_log_at: None,
         summary: Summary::default(),
         limits: Limits::DEFAULT,
         progress,
@@ -738,6 +762,8 @@ mod tests {
             last_checkpoint: Instant::now(),
             fatal: None,
             send_failed: None,
+            late_logged: 0,
+            late_log_at: None,
             summary: Summary::default(),
             limits: Limits::DEFAULT,
             progress: Arc::default(),

@@ -7,7 +7,7 @@
 //!   is not fixed: readings racing a birth or death can fall on either side of the boundary, and
 //!   a replay may count them differently. Id, start, end and reason do not depend on it.
 //! * Activity: a run of readings (event time) without a gap longer than `gap`. Closed when the
-//!   partition watermark passes `last + gap`: every later reading is at or after the watermark
+//!   device's watermark passes `last + gap`: every later reading is at or after the watermark
 //!   and so would start a new session anyway, which makes a closed activity session final and
 //!   its content independent of when the close is noticed.
 
@@ -196,6 +196,11 @@ impl Activity {
         for r in self.runs.drain(..n) {
             f(&r);
         }
+    }
+
+    /// Removes and returns every open run (the device is being evicted).
+    pub fn take_all(&mut self) -> Vec<ActiveRun> {
+        std::mem::take(&mut self.runs)
     }
 
     #[must_use]

@@ -8,23 +8,27 @@
 //!
 //! # Order of work for one batch
 //! 1. Dedupe by `(device, epoch, seq)` ([`crate::dedupe`]); repeats are counted and skipped.
-//! 2. For each new reading, the late test: `ts < watermark`. Watermarks are **per device**:
-//!    `max(device's newest event time - allowed_lateness, idle floor)`. Per device, because
-//!    agents store and forward: a device back from an hour offline sends an hour of backlog,
-//!    which a partition-wide watermark would drop wholesale. The idle floor is the partition's
-//!    newest event time minus `allowed_lateness + idle_timeout`: it closes the windows and
-//!    sessions of devices that went quiet, and bounds how far behind the partition a device's
-//!    data may arrive. Late readings are counted and dropped (from sessions, windows and the
-//!    baseline alike).
+//! 2. For each new reading, the late test: `ts < watermark`. Watermarks are **per device and
+//!    nothing else**: the device's own newest event time minus `allowed_lateness`. Nothing the
+//!    rest of the partition does moves it, because agents store and forward: a device back from
+//!    two hours offline sends two hours of backlog, in its own order, and it is processed in its
+//!    own event time however far behind the fleet it is. A late reading (really older than the
+//!    device's own lateness allows) is counted and written to the `late` output; it is in no
+//!    session, window or baseline.
 //! 3. Activity session ([`crate::session`]), connectivity session reading count.
 //! 4. Numeric readings (`i64`, `f64`): the (device, metric) window ([`crate::window`]) and the
 //!    anomaly test against the baseline ([`crate::anomaly`]). `bool` and string readings count in
 //!    sessions only.
 //! 5. After the batch, the device's windows and activity sessions that its watermark closed are
-//!    emitted. When the partition's idle floor has advanced by `scan_interval` since the last
-//!    scan, every device's floor is raised to it and what that closes is emitted. Scans are
-//!    triggered by event time in the stream, never by the wall clock, so a replay scans at the
-//!    same points.
+//!    emitted. A device that goes quiet keeps its last window and session open (its backlog may
+//!    still arrive) until it sends again or is evicted.
+//! 6. Eviction (bounded state): when the partition's eviction clock ([`Partition::now`], the
+//!    older of the two input topics' event times) has advanced by [`Params::scan_interval`] since the last scan, every device not seen for
+//!    `device_ttl` of partition event time is evicted: its open windows are emitted, its open
+//!    sessions closed with `end_reason = "expired"`, its state removed (the next checkpoint
+//!    deletes it). Scans are triggered by event time in the stream, never by the wall clock, so
+//!    a replay evicts at the same points. A scan changes (and marks for the checkpoint) only
+//!    the devices it evicts.
 //!
 //! Given the same state and the same sequence of records of one topic-partition, the outputs
 //! derived from it are the same records with the same ids. (The one exception is the
@@ -39,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::{self, ConnectWindows, Ewma, FleetParams, MetricParams};
 use crate::dedupe::{Admit, Dedupe};
 use crate::ids::IdHasher;
-use crate::output::{AnomalyRecord, EndReason, Output, WindowRecord};
+use crate::output::{AnomalyRecord, EndReason, LateRecord, Output, WindowRecord};
 use crate::session::{self, Activity, ConnChange, Connectivity};
 use crate::window::MetricWindows;
 
@@ -48,9 +52,8 @@ use crate::window::MetricWindows;
 pub struct Params {
     pub window: u64,
     pub allowed_lateness: u64,
-    /// How far behind its partition's newest event time a device may fall before its windows
-    /// and sessions are closed anyway (and its older data counts as late).
-    pub idle_timeout: u64,
+    /// A device not seen for this long (partition event time) is evicted; `0`: never.
+    pub device_ttl: u64,
     pub inactivity_gap: u64,
     pub metric: MetricParams,
     pub fleet: FleetParams,
@@ -64,10 +67,11 @@ pub struct Params {
 }
 
 impl Params {
-    /// Event time between two scans for closed windows and idle sessions.
+    /// Partition event time between two eviction scans: a device is evicted at most this long
+    /// after its TTL ran out.
     #[must_use]
     pub fn scan_interval(&self) -> u64 {
-        (self.window.min(self.inactivity_gap) / 4).max(1)
+        (self.device_ttl / 64).max(1)
     }
 }
 
@@ -76,7 +80,7 @@ impl Default for Params {
         Self {
             window: 60_000,
             allowed_lateness: 30_000,
-            idle_timeout: 600_000,
+            device_ttl: 7 * 24 * 3_600_000,
             inactivity_gap: 300_000,
             metric: MetricParams {
                 alpha: 0.05,
@@ -116,6 +120,7 @@ pub struct Stats {
     pub windows_closed: u64,
     pub sessions_closed: u64,
     pub anomalies: u64,
+    pub evicted_devices: u64,
 }
 
 /// Window and baseline of one (device, metric).
@@ -135,8 +140,8 @@ pub struct DeviceState {
     pub metrics: Vec<MetricState>,
     /// Newest reading timestamp admitted.
     pub max_ts: u64,
-    /// Idle floor: readings older than this are late (raised by partition scans).
-    pub floor: u64,
+    /// Newest event time the device was seen at (reading or fleet event): eviction clock.
+    pub last_seen: u64,
     /// Changed since the last checkpoint.
     #[serde(skip)]
     dirty: bool,
@@ -147,7 +152,7 @@ pub struct DeviceState {
 pub struct PartitionMeta {
     /// Newest reading timestamp admitted in the partition.
     pub max_ts: u64,
-    /// Scan (raise every device's floor) once the idle floor reaches this.
+    /// Eviction scan once the partition's event time ([`Partition::now`]) reaches this.
     pub next_scan: u64,
     /// Highest fleet-event gateway timestamp seen.
     pub events_max_ts: u64,
@@ -163,6 +168,7 @@ pub struct Partition {
     /// Next offsets to consume, `None` when nothing was consumed or checkpointed yet.
     pub telemetry_next: Option<i64>,
     pub events_next: Option<i64>,
+    /// Devices changed (or evicted: no longer in `devices`) since the last checkpoint.
     dirty: Vec<String>,
 }
 
@@ -200,14 +206,34 @@ impl DeviceState {
     #[inline]
     #[must_use]
     pub fn watermark(&self, p: &Params) -> u64 {
-        self.max_ts
-            .saturating_sub(p.allowed_lateness)
-            .max(self.floor)
+        self.max_ts.saturating_sub(p.allowed_lateness)
+    }
+
+    fn seen(&mut self, ts: u64) {
+        if ts > self.last_seen {
+            self.last_seen = ts;
+        }
     }
 }
 
 /// Emits the windows and activity sessions of one device that watermark `wm` closed.
 fn close_device(
+    device: &str,
+    d: &mut DeviceState,
+    wm: u64,
+    p: &Params,
+    st: &mut Stats,
+    out: &mut Vec<Output>,
+) {
+    close_windows(device, d, wm, p, st, out);
+    d.activity.close(wm, p.inactivity_gap, |r| {
+        st.sessions_closed += 1;
+        out.push(Output::Session(r.record(device)));
+    });
+}
+
+/// Emits the windows of one device that end at or before `wm`.
+fn close_windows(
     device: &str,
     d: &mut DeviceState,
     wm: u64,
@@ -238,10 +264,43 @@ fn close_device(
             }
         });
     }
-    d.activity.close(wm, p.inactivity_gap, |r| {
+}
+
+/// Emits everything a device being evicted still holds open: every window, every activity
+/// session and the connectivity session (`expired`, ending when the device was last seen).
+fn expire_device(
+    device: &str,
+    d: &mut DeviceState,
+    p: &Params,
+    st: &mut Stats,
+    out: &mut Vec<Output>,
+) {
+    close_windows(device, d, u64::MAX, p, st, out);
+    for r in d.activity.take_all() {
         st.sessions_closed += 1;
-        out.push(Output::Session(r.record(device)));
-    });
+        let mut rec = r.record(device);
+        rec.end_reason = EndReason::Expired;
+        out.push(Output::Session(rec));
+    }
+    if let Some(c) = d.conn.take() {
+        st.sessions_closed += 1;
+        out.push(Output::Session(c.record(
+            device,
+            d.last_seen,
+            EndReason::Expired,
+        )));
+    }
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::I64(i) => (*i).into(),
+        Value::F64(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Bool(b) => (*b).into(),
+        Value::Str(s) => s.as_str().into(),
+    }
 }
 
 impl Partition {
@@ -272,12 +331,16 @@ impl Partition {
         }
     }
 
-    /// The partition's idle floor: no device's watermark is below it.
+    /// The partition's eviction clock: the **older** of its two input topics' event times
+    /// (newest admitted reading; newest fleet event, gateway clock); 0 until both were seen.
+    /// Telemetry and events are consumed independently, and either may run far ahead of the
+    /// other (a backlog, a restart); taking the older one means a device is not evicted while
+    /// records about it may still be unread in the other topic, so eviction does not depend on
+    /// how the two topics interleave. A partition that never gets a fleet event never evicts
+    /// (the gateway writes a birth for every connection).
     #[must_use]
-    pub fn idle_floor(&self, p: &Params) -> u64 {
-        self.meta
-            .max_ts
-            .saturating_sub(p.allowed_lateness.saturating_add(p.idle_timeout))
+    pub fn now(&self) -> u64 {
+        self.meta.max_ts.min(self.meta.events_max_ts)
     }
 
     /// True if every reading of `epoch`, `first..=last` of `device` was admitted before: the
@@ -297,7 +360,7 @@ impl Partition {
     /// Processes one telemetry batch. `record_ts` is the Kafka record's timestamp (the gateway's
     /// clock when it produced the batch): a reading more than `max_future_skew` after it comes
     /// from a device clock in the future and is counted and dropped, so one bad clock cannot
-    /// drag its partition's idle floor forward and make everyone else's data late. The record
+    /// make its own later data late or drag the partition's eviction clock forward. The record
     /// timestamp is stored in the log, so a replay applies the same bound.
     pub fn on_batch_at(
         &mut self,
@@ -330,14 +393,6 @@ impl Partition {
                 skip
             }
         };
-        let idle_floor = self
-            .meta
-            .max_ts
-            .saturating_sub(p.allowed_lateness.saturating_add(p.idle_timeout));
-        if d.floor < idle_floor {
-            // A device new to (or idle in) this partition starts at the idle floor.
-            d.floor = idle_floor;
-        }
         let meta = &mut self.meta;
         for (seq, r) in batch.iter_seq().skip(skip) {
             st.readings += 1;
@@ -346,8 +401,23 @@ impl Partition {
                 st.future_readings += 1;
                 continue;
             }
-            if ts < d.watermark(p) {
+            let wm = d.watermark(p);
+            if ts < wm {
                 st.late_readings += 1;
+                out.push(Output::Late(LateRecord {
+                    id: IdHasher::new("late")
+                        .str(device)
+                        .u64(batch.epoch)
+                        .u64(seq)
+                        .finish(),
+                    device: device.to_owned(),
+                    epoch: batch.epoch,
+                    seq,
+                    metric: r.metric.to_string(),
+                    ts,
+                    value: json_value(&r.value),
+                    watermark: wm,
+                }));
                 continue;
             }
             if ts > d.max_ts {
@@ -404,33 +474,52 @@ impl Partition {
                 }));
             }
         }
+        d.seen(d.max_ts);
         let wm = d.watermark(p);
         close_device(device, d, wm, p, st, out);
-        if self.idle_floor(p) >= self.meta.next_scan {
+        self.maybe_scan(p, st, out);
+    }
+
+    fn maybe_scan(&mut self, p: &Params, st: &mut Stats, out: &mut Vec<Output>) {
+        if p.device_ttl > 0 && self.now() >= self.meta.next_scan {
             self.scan(p, st, out);
         }
     }
 
-    /// Raises every device's floor to the partition's idle floor and emits what that closes.
+    /// Evicts every device not seen for `device_ttl` of partition event time: emits its open
+    /// windows, closes its open sessions with [`EndReason::Expired`], removes its state. Only
+    /// evicted devices are marked for the next checkpoint (which deletes them).
     pub fn scan(&mut self, p: &Params, st: &mut Stats, out: &mut Vec<Output>) {
-        let floor = self.idle_floor(p);
-        for (device, d) in &mut self.devices {
-            if d.floor >= floor {
+        let now = self.now();
+        let cutoff = now.saturating_sub(p.device_ttl);
+        let mut expired: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.last_seen < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Deterministic output order, whatever the hash map's.
+        expired.sort_unstable();
+        for device in expired {
+            let Some(mut d) = self.devices.remove(&device) else {
                 continue;
-            }
-            d.floor = floor;
-            let wm = d.watermark(p);
-            close_device(device, d, wm, p, st, out);
+            };
+            expire_device(&device, &mut d, p, st, out);
+            st.evicted_devices += 1;
             if !d.dirty {
-                d.dirty = true;
-                self.dirty.push(device.clone());
+                self.dirty.push(device);
             }
         }
-        self.meta.next_scan = floor.saturating_add(p.scan_interval());
+        self.meta.next_scan = now.saturating_add(p.scan_interval());
     }
 
     /// Processes one fleet event.
     pub fn on_event(&mut self, ev: &FleetEvent, p: &Params, st: &mut Stats, out: &mut Vec<Output>) {
+        self.apply_event(ev, p, st, out);
+        self.maybe_scan(p, st, out);
+    }
+
+    fn apply_event(&mut self, ev: &FleetEvent, p: &Params, st: &mut Stats, out: &mut Vec<Output>) {
         st.events += 1;
         let fwm = self.meta.events_max_ts.saturating_sub(p.allowed_lateness);
         if matches!(ev.kind, FleetEventKind::Birth | FleetEventKind::Refused) {
@@ -467,16 +556,19 @@ impl Partition {
             FleetEventKind::Refused => return,
             FleetEventKind::Birth => {
                 let d = device_mut(&mut self.devices, &mut self.dirty, device);
+                d.seen(ev.gateway_ts);
                 session::birth(&mut d.conn, device, ev.epoch, ev.ts)
             }
             // The device clock's death time; a last-will carries the time the connection was
             // made, so its end is the gateway's time of seeing it.
             FleetEventKind::Death => {
                 let d = device_mut(&mut self.devices, &mut self.dirty, device);
+                d.seen(ev.gateway_ts);
                 session::end(&mut d.conn, device, ev.ts, EndReason::Death)
             }
             FleetEventKind::Lost => {
                 let d = device_mut(&mut self.devices, &mut self.dirty, device);
+                d.seen(ev.gateway_ts);
                 session::end(&mut d.conn, device, ev.gateway_ts, EndReason::Lost)
             }
         };
@@ -523,7 +615,7 @@ mod tests {
         Params {
             window: 1_000,
             allowed_lateness: 500,
-            idle_timeout: 5_000,
+            device_ttl: 5_000,
             inactivity_gap: 2_000,
             ..Params::default()
         }
@@ -588,8 +680,14 @@ mod tests {
         );
         assert_eq!(st.readings, 4);
         assert_eq!(st.duplicate_readings, 4);
-        // Close everything with a far-future reading of another device.
+        // Close everything: both input topics move far past the TTL, d is evicted.
         part.on_batch(&batch("z", 1, 1, &[(100_000, 0.0)]), &p, &mut st, &mut out);
+        part.on_event(
+            &ev("z", FleetEventKind::Refused, 100_000),
+            &p,
+            &mut st,
+            &mut out,
+        );
         let w = windows(&out);
         assert_eq!(w.len(), 1);
         assert_eq!((w[0].count, w[0].min, w[0].max), (4, 1.0, 4.0));
@@ -625,30 +723,203 @@ mod tests {
     }
 
     #[test]
-    fn watermarks_are_per_device_with_an_idle_floor() {
-        let p = params(); // lateness 500, idle timeout 5_000
+    fn watermarks_are_per_device_only() {
+        let p = Params {
+            device_ttl: 0,
+            ..params()
+        };
         let mut part = Partition::new(0);
         let mut st = Stats::default();
         let mut out = Vec::new();
         part.on_batch(&batch("a", 1, 1, &[(10_000, 1.0)]), &p, &mut st, &mut out);
-        // b's backlog is 4 s behind a: not late (a partition-wide watermark would drop it).
+        // b and c are far behind a: neither is late, whatever a does.
         part.on_batch(&batch("b", 1, 1, &[(6_000, 2.0)]), &p, &mut st, &mut out);
-        assert_eq!(st.late_readings, 0);
-        // c is more than lateness + idle timeout behind the partition: late.
+        part.on_batch(&batch("a", 1, 2, &[(900_000, 1.0)]), &p, &mut st, &mut out);
         part.on_batch(&batch("c", 1, 1, &[(4_000, 3.0)]), &p, &mut st, &mut out);
-        assert_eq!(st.late_readings, 1);
-        assert!(windows(&out).is_empty());
-        // a moves on; the idle floor (20_000 - 5_500) closes b's window.
-        part.on_batch(&batch("a", 1, 2, &[(20_000, 1.0)]), &p, &mut st, &mut out);
+        part.on_batch(&batch("b", 1, 2, &[(6_500, 2.0)]), &p, &mut st, &mut out);
+        assert_eq!(st.late_readings, 0);
+        // Only a's own time closed a's window; b's stays open until b moves on.
+        let w = windows(&out);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!((w[0].device.as_str(), w[0].start), ("a", 10_000));
+        part.on_batch(&batch("b", 1, 3, &[(8_000, 2.0)]), &p, &mut st, &mut out);
         let w = windows(&out);
         assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(
+            (w[1].device.as_str(), w[1].start, w[1].count),
+            ("b", 6_000, 2)
+        );
+        // b's own lateness still applies to b.
+        part.on_batch(&batch("b", 1, 4, &[(7_400, 2.0)]), &p, &mut st, &mut out);
+        assert_eq!(st.late_readings, 1);
+    }
+
+    /// The measurement as a test: a device offline for two hours of event time while
+    /// another keeps sending, then its backlog arrives. Every one-minute window and its
+    /// activity session come out whole; nothing is late.
+    #[test]
+    fn a_two_hour_backlog_is_processed_in_its_own_event_time() {
+        let p = Params::default(); // 1 min windows, 30 s lateness, 5 min gap, 7 d TTL
+        let t = 1_700_000_040_000; // a window boundary
+        let mut part = Partition::new(0);
+        let mut st = Stats::default();
+        let mut out = Vec::new();
+        let second = 1_000;
+        let hour = 3_600 * second;
+        // One reading a second, ten per batch; seq = 1 + seconds since t.
+        let ten = |dev: &str, s0: u64| {
+            let rs: Vec<(u64, f64)> = (0..10).map(|i| (t + (s0 + i) * second, 20.0)).collect();
+            batch(dev, 1, s0 + 1, &rs)
+        };
+        let mut a_next = 0;
+        let mut b_next = 0;
+        // Hour one: both live.
+        while a_next < 3_600 {
+            part.on_batch(&ten("a", a_next), &p, &mut st, &mut out);
+            part.on_batch(&ten("b", b_next), &p, &mut st, &mut out);
+            a_next += 10;
+            b_next += 10;
+        }
+        // Hours two and three: b is offline (its agent buffers), a sends.
+        while a_next < 3 * 3_600 {
+            part.on_batch(&ten("a", a_next), &p, &mut st, &mut out);
+            a_next += 10;
+        }
+        // b is back: its backlog drains, five batches for every live one of a.
+        while b_next < 3 * 3_600 {
+            for _ in 0..5 {
+                if b_next < 3 * 3_600 {
+                    part.on_batch(&ten("b", b_next), &p, &mut st, &mut out);
+                    b_next += 10;
+                }
+            }
+            part.on_batch(&ten("a", a_next), &p, &mut st, &mut out);
+            a_next += 10;
+        }
+        // b goes quiet for longer than the gap, then one more reading closes what it had open.
+        part.on_batch(
+            &batch(
+                "b",
+                1,
+                b_next + 1,
+                &[(t + 3 * hour + 10 * 60 * second, 1.0)],
+            ),
+            &p,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(st.late_readings, 0);
+        let bw: Vec<&WindowRecord> = windows(&out)
+            .into_iter()
+            .filter(|w| w.device == "b")
+            .collect();
+        assert_eq!(bw.len(), 180, "one window per minute of three hours");
+        for (i, w) in bw.iter().enumerate() {
+            assert_eq!(
+                (w.start, w.count),
+                (t + i as u64 * 60 * second, 60),
+                "{w:?}"
+            );
+        }
+        let bs: Vec<&SessionRecord> = sessions(&out)
+            .into_iter()
+            .filter(|s| s.device == "b")
+            .collect();
+        assert_eq!(bs.len(), 1, "{bs:?}");
+        assert_eq!(
+            (bs[0].start, bs[0].end, bs[0].readings, bs[0].end_reason),
+            (t, t + 3 * hour - second, 3 * 3_600, EndReason::Inactivity)
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::Late(_))));
+    }
+
+    #[test]
+    fn a_reading_beyond_the_lateness_goes_to_the_late_output() {
+        let p = params();
+        let mut part = Partition::new(0);
+        let mut st = Stats::default();
+        let mut out = Vec::new();
+        part.on_batch(&batch("d", 4, 1, &[(10_000, 1.0)]), &p, &mut st, &mut out);
+        part.on_batch(&batch("d", 4, 2, &[(9_400, 7.5)]), &p, &mut st, &mut out);
+        assert_eq!(st.late_readings, 1);
+        let late: Vec<&LateRecord> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Late(l) => Some(l),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(late.len(), 1);
+        let l = late[0];
+        assert_eq!(
+            (l.device.as_str(), l.epoch, l.seq, l.ts, l.watermark),
+            ("d", 4, 2, 9_400, 9_500)
+        );
+        assert_eq!(l.value, serde_json::json!(7.5));
+        assert_eq!(l.id, IdHasher::new("late").str("d").u64(4).u64(2).finish());
+        // It is in no window: d's first window holds the one timely reading only.
+        part.on_batch(&batch("d", 4, 3, &[(20_000, 1.0)]), &p, &mut st, &mut out);
+        let w = windows(&out);
+        assert_eq!((w[0].start, w[0].count, w[0].max), (10_000, 1, 1.0));
+    }
+
+    #[test]
+    fn devices_not_seen_for_the_ttl_are_evicted_with_expired_sessions() {
+        let p = params(); // TTL 5_000, scans every 78 ms of partition event time
+        let mut part = Partition::new(0);
+        let mut st = Stats::default();
+        let mut out = Vec::new();
+        part.on_event(
+            &ev("old", FleetEventKind::Birth, 1_000),
+            &p,
+            &mut st,
+            &mut out,
+        );
+        part.on_batch(
+            &batch("old", 1, 1, &[(1_100, 1.0), (1_200, 3.0)]),
+            &p,
+            &mut st,
+            &mut out,
+        );
+        part.on_batch(&batch("live", 1, 1, &[(5_000, 1.0)]), &p, &mut st, &mut out);
+        part.clear_dirty();
+        assert!(out.is_empty(), "{out:?}");
+        // Telemetry time reaches 6_300, but the events topic is still at 1_000: nothing is
+        // evicted while the other topic may hold unread records about the device.
+        part.on_batch(&batch("live", 1, 2, &[(6_300, 1.0)]), &p, &mut st, &mut out);
+        assert!(part.devices.contains_key("old"));
+        assert!(out.is_empty(), "{out:?}");
+        // Both topics at 6_300: "old" (last seen 1_200) is past the TTL, "live" is not.
+        part.on_event(
+            &ev("gw", FleetEventKind::Refused, 6_300),
+            &p,
+            &mut st,
+            &mut out,
+        );
+        assert!(!part.devices.contains_key("old"));
+        assert!(part.devices.contains_key("live"));
+        assert_eq!(st.evicted_devices, 1);
+        let w = windows(&out);
+        assert_eq!(w.len(), 1, "{w:?}"); // live's [5000, 6000) waits for live's own watermark
         assert!(w
             .iter()
-            .any(|w| w.device == "b" && w.start == 6_000 && w.count == 1));
-        assert!(w.iter().any(|w| w.device == "a" && w.start == 10_000));
-        // b's late data below the floor is dropped now.
-        part.on_batch(&batch("b", 1, 2, &[(6_500, 2.0)]), &p, &mut st, &mut out);
-        assert_eq!(st.late_readings, 2);
+            .any(|w| w.device == "old" && w.start == 1_000 && w.count == 2));
+        let s = sessions(&out);
+        let old: Vec<_> = s.iter().filter(|s| s.device == "old").collect();
+        assert_eq!(old.len(), 2, "{s:?}");
+        assert!(old.iter().all(|s| s.end_reason == EndReason::Expired));
+        assert!(old.iter().any(|s| s.kind == SessionKind::Activity
+            && (s.start, s.end, s.readings) == (1_100, 1_200, 2)));
+        assert!(old
+            .iter()
+            .any(|s| s.kind == SessionKind::Connectivity && (s.start, s.end) == (1_000, 1_200)));
+        // The checkpoint sees only what changed: the evicted device and the one that sent.
+        let mut dirty = part.dirty_devices().to_vec();
+        dirty.sort();
+        assert_eq!(dirty, ["live", "old"]);
+        // A device back after eviction starts afresh, its data not late.
+        part.on_batch(&batch("old", 1, 3, &[(6_200, 1.0)]), &p, &mut st, &mut out);
+        assert_eq!(st.late_readings, 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! # Invariants
 //! * A window `[start, start + size)` is aligned to multiples of `size` (ms since the Unix
 //!   epoch), so every (device, metric) of a partition shares boundaries.
-//! * The partition's watermark is `max event time seen - allowed_lateness` (see `state.rs`).
+//! * The device's watermark is its own `max event time seen - allowed_lateness` (see `state.rs`).
 //!   A reading older than the watermark is late beyond the allowed lateness: it is counted and
 //!   dropped before it reaches a window. A window closes once `end <= watermark`; since no later
 //!   reading can be older than the watermark, a closed window is final and is emitted once.

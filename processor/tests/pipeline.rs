@@ -66,19 +66,6 @@ fn name_in(prefix: &str, p: i32, skip: usize) -> String {
 }
 
 /// One far-future reading per partition: moves every watermark past everything before it.
-fn sentinels(ts: u64) -> Vec<In> {
-    (0..common::PARTITIONS)
-        .map(|p| {
-            batch(
-                &name_in("clock", p, 0),
-                1,
-                1,
-                vec![Reading::new("tick", 0i64, ts)],
-            )
-        })
-        .collect()
-}
-
 fn readings(metric: &str, from: u64, to: u64, step: u64, f: impl Fn(u64) -> f64) -> Vec<Reading> {
     (from..=to)
         .step_by(usize::try_from(step).unwrap())
@@ -115,7 +102,7 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
         &bootstrap,
         &t,
         &dir.path().join("s.redb"),
-        "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\nallowed_lateness = \"1s\"\nidle_timeout = \"10s\"\n",
+        "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\nallowed_lateness = \"1s\"\n",
     );
     let producer = breakwater_testkit::kafka::producer(&bootstrap);
     let (cancel, h, progress) = start_observed(&text);
@@ -173,7 +160,7 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
         &readings("temp", T + 20_000, T + 21_000, 100, |_| 1.0),
         4,
     );
-    tail.extend(sentinels(T + 100_000));
+    tail.extend(common::clocks(T + 100_000));
     common::produce(&producer, &t, &tail).await;
 
     let got = common::read_json(&bootstrap, &t.sessions, 7, Duration::from_secs(30)).await;
@@ -218,6 +205,7 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
             40,
             "inactivity"
         ]),
+        // Still open when the clocks moved partition time past device_ttl (60 s).
         json!([
             "alpha",
             "activity",
@@ -225,7 +213,7 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
             T + 21_000,
             1_000,
             11,
-            "inactivity"
+            "expired"
         ]),
         json!([
             "bravo",
@@ -234,7 +222,7 @@ async fn sessions_from_scripted_births_readings_and_deaths() {
             T + 2_500,
             1_900,
             20,
-            "inactivity"
+            "expired"
         ]),
     ];
     want.sort_by_key(ToString::to_string);
@@ -260,7 +248,7 @@ async fn a_spike_and_a_reconnect_storm_are_flagged_and_steady_data_is_not() {
         &bootstrap,
         &t,
         &dir.path().join("s.redb"),
-        "[anomaly]\nwarmup = 30\nz_threshold = 4.0\n[fleet]\nwindow = \"1s\"\nwarmup = 6\nz_threshold = 6.0\nmin_connects = 20\n[windows]\nallowed_lateness = \"1s\"\nidle_timeout = \"60s\"\n",
+        "[anomaly]\nwarmup = 30\nz_threshold = 4.0\n[fleet]\nwindow = \"1s\"\nwarmup = 6\nz_threshold = 6.0\nmin_connects = 20\n[windows]\nallowed_lateness = \"1s\"\n",
     );
     let producer = breakwater_testkit::kafka::producer(&bootstrap);
     let mut input = Vec::new();
@@ -345,7 +333,7 @@ async fn late_and_out_of_order_readings_within_and_beyond_the_allowed_lateness()
         &bootstrap,
         &t,
         &dir.path().join("s.redb"),
-        "[windows]\nsize = \"10s\"\nallowed_lateness = \"2s\"\nidle_timeout = \"10s\"\n",
+        "[windows]\nsize = \"10s\"\nallowed_lateness = \"2s\"\n",
     );
     let b = T - T % 10_000; // window-aligned
     let r = |off: u64| Reading::new("temp", off as f64 / 1_000.0, b + off);
@@ -385,6 +373,21 @@ async fn late_and_out_of_order_readings_within_and_beyond_the_allowed_lateness()
         "{got:#?}"
     );
     assert_eq!(summary.stats.late_readings, 2);
+    // Nothing disappears silently: both are in the late topic, with the watermark they missed.
+    let late = common::read_json(&bootstrap, &t.late, 2, Duration::from_secs(30)).await;
+    let mut l: Vec<Value> = late
+        .iter()
+        .map(|l| json!([l["device"], l["seq"], l["ts"], l["watermark"]]))
+        .collect();
+    l.sort_by_key(ToString::to_string);
+    assert_eq!(
+        l,
+        vec![
+            json!(["late", 6, b + 9_500, b + 10_000]),
+            json!(["late", 7, b + 6_000, b + 10_000]),
+        ],
+        "{late:#?}"
+    );
     assert_eq!(summary.stats.future_readings, 1);
     assert_eq!(summary.stats.readings, 10);
 }
@@ -409,4 +412,92 @@ async fn refuses_input_topics_that_are_not_co_partitioned() {
     let (_cancel, h) = start(&text);
     let err = h.await.unwrap().unwrap_err();
     assert!(format!("{err:#}").contains("partition 5"), "{err:#}");
+}
+
+/// The store-and-forward case the agent exists for: one device offline for two hours of event
+/// time while another in the same partition keeps sending, then its backlog arrives. Its
+/// one-minute windows and its activity session over those hours come out whole, nothing of it
+/// is late. (Before per-device event time, the partition's idle floor made it 9 of 119 windows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_hour_backlog_is_counted_in_its_own_event_time() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let t = common::topics(&bootstrap).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Defaults: 1 min windows, 30 s lateness, 5 min inactivity gap; the TTL only for the end.
+    let text = common::config_text(&bootstrap, &t, &dir.path().join("s.redb"), "")
+        .replace("device_ttl = \"60s\"", "device_ttl = \"30m\"");
+    let start = T - T % 60_000 + 60_000; // a window boundary
+    let minute = 60_000;
+    let live = name_in("live", 0, 0);
+    let away = name_in("away", 0, 0);
+    // One reading a second, one batch a minute; seq = 1 + seconds since start.
+    let minute_of = |dev: &str, m: u64| {
+        let rs: Vec<Reading> = (0..60)
+            .map(|s| {
+                Reading::new(
+                    "temp",
+                    20.0 + (s % 7) as f64,
+                    start + m * minute + s * 1_000,
+                )
+            })
+            .collect();
+        batch(dev, 3, m * 60 + 1, rs)
+    };
+    let mut input = Vec::new();
+    for m in 0..60 {
+        input.push(minute_of(&live, m));
+        input.push(minute_of(&away, m));
+    }
+    // Two hours: `away` is offline, its agent buffers; `live` sends.
+    for m in 60..180 {
+        input.push(minute_of(&live, m));
+    }
+    // `away` is back: its backlog drains, four minutes of it for every live minute.
+    let mut live_m = 180;
+    for m in 60..180 {
+        input.push(minute_of(&away, m));
+        if m % 4 == 3 {
+            input.push(minute_of(&live, live_m));
+            live_m += 1;
+        }
+    }
+    // Hours later both topics move on: everything still open is emitted (expired).
+    input.extend(common::clocks(start + 6 * 60 * minute));
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    common::produce(&producer, &t, &input).await;
+    let (cancel, h) = self::start(&text);
+    let windows =
+        common::read_json(&bootstrap, &t.windows, 180 + 210, Duration::from_secs(60)).await;
+    let sessions = common::read_json(&bootstrap, &t.sessions, 2, Duration::from_secs(30)).await;
+    let summary = stop(cancel, h).await;
+    assert_eq!(summary.stats.late_readings, 0, "{summary:?}");
+    let mut aw: Vec<(u64, u64)> = windows
+        .iter()
+        .filter(|w| w["device"] == away.as_str())
+        .map(|w| (w["start"].as_u64().unwrap(), w["count"].as_u64().unwrap()))
+        .collect();
+    aw.sort_unstable();
+    let want: Vec<(u64, u64)> = (0..180).map(|m| (start + m * minute, 60)).collect();
+    assert_eq!(aw, want, "every minute of the three hours, whole");
+    let s: Vec<&Value> = sessions
+        .iter()
+        .filter(|s| s["device"] == away.as_str())
+        .collect();
+    assert_eq!(s.len(), 1, "{sessions:#?}");
+    assert_eq!(
+        (
+            s[0]["kind"].as_str(),
+            s[0]["start"].as_u64(),
+            s[0]["end"].as_u64(),
+            s[0]["readings"].as_u64()
+        ),
+        (
+            Some("activity"),
+            Some(start),
+            Some(start + 180 * minute - 1_000),
+            Some(180 * 60)
+        )
+    );
+    let late = common::read_json(&bootstrap, &t.late, 0, Duration::from_secs(2)).await;
+    assert!(late.is_empty(), "{late:#?}");
 }

@@ -53,12 +53,29 @@ pub fn event(device: &str, epoch: u64, kind: FleetEventKind, ts: u64) -> In {
     })
 }
 
+/// Per partition, a far-future reading and a far-future fleet event (a refused connect, which
+/// opens no session): both input topics' event times move to `ts`, so every device not seen
+/// for `state.device_ttl` before it is evicted and what it held open is emitted.
+pub fn clocks(ts: u64) -> Vec<In> {
+    let mut v = Vec::new();
+    for p in 0..PARTITIONS {
+        let name = (0..)
+            .map(|i| format!("clock-{i}"))
+            .find(|n| partition_of(n) == p)
+            .unwrap();
+        v.push(batch(&name, 1, 1, vec![Reading::new("tick", 0i64, ts)]));
+        v.push(event(&name, 1, FleetEventKind::Refused, ts));
+    }
+    v
+}
+
 pub struct Topics {
     pub telemetry: String,
     pub events: String,
     pub sessions: String,
     pub anomalies: String,
     pub windows: String,
+    pub late: String,
 }
 
 pub async fn topics(bootstrap: &str) -> Topics {
@@ -69,6 +86,7 @@ pub async fn topics(bootstrap: &str) -> Topics {
         sessions: k(bootstrap, "proc-sess", 1).await,
         anomalies: k(bootstrap, "proc-anom", 1).await,
         windows: k(bootstrap, "proc-win", 1).await,
+        late: k(bootstrap, "proc-late", 1).await,
     }
 }
 
@@ -165,12 +183,14 @@ events_topic = "{}"
 sessions_topic = "{}"
 anomalies_topic = "{}"
 windows_topic = "{}"
+late_topic = "{}"
 group_id = "{}"
 assign = [0, 1]
 create_topics = false
 lag_interval = "1s"
 [state]
 path = "{}"
+device_ttl = "60s"
 {checkpoint}
 {extra}
 "#,
@@ -179,6 +199,7 @@ path = "{}"
         t.sessions,
         t.anomalies,
         t.windows,
+        t.late,
         breakwater_testkit::kafka::unique_topic("proc-group"),
         state.display()
     )
@@ -248,6 +269,7 @@ pub fn oracle(text: &str, records: &[In]) -> BTreeMap<&'static str, BTreeMap<Str
             breakwater_processor::output::Output::Session(_) => "sessions",
             breakwater_processor::output::Output::Window(_) => "windows",
             breakwater_processor::output::Output::Anomaly(_) => "anomalies",
+            breakwater_processor::output::Output::Late(_) => "late",
         };
         let v: Value = serde_json::from_slice(&o.to_json()).unwrap();
         m.entry(topic).or_default().insert(o.id().to_owned(), v);
@@ -272,10 +294,20 @@ pub fn assert_same(
     for topic in ["sessions", "windows", "anomalies"] {
         let g = got.get(topic).cloned().unwrap_or_default();
         let w = want.get(topic).cloned().unwrap_or_default();
+        let missing: Vec<&Value> = w
+            .iter()
+            .filter(|(id, _)| !g.contains_key(*id))
+            .map(|(_, v)| v)
+            .collect();
+        let extra: Vec<&Value> = g
+            .iter()
+            .filter(|(id, _)| !w.contains_key(*id))
+            .map(|(_, v)| v)
+            .collect();
         assert_eq!(
             g.keys().collect::<Vec<_>>(),
             w.keys().collect::<Vec<_>>(),
-            "{what}: {topic} ids differ"
+            "{what}: {topic} ids differ; missing {missing:#?}, unexpected {extra:#?}"
         );
         for (id, v) in &w {
             assert_eq!(

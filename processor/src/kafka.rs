@@ -95,7 +95,8 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
-        // Offsets live in the checkpoint, never in Kafka.
+        // Offsets live in the checkpoint; after each one they are committed to the group too,
+        // for lag tools (never automatically, never ahead of the checkpoint).
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

@@ -25,6 +25,8 @@ pub const RECOVERED_DEVICES: &str = "breakwater_processor_recovered_devices_tota
 pub const OUTPUTS: &str = "breakwater_processor_outputs_total";
 pub const OUTPUT_ERRORS: &str = "breakwater_processor_output_errors_total";
 pub const DEVICES: &str = "breakwater_processor_devices";
+pub const OFFSET_COMMITS: &str = "breakwater_processor_offset_commits_total";
+pub const OFFSET_COMMIT_ERRORS: &str = "breakwater_processor_offset_commit_errors_total";
 
 /// Registers descriptions (names, units, help).
 pub fn describe() {
@@ -64,6 +66,14 @@ pub fn describe() {
     describe_counter!(OUTPUTS, "Output records produced, by topic.");
     describe_counter!(OUTPUT_ERRORS, "Output records Kafka failed to acknowledge.");
     describe_gauge!(DEVICES, "Devices held in memory.");
+    describe_counter!(
+        OFFSET_COMMITS,
+        "Checkpointed offsets committed to the consumer group (for lag tools)."
+    );
+    describe_counter!(
+        OFFSET_COMMIT_ERRORS,
+        "Consumer-group offset commits that failed (the checkpoint stands)."
+    );
     for (name, help, _) in STAT_COUNTERS {
         describe_counter!(*name, *help);
     }

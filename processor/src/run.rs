@@ -44,7 +44,7 @@ use breakwater_protocol::kafka::{
 use breakwater_protocol::Limits;
 use metrics::{counter, gauge, histogram};
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
@@ -370,15 +370,33 @@ impl Worker {
         Ok(())
     }
 
-    fn maybe_checkpoint(&mut self) -> anyhow::Result<()> {
+    /// Checkpoints if due; true if it did.
+    fn maybe_checkpoint(&mut self) -> anyhow::Result<bool> {
         let st = &self.cfg.state;
         if self.since_checkpoint >= st.checkpoint_records
             || (self.since_checkpoint > 0
                 && self.last_checkpoint.elapsed() >= st.checkpoint_interval)
         {
             self.checkpoint()?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// The checkpointed next offsets of every held partition, both input topics.
+    fn checkpointed_offsets(&self) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.parts.values() {
+            for (topic, next) in [
+                (&self.cfg.kafka.telemetry_topic, p.telemetry_next),
+                (&self.cfg.kafka.events_topic, p.events_next),
+            ] {
+                if let Some(o) = next {
+                    tpl.add_partition_offset(topic, p.id, Offset::Offset(o))?;
+                }
+            }
+        }
+        Ok(tpl)
     }
 
     fn report(&mut self) {
@@ -401,6 +419,27 @@ impl Worker {
         m::report_stats(&self.stats, &self.reported);
         self.reported = self.stats;
         gauge!(m::DEVICES).set(self.device_count() as f64);
+    }
+}
+
+/// Commits the offsets of the checkpoint just written to the consumer group, so lag tools
+/// (kafka-consumer-groups, Burrow) see the processor. The checkpoint stays the source of truth
+/// for where to resume; a failed commit is counted and logged, never fatal.
+fn commit_to_group<C: ConsumerContext>(consumer: &BaseConsumer<C>, w: &Worker, mode: CommitMode) {
+    let tpl = match w.checkpointed_offsets() {
+        Ok(t) if t.count() > 0 => t,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "offsets not committed to the group");
+            return;
+        }
+    };
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => counter!(m::OFFSET_COMMITS).increment(1),
+        Err(e) => {
+            counter!(m::OFFSET_COMMIT_ERRORS).increment(1);
+            tracing::warn!(error = %e, "committing checkpointed offsets to the consumer group failed (the checkpoint stands; lag tools lag behind)");
+        }
     }
 }
 
@@ -456,6 +495,7 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = w.checkpoint() {
                     w.fatal = Some(e.context("checkpoint on revocation"));
                 } else {
+                    commit_to_group(consumer, &w, CommitMode::Sync);
                     for id in &ids {
                         w.parts.remove(id);
                     }
@@ -576,6 +616,7 @@ pub fn run_blocking(
     // On error, no final checkpoint: the last good one stands.
     result?;
     w.checkpoint().context("final checkpoint")?;
+    commit_to_group(&consumer, &w, CommitMode::Sync);
     w.report();
     let summary = Summary {
         stats: w.stats,
@@ -650,7 +691,9 @@ fn consume(
             counter!(m::OUTPUT_ERRORS).increment(failed);
             bail!("{failed} output records were not acknowledged; stopping without a checkpoint so a restart replays them");
         }
-        w.maybe_checkpoint()?;
+        if w.maybe_checkpoint()? {
+            commit_to_group(consumer, &w, CommitMode::Async);
+        }
         if last_report.elapsed() >= Duration::from_secs(1) {
             let records = w.summary.telemetry_records + w.summary.event_records;
             let rate = (records - last_records) as f64 / last_report.elapsed().as_secs_f64();

@@ -500,4 +500,10 @@ async fn a_two_hour_backlog_is_counted_in_its_own_event_time() {
     );
     let late = common::read_json(&bootstrap, &t.late, 0, Duration::from_secs(2)).await;
     assert!(late.is_empty(), "{late:#?}");
+    // The checkpointed offsets are committed to the consumer group, for lag tools.
+    let group = common::config(&text).kafka.group_id;
+    let want = common::checkpointed(&dir.path().join("s.redb"), &t.telemetry, &t.events);
+    assert_eq!(want.len(), 4, "{want:?}");
+    let got = common::committed(&bootstrap, &group, &[&t.telemetry, &t.events]);
+    assert_eq!(got, want);
 }

@@ -324,3 +324,43 @@ pub fn dedup(
 ) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
     raw.iter().map(|(k, v)| (*k, by_id(v))).collect()
 }
+
+/// The offsets committed to consumer group `group` for partitions `0..PARTITIONS` of `topics`.
+pub fn committed(bootstrap: &str, group: &str, topics: &[&str]) -> BTreeMap<(String, i32), i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in topics {
+        for p in 0..PARTITIONS {
+            tpl.add_partition(t, p);
+        }
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The next offsets in the checkpoint at `state`, as [`committed`] returns them.
+pub fn checkpointed(state: &Path, telemetry: &str, events: &str) -> BTreeMap<(String, i32), i64> {
+    let store = breakwater_processor::checkpoint::Store::open(state).unwrap();
+    let mut m = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let l = store.load(p, telemetry, events).unwrap();
+        if let Some(o) = l.partition.telemetry_next {
+            m.insert((telemetry.to_owned(), p), o);
+        }
+        if let Some(o) = l.partition.events_next {
+            m.insert((events.to_owned(), p), o);
+        }
+    }
+    m
+}

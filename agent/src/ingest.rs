@@ -90,6 +90,27 @@ fn reject(reason: &'static str) {
         .increment(1);
 }
 
+/// `Some(failed appends not logged since the last line)` at most once per 10 s, process-wide.
+fn append_failure_log_allowed() -> Option<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = crate::now_ms();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < 10_000 {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    if LAST_MS
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(SUPPRESSED.swap(0, Ordering::Relaxed))
+}
+
 fn error_line(msg: &str) -> Vec<u8> {
     let mut v = serde_json::json!({"ok": false, "error": msg})
         .to_string()
@@ -276,7 +297,11 @@ async fn handle_frames(
                 Some(Ok(a.first_seq))
             }
             Err(e) => {
-                tracing::warn!(error = %e, lines = n, "ingest append failed");
+                // Every client's every line fails while the storage is failing: one line per
+                // 10 s (with the count) instead of one per append.
+                if let Some(suppressed) = append_failure_log_allowed() {
+                    tracing::warn!(error = %e, lines = n, suppressed, "ingest append failed");
+                }
                 for _ in 0..n {
                     reject("not_stored");
                 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use breakwater_agent::buffer::Buffer;
 use breakwater_agent::config::AgentConfig;
 use breakwater_agent::Agent;
 use clap::{Parser, Subcommand};
@@ -98,6 +99,54 @@ fn init_tracing() {
     }
 }
 
+/// Storage failing longer than this stops the watchdog pings, so systemd restarts the agent
+/// (nothing confirmed is lost: it is on disk). Until then the agent heals itself (the buffer
+/// reopens its file with backoff) and reports the failure in the unit's status line.
+const WATCHDOG_STORAGE_GRACE: Duration = Duration::from_secs(120);
+
+/// Reports the buffer's health to systemd (`STATUS=`, shown by `systemctl status`) and feeds
+/// the watchdog (when enabled) unless the storage has been failing for
+/// [`WATCHDOG_STORAGE_GRACE`].
+async fn health_loop(buffer: std::sync::Arc<dyn Buffer>, watchdog: Option<Duration>) {
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(1)));
+    let mut was_failing = false;
+    let mut starving_logged = false;
+    loop {
+        tick.tick().await;
+        let health = buffer.health();
+        match &health {
+            Ok(()) if was_failing => {
+                was_failing = false;
+                starving_logged = false;
+                let _ = sd_notify::notify(false, &[NotifyState::Status("running")]);
+            }
+            Err(f) => {
+                was_failing = true;
+                let status = format!("storage failing: {f}");
+                let _ = sd_notify::notify(false, &[NotifyState::Status(&status)]);
+            }
+            Ok(()) => {}
+        }
+        let starving = health
+            .as_ref()
+            .err()
+            .is_some_and(|f| f.since.elapsed() >= WATCHDOG_STORAGE_GRACE);
+        if watchdog.is_some() {
+            if starving {
+                if !starving_logged {
+                    starving_logged = true;
+                    tracing::error!(
+                        grace = ?WATCHDOG_STORAGE_GRACE,
+                        "buffer storage failing too long: no more watchdog pings, systemd will restart the agent"
+                    );
+                }
+            } else {
+                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+            }
+        }
+    }
+}
+
 fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -115,19 +164,12 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let agent = Agent::start(cfg).await.context("agent failed to start")?;
         let _ = sd_notify::notify(false, &[NotifyState::Ready]);
         let mut usec = 0u64;
-        let watchdog = if sd_notify::watchdog_enabled(false, &mut usec) {
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| {
             let period = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
             tracing::info!(?period, "systemd watchdog enabled");
-            Some(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(period);
-                loop {
-                    tick.tick().await;
-                    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
-                }
-            }))
-        } else {
-            None
-        };
+            period
+        });
+        let health = tokio::spawn(health_loop(agent.buffer().clone(), watchdog));
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
@@ -151,9 +193,7 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
         };
-        if let Some(w) = watchdog {
-            w.abort();
-        }
+        health.abort();
         tracing::info!(
             acked_upto = report.sender.acked_upto,
             left_buffered = report.left_buffered,

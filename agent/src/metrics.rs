@@ -16,7 +16,11 @@
 //! `breakwater_agent_ingest_rejected_clients_total`. Histograms:
 //! `breakwater_agent_ack_latency_seconds`, `breakwater_agent_buffer_commit_seconds`. Gauges
 //! (set by [`update_buffer_gauges`]): `breakwater_agent_buffer_depth_readings`,
-//! `breakwater_agent_buffer_bytes`, `breakwater_agent_oldest_unacked_age_seconds`.
+//! `breakwater_agent_buffer_bytes`, `breakwater_agent_oldest_unacked_age_seconds`,
+//! `breakwater_agent_buffer_storage_failing` (1 while the buffer refuses writes after a storage
+//! error and reopens its file; also set by the buffer writer at each change). Storage healing
+//! counters: `breakwater_agent_buffer_commit_errors_total`,
+//! `breakwater_agent_buffer_reopens_total`, `breakwater_agent_buffer_reopen_failures_total`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +43,8 @@ pub fn update_buffer_gauges(buffer: &dyn Buffer, now_ms: u64) {
         let age = s.oldest_ts.map_or(0, |ts| now_ms.saturating_sub(ts));
         metrics::gauge!("breakwater_agent_oldest_unacked_age_seconds").set(age as f64 / 1000.0);
     }
+    let failing = if buffer.health().is_err() { 1.0 } else { 0.0 };
+    metrics::gauge!("breakwater_agent_buffer_storage_failing").set(failing);
 }
 
 /// Installs the Prometheus recorder as the global `metrics` recorder.

@@ -138,6 +138,21 @@ pub enum AckError {
     Storage(String),
 }
 
+/// The buffer's storage is failing: appends and acks are refused (nothing is half-stored)
+/// until it recovers; the redb buffer closes and reopens its file with backoff meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "buffer storage failing for {}s ({reopen_attempts} reopen attempts so far): {error}",
+    since.elapsed().as_secs()
+)]
+pub struct StorageFailing {
+    /// The last storage error (the commit's, or the last reopen attempt's).
+    pub error: String,
+    /// When the storage started failing.
+    pub since: std::time::Instant,
+    pub reopen_attempts: u32,
+}
+
 /// The store behind the sender. Object safe: the sender holds an `Arc<dyn Buffer>`.
 ///
 /// All methods are cancel-safe in the sense that dropping a returned future never corrupts the
@@ -167,6 +182,15 @@ pub trait Buffer: Send + Sync + fmt::Debug {
 
     /// A watch of the last stored seq (`next_seq - 1`), updated after every append commits.
     fn watch_last_seq(&self) -> watch::Receiver<u64>;
+
+    /// `Err` while the storage is failing (writes refused until it recovers by itself).
+    /// An in-memory buffer never fails.
+    ///
+    /// # Errors
+    /// [`StorageFailing`] with the last error and since when.
+    fn health(&self) -> Result<(), StorageFailing> {
+        Ok(())
+    }
 }
 
 /// The byte budget shared by both implementations: reservation with `block`, accounting only
@@ -238,6 +262,11 @@ impl Budget {
             }
             notified.await;
         }
+    }
+
+    /// Counts `bytes` more as used (stored data found on disk after a reopen).
+    pub(crate) fn add(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// Returns `bytes` to the budget (deleted, or a failed append's reservation).

@@ -34,11 +34,28 @@
 //! with its path through [`OpenError`] and left exactly as it is: never deleted, truncated or
 //! recreated. A failed commit answers every caller in that transaction with an error; redb
 //! guarantees the transaction's changes are either all durable or none.
+//!
+//! # Healing after storage errors (ENOSPC, EIO)
+//!
+//! After an I/O error redb refuses every later operation ("Previous I/O error occurred. Please
+//! close and re-open the database"). So a failed commit puts the writer into *failing*: the
+//! database handle is closed (readers lose it too; they get [`ReadError::Storage`]), every
+//! append and ack is answered at once with a "storage failing" error (nothing is stored, the
+//! ingest endpoint says so per line), [`Buffer::health`] reports it, and the writer reopens
+//! the file with backoff (0.5 s doubling to 5 s) until the open and its metadata check commit
+//! again. Then the buffer adopts the state found on disk, which is the last committed one (a
+//! failed commit "may already have become durable": then the readings of an append that was
+//! answered with an error are kept and sent — a possible duplicate, never a loss), and applies
+//! the highest ack refused meanwhile. Confirmed readings are never touched. The reopen never
+//! creates a file: a vanished buffer file stays an error. Counters:
+//! `breakwater_agent_buffer_commit_errors_total`, `breakwater_agent_buffer_reopens_total`,
+//! `breakwater_agent_buffer_reopen_failures_total`; gauge
+//! `breakwater_agent_buffer_storage_failing` (0/1).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use breakwater_protocol::Reading;
 use rand::Rng;
@@ -48,7 +65,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     AckError, AckOutcome, AppendError, Appended, BoxFuture, Budget, Buffer, BufferStats,
-    FullPolicy, ReadError,
+    FullPolicy, ReadError, StorageFailing,
 };
 
 const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
@@ -185,12 +202,41 @@ struct Shared {
     oldest_ts: Option<u64>,
 }
 
+/// The open database, shared by the writer and readers; `None` while the writer reopens it
+/// after a storage error (see "Healing" above).
+type DbSlot = RwLock<Option<Arc<Database>>>;
+
+fn slot_get(slot: &DbSlot) -> Option<Arc<Database>> {
+    slot.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn slot_set(slot: &DbSlot, db: Option<Arc<Database>>) {
+    *slot
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = db;
+}
+
+/// First and longest wait between reopen attempts after a storage error.
+const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A storage error within this time after a reopen continues the previous failure.
+const RELAPSE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The wait after `attempts` failed reopens: 0.5 s doubling, at most 5 s.
+fn reopen_backoff(attempts: u32) -> Duration {
+    (REOPEN_BACKOFF_MIN * (1u32 << attempts.min(4))).min(REOPEN_BACKOFF_MAX)
+}
+
 /// The durable buffer. Dropping it finishes queued writes and closes the file.
 #[derive(Debug)]
 pub struct RedbBuffer {
     path: PathBuf,
     epoch: u64,
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
+    health: Arc<Mutex<Option<StorageFailing>>>,
     tx: Option<mpsc::Sender<Cmd>>,
     writer: Option<JoinHandle<()>>,
     shared: Arc<Mutex<Shared>>,
@@ -304,9 +350,18 @@ impl RedbBuffer {
         let last_seq = watch::channel(shared.next_seq - 1).0;
         let shared = Arc::new(Mutex::new(shared));
         let db = Arc::new(db);
+        let slot: Arc<DbSlot> = Arc::new(RwLock::new(Some(db.clone())));
+        let health = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel(1024);
         let writer = Writer {
-            db: db.clone(),
+            db: Some(db),
+            slot: slot.clone(),
+            path: path.clone(),
+            epoch,
+            health: health.clone(),
+            next_reopen: None,
+            pending_ack: None,
+            recovered_from: None,
             rx,
             shared: shared.clone(),
             budget: budget.clone(),
@@ -321,7 +376,8 @@ impl RedbBuffer {
         Ok(Self {
             path,
             epoch,
-            db,
+            db: slot,
+            health,
             tx: Some(tx),
             writer: Some(handle),
             shared,
@@ -541,9 +597,17 @@ impl Buffer for RedbBuffer {
         max_readings: usize,
         max_bytes: usize,
     ) -> BoxFuture<'_, Result<Vec<(u64, Reading)>, ReadError>> {
-        let db = self.db.clone();
+        let db = slot_get(&self.db);
         let first_seq = lock(&self.shared).first_seq;
+        let failing = self.health();
         Box::pin(async move {
+            let Some(db) = db else {
+                let why = failing.err().map_or_else(
+                    || "the database is being reopened".to_owned(),
+                    |f| f.to_string(),
+                );
+                return Err(ReadError::Storage(why));
+            };
             tokio::task::spawn_blocking(move || {
                 read_blocking(&db, first_seq, from_seq, max_readings, max_bytes)
             })
@@ -571,6 +635,17 @@ impl Buffer for RedbBuffer {
 
     fn watch_last_seq(&self) -> watch::Receiver<u64> {
         self.last_seq.subscribe()
+    }
+
+    fn health(&self) -> Result<(), StorageFailing> {
+        match &*self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            None => Ok(()),
+            Some(f) => Err(f.clone()),
+        }
     }
 }
 
@@ -616,7 +691,20 @@ fn read_blocking(
 }
 
 struct Writer {
-    db: Arc<Database>,
+    /// `None` while failing (closed, waiting for the next reopen attempt).
+    db: Option<Arc<Database>>,
+    slot: Arc<DbSlot>,
+    path: PathBuf,
+    epoch: u64,
+    health: Arc<Mutex<Option<StorageFailing>>>,
+    /// Set while failing: when to try the next reopen.
+    next_reopen: Option<Instant>,
+    /// The highest ack refused while failing, applied once the storage recovers.
+    pending_ack: Option<u64>,
+    /// The failure that the last reopen ended, and when: a new failure soon after (a disk
+    /// that is still nearly full accepts the reopen but not the next append) continues it
+    /// (same `since`, growing backoff, no new ERROR line) instead of starting over.
+    recovered_from: Option<(StorageFailing, Instant)>,
     rx: mpsc::Receiver<Cmd>,
     shared: Arc<Mutex<Shared>>,
     budget: Arc<Budget>,
@@ -635,7 +723,26 @@ struct Applied {
 
 impl Writer {
     fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
+        loop {
+            let first = if self.next_reopen.is_some() {
+                // Failing: poll, so reopen attempts happen also when no command arrives.
+                match self.rx.try_recv() {
+                    Ok(c) => c,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.heal_if_due();
+                        if self.next_reopen.is_some() {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.blocking_recv() {
+                    Some(c) => c,
+                    None => break,
+                }
+            };
             let mut cmds = vec![first];
             let mut readings = cmd_len(&cmds[0]);
             while readings < self.commit_max_readings {
@@ -647,12 +754,191 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(cmds);
+            self.heal_if_due();
+            if self.next_reopen.is_some() {
+                self.refuse(cmds);
+            } else {
+                self.commit(cmds);
+            }
         }
         tracing::debug!("buffer writer stopped");
     }
 
-    fn commit(&self, cmds: Vec<Cmd>) {
+    fn set_health(&self, h: Option<StorageFailing>) {
+        *self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = h;
+    }
+
+    fn failing(&self) -> Option<StorageFailing> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Answers every command at once while the storage is failing; remembers the highest ack.
+    fn refuse(&mut self, cmds: Vec<Cmd>) {
+        let why = self
+            .failing()
+            .map_or_else(|| "buffer storage failing".to_owned(), |f| f.to_string());
+        let why = format!("{why}; reopening, retry later");
+        for cmd in cmds {
+            match cmd {
+                Cmd::Append { reply, bytes, .. } => {
+                    self.budget.release(bytes);
+                    let _ = reply.send(Err(AppendError::Storage(why.clone())));
+                }
+                Cmd::Ack { reply, upto_seq } => {
+                    self.pending_ack = Some(self.pending_ack.map_or(upto_seq, |p| p.max(upto_seq)));
+                    let _ = reply.send(Err(AckError::Storage(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// A commit failed: report it and schedule the reopen (the caller closes the database).
+    fn start_failing(&mut self, error: &str) {
+        let relapse = self
+            .recovered_from
+            .take()
+            .filter(|(_, at)| at.elapsed() < RELAPSE_WINDOW);
+        let wait = if let Some((mut failing, _)) = relapse {
+            if failing.reopen_attempts.is_power_of_two() {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    %error,
+                    attempts = failing.reopen_attempts,
+                    "buffer storage failing again right after a reopen; still retrying"
+                );
+            }
+            failing.error = error.to_owned();
+            let wait = reopen_backoff(failing.reopen_attempts);
+            self.set_health(Some(failing));
+            wait
+        } else {
+            tracing::error!(
+                path = %self.path.display(),
+                %error,
+                "buffer storage failing: writes are refused until it is reopened (retrying with backoff)"
+            );
+            self.set_health(Some(StorageFailing {
+                error: error.to_owned(),
+                since: Instant::now(),
+                reopen_attempts: 0,
+            }));
+            REOPEN_BACKOFF_MIN
+        };
+        metrics::gauge!("breakwater_agent_buffer_storage_failing").set(1.0);
+        self.next_reopen = Some(Instant::now() + wait);
+    }
+
+    /// Drops the database handle, waiting (bounded) for readers to let go of theirs, so the
+    /// file lock is released for the reopen.
+    fn close_db(&mut self) {
+        slot_set(&self.slot, None);
+        if let Some(db) = self.db.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&db) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(db);
+        }
+    }
+
+    /// Tries to reopen when the backoff says so; on success the buffer takes the state found
+    /// on disk and applies the ack refused meanwhile.
+    fn heal_if_due(&mut self) {
+        let Some(at) = self.next_reopen else { return };
+        if Instant::now() < at {
+            return;
+        }
+        let Some(mut failing) = self.failing() else {
+            self.next_reopen = None;
+            return;
+        };
+        failing.reopen_attempts += 1;
+        match self.reopen() {
+            Ok(db) => {
+                let db = Arc::new(db);
+                slot_set(&self.slot, Some(db.clone()));
+                self.db = Some(db);
+                self.next_reopen = None;
+                self.set_health(None);
+                self.recovered_from = Some((failing.clone(), Instant::now()));
+                metrics::gauge!("breakwater_agent_buffer_storage_failing").set(0.0);
+                metrics::counter!("breakwater_agent_buffer_reopens_total").increment(1);
+                let s = *lock(&self.shared);
+                tracing::warn!(
+                    path = %self.path.display(),
+                    failed_for = ?failing.since.elapsed(),
+                    attempts = failing.reopen_attempts,
+                    buffered = s.next_seq - s.first_seq,
+                    "buffer storage recovered: reopened, writes accepted again"
+                );
+                if let Some(upto_seq) = self.pending_ack.take() {
+                    // The ack the sender could not apply while failing (cumulative).
+                    let (reply, _rx) = oneshot::channel();
+                    self.commit(vec![Cmd::Ack { upto_seq, reply }]);
+                }
+            }
+            Err(error) => {
+                metrics::counter!("breakwater_agent_buffer_reopen_failures_total").increment(1);
+                let wait = reopen_backoff(failing.reopen_attempts);
+                if failing.reopen_attempts.is_power_of_two() {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        %error,
+                        attempts = failing.reopen_attempts,
+                        "buffer reopen failed; retrying"
+                    );
+                }
+                failing.error = error;
+                self.set_health(Some(failing));
+                self.next_reopen = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Opens the file again (never creating it), checks it is the same buffer and adopts the
+    /// counters found on disk.
+    fn reopen(&mut self) -> Result<Database, String> {
+        let file = open_owner_only(&self.path, false).map_err(|e| e.to_string())?;
+        let db = Database::builder()
+            .create_file(file)
+            .map_err(|e| map_db_error(&self.path, e).to_string())?;
+        let (epoch, disk) = RedbBuffer::init(&db, &self.path).map_err(|e| e.to_string())?;
+        if epoch != self.epoch {
+            return Err(format!(
+                "{} now holds epoch {epoch}, not {} (was the file replaced?)",
+                self.path.display(),
+                self.epoch
+            ));
+        }
+        let before = *lock(&self.shared);
+        if disk.first_seq != before.first_seq || disk.next_seq != before.next_seq {
+            tracing::warn!(
+                before_first = before.first_seq,
+                before_next = before.next_seq,
+                disk_first = disk.first_seq,
+                disk_next = disk.next_seq,
+                "a failed commit had become durable; the buffer continues from what is on disk"
+            );
+        }
+        *lock(&self.shared) = disk;
+        if disk.bytes > before.bytes {
+            self.budget.add(disk.bytes - before.bytes);
+        } else if disk.bytes < before.bytes {
+            self.budget.release(before.bytes - disk.bytes);
+        }
+        if disk.next_seq != before.next_seq {
+            self.last_seq.send_replace(disk.next_seq - 1);
+        }
+        Ok(db)
+    }
+
+    fn commit(&mut self, cmds: Vec<Cmd>) {
         let started = Instant::now();
         let before = *lock(&self.shared);
         match self.apply(&cmds, before) {
@@ -703,24 +989,30 @@ impl Writer {
             Err(detail) => {
                 tracing::error!(error = %detail, "buffer commit failed; callers get an error");
                 metrics::counter!("breakwater_agent_buffer_commit_errors_total").increment(1);
+                // Health says "failing" before any caller hears of the error.
+                self.start_failing(&detail);
                 for cmd in cmds {
                     match cmd {
                         Cmd::Append { reply, bytes, .. } => {
                             self.budget.release(bytes);
                             let _ = reply.send(Err(AppendError::Storage(detail.clone())));
                         }
-                        Cmd::Ack { reply, .. } => {
+                        Cmd::Ack { reply, upto_seq } => {
+                            self.pending_ack =
+                                Some(self.pending_ack.map_or(upto_seq, |p| p.max(upto_seq)));
                             let _ = reply.send(Err(AckError::Storage(detail.clone())));
                         }
                     }
                 }
+                self.close_db();
             }
         }
     }
 
     fn apply(&self, cmds: &[Cmd], mut s: Shared) -> Result<Applied, String> {
         let e = |e: redb::Error| e.to_string();
-        let mut txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let db = self.db.as_ref().ok_or("buffer database is closed")?;
+        let mut txn = db.begin_write().map_err(|x| e(x.into()))?;
         txn.set_durability(Durability::Immediate);
         let mut appended = Vec::new();
         let mut acked = Vec::new();

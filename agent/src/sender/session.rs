@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::{self, LinkEvent, LinkOptions};
 use super::{Backoff, Control, DisconnectReason, EventSink, SenderEvent, SenderExit};
-use crate::buffer::{AckOutcome, Buffer};
+use crate::buffer::{AckOutcome, Buffer, ReadError};
 use crate::config::SenderConfig;
 
 /// Room left for the envelope header, device id and framing inside the payload limit.
@@ -81,6 +81,7 @@ pub(crate) struct Session {
     /// Rate limits of the warnings about hostile acks.
     beyond_log: LogLimiter,
     capped_log: LogLimiter,
+    read_log: LogLimiter,
     /// Set by a graceful shutdown request: drain until this deadline.
     draining: Option<Instant>,
     /// The next batch must be preceded by a [`Floor`]: readings were dropped before they were
@@ -136,6 +137,7 @@ impl Session {
             conn_sent_upto: acked_upto,
             beyond_log: LogLimiter::default(),
             capped_log: LogLimiter::default(),
+            read_log: LogLimiter::default(),
             timeouts_in_row: 0,
             draining: None,
             floor_due: false,
@@ -444,7 +446,7 @@ impl Session {
             if self.cfg.max_readings_per_sec > 0 && now < self.rate_next {
                 return Ok(());
             }
-            let rows = self
+            let rows = match self
                 .buffer
                 .read(
                     self.next_send,
@@ -452,7 +454,19 @@ impl Session {
                     Limits::DEFAULT.max_payload_bytes - PAYLOAD_HEADROOM,
                 )
                 .await
-                .map_err(|e| format!("buffer read failed: {e}"))?;
+            {
+                Ok(rows) => rows,
+                // The buffer is reopening its storage: keep the link (acks still count) and
+                // try again shortly.
+                Err(e @ (ReadError::Storage(_) | ReadError::Closed)) => {
+                    if let Some(suppressed) = self.read_log.allow(now) {
+                        tracing::warn!(device = %self.device, error = %e, suppressed, "buffer read failed; sending paused for 1s");
+                    }
+                    self.paused_until = Some(now + Duration::from_secs(1));
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("buffer read failed: {e}")),
+            };
             let Some(&(first_seq, _)) = rows.first() else {
                 // Everything from next_send was deleted meanwhile (acked or dropped).
                 let first = self.buffer.stats().first_seq;
@@ -672,7 +686,9 @@ impl Session {
             match self.buffer.ack(self.epoch, upto).await {
                 Ok(AckOutcome::Deleted { .. } | AckOutcome::WrongEpoch { .. }) => {}
                 Err(e) => {
-                    tracing::error!(device = %self.device, error = %e, "deleting acked readings failed; they stay buffered");
+                    if let Some(suppressed) = self.read_log.allow(now) {
+                        tracing::error!(device = %self.device, error = %e, suppressed, "deleting acked readings failed; they stay buffered until the storage recovers");
+                    }
                 }
             }
         }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use sd_notify::NotifyState;
 
 #[derive(Parser, Debug)]
-#[command(name = "breakwater-agent", version, about = "Breakwater device agent")]
+#[command(
+    name = "breakwater-agent",
+    version = breakwater_agent::VERSION,
+    about = "Breakwater device agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -161,6 +165,10 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut int =
             signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        tracing::info!(
+            version = breakwater_agent::VERSION,
+            "breakwater-agent starting"
+        );
         let agent = Agent::start(cfg).await.context("agent failed to start")?;
         let _ = sd_notify::notify(false, &[NotifyState::Ready]);
         let mut usec = 0u64;

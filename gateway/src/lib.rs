@@ -46,3 +46,12 @@ pub mod status;
 
 pub use config::Config;
 pub use service::Gateway;
+
+/// `CARGO_PKG_VERSION (commit <12 hex digits>)`, or `(commit unknown)` when built without git
+/// and without `BREAKWATER_GIT_COMMIT`; what `--version` prints (`build/git_version.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BREAKWATER_GIT_COMMIT"),
+    ")"
+);

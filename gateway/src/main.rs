@@ -24,7 +24,7 @@ use tracing::{error, info};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "breakwater-gateway", version, about)]
+#[command(name = "breakwater-gateway", version = breakwater_gateway::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -223,6 +223,10 @@ fn run(config: Option<&std::path::Path>) -> anyhow::Result<()> {
         .build()
         .context("building the tokio runtime")?;
     rt.block_on(async move {
+        info!(
+            version = breakwater_gateway::VERSION,
+            "breakwater-gateway starting"
+        );
         let gateway = Gateway::start(cfg).await.context("starting the gateway")?;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let watchdog = spawn_watchdog(gateway.health.clone());

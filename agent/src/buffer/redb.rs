@@ -175,6 +175,19 @@ pub enum OpenError {
     Corrupt { path: PathBuf, detail: String },
     #[error("buffer file {path} is not a breakwater agent buffer of format {FORMAT}: {detail}")]
     WrongFormat { path: PathBuf, detail: String },
+    #[error(
+        "buffer file {path} has format {found}, written by a newer breakwater-agent; this one \
+         reads format {FORMAT} and left the file untouched. Install the newer version again, or \
+         stop the agent and move the file aside to start a new epoch (its unsent readings stay \
+         in the moved file, readable by the newer version)"
+    )]
+    NewerFormat { path: PathBuf, found: u64 },
+    #[error(
+        "buffer file {path} has format {found}, from a development build before release 0.1.0, \
+         which this version does not read; it was left untouched. Stop the agent and move the \
+         file aside to start a new epoch (readings still in it are not sent)"
+    )]
+    OlderFormat { path: PathBuf, found: u64 },
     #[error("cannot open buffer file {path}: {detail}")]
     Storage { path: PathBuf, detail: String },
     #[error("cannot start the buffer writer thread: {0}")]
@@ -397,11 +410,30 @@ impl RedbBuffer {
         let txn = db.begin_write().map_err(|e| se(e.into()))?;
         let result = {
             let mut meta = txn.open_table(META).map_err(|e| se(e.into()))?;
-            let readings = txn.open_table(READINGS).map_err(|e| se(e.into()))?;
             let get = |k: &str| -> Result<Option<u64>, OpenError> {
                 Ok(meta.get(k).map_err(|e| se(e.into()))?.map(|v| v.value()))
             };
             let format = get("format")?;
+            // Checked before any other table is opened (a newer layout may have changed their
+            // types); returning drops the transaction uncommitted, so the file stays as it was.
+            // A future FORMAT migrates older formats here, in this transaction;
+            // tests/buffer_format.rs opens a buffer written by release 0.1.0.
+            match format {
+                Some(found) if found > FORMAT => {
+                    return Err(OpenError::NewerFormat {
+                        path: path.to_owned(),
+                        found,
+                    })
+                }
+                Some(found) if found < FORMAT => {
+                    return Err(OpenError::OlderFormat {
+                        path: path.to_owned(),
+                        found,
+                    })
+                }
+                _ => {}
+            }
+            let readings = txn.open_table(READINGS).map_err(|e| se(e.into()))?;
             match format {
                 None => {
                     if readings.len().map_err(|e| se(e.into()))? > 0 {
@@ -432,7 +464,8 @@ impl RedbBuffer {
                         },
                     )
                 }
-                Some(FORMAT) => {
+                // FORMAT: every other format was refused above.
+                Some(_) => {
                     let missing = |k: &str| OpenError::Corrupt {
                         path: path.to_owned(),
                         detail: format!("metadata key {k:?} is missing"),
@@ -503,12 +536,6 @@ impl RedbBuffer {
                             oldest_ts,
                         },
                     )
-                }
-                Some(other) => {
-                    return Err(OpenError::WrongFormat {
-                        path: path.to_owned(),
-                        detail: format!("found format {other}"),
-                    })
                 }
             }
         };

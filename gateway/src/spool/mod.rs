@@ -11,6 +11,17 @@
 //!   was ever spooled. Written in the same transaction as the batches. In ack mode `kafka` it
 //!   can be behind what was acked (batches that skipped the spool); the sequencer is seeded
 //!   accordingly (`sequencer`, "Restart after direct delivery").
+//! * table `meta`: `&str` -> `u64`; `"format"` is the layout version ([`FORMAT`]).
+//!
+//! # Format versions
+//!
+//! [`Spool::open`] reads `"format"` before it touches anything else. A spool of an older format
+//! is migrated in the same transaction (none exists yet: 1 is the first); a spool without the
+//! key was written before versions were recorded, has the layout of format 1, and is stamped
+//! with it. A spool of a newer format (written by a newer gateway, then downgraded) is refused
+//! with [`SpoolError::NewerFormat`] and left untouched. A layout change bumps [`FORMAT`] and
+//! adds its migration here; `tests/spool_format.rs` opens a spool written by release 0.1.0
+//! (`tests/fixtures/spool-0.1.0/`) to hold every later version to that.
 //!
 //! # Durability
 //!
@@ -46,6 +57,10 @@ use thiserror::Error;
 
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const CURSORS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("cursors");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Layout version of the spool file (see "Format versions" above).
+pub const FORMAT: u64 = 1;
 
 /// redb page cache size.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -119,6 +134,13 @@ pub enum SpoolError {
     Corrupt(String),
     #[error("writing export: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "spool {path} has format {found}, written by a newer breakwater-gateway; this one \
+         reads format {FORMAT} and left the file untouched. Install the newer version again, \
+         or stop the gateway and move the file aside to start an empty spool (its batches are \
+         not lost: the newer version's `spool export` reads them)"
+    )]
+    NewerFormat { path: PathBuf, found: u64 },
 }
 
 macro_rules! db_err {
@@ -164,15 +186,7 @@ impl Spool {
         let db = db_err!(Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path))?;
-        // Make sure both tables exist so readers never see "table does not exist".
-        {
-            let txn = db_err!(db.begin_write())?;
-            {
-                db_err!(txn.open_table(BATCHES))?;
-                db_err!(txn.open_table(CURSORS))?;
-            }
-            db_err!(txn.commit())?;
-        }
+        Self::check_format(&db, &path)?;
         let spool = Self {
             db,
             path,
@@ -182,6 +196,41 @@ impl Spool {
         };
         let rec = spool.scan()?;
         Ok((Arc::new(spool), rec))
+    }
+
+    /// Checks (or stamps, or migrates) the format, and makes sure both data tables exist so
+    /// readers never see "table does not exist". Nothing is written unless the format is one
+    /// this gateway reads.
+    fn check_format(db: &Database, path: &Path) -> Result<(), SpoolError> {
+        let txn = db_err!(db.begin_write())?;
+        {
+            let mut meta = db_err!(txn.open_table(META))?;
+            let format = db_err!(meta.get("format"))?.map(|v| v.value());
+            match format {
+                // New, or written before the format was recorded (the layout of format 1).
+                None => {
+                    db_err!(meta.insert("format", FORMAT))?;
+                }
+                Some(FORMAT) => {}
+                Some(found) if found > FORMAT => {
+                    // Dropping the transaction uncommitted leaves the file as it was.
+                    return Err(SpoolError::NewerFormat {
+                        path: path.to_owned(),
+                        found,
+                    });
+                }
+                // Format 1 is the first; migrations from older formats go here.
+                Some(found) => {
+                    return Err(SpoolError::Corrupt(format!(
+                        "{}: unknown spool format {found}",
+                        path.display()
+                    )))
+                }
+            }
+            db_err!(txn.open_table(BATCHES))?;
+            db_err!(txn.open_table(CURSORS))?;
+        }
+        db_err!(txn.commit())
     }
 
     fn scan(&self) -> Result<Recovery, SpoolError> {

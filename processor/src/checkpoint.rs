@@ -4,7 +4,9 @@
 //! * `devices`: `(partition: i32, device: &str)` → postcard [`DeviceState`].
 //! * `partitions`: `partition: i32` → postcard [`PartitionMeta`] (watermarks, fleet baseline).
 //! * `offsets`: `(topic: &str, partition: i32)` → next offset to consume (`i64`).
-//! * `info`: `"format"` → `"1"`.
+//! * `changelog`: `partition: i32` → `(seq, offset)` of the checkpoint's marker in the Kafka
+//!   changelog ([`crate::changelog`]): this copy is current while that marker is the last one.
+//! * `info`: `"format"` → `"2"`.
 //!
 //! # What is durable when
 //! [`Store::commit`] writes the devices changed since the last commit (and deletes the ones
@@ -40,6 +42,8 @@ const DEVICES: TableDefinition<(i32, &str), &[u8]> = TableDefinition::new("devic
 const PARTITIONS: TableDefinition<i32, &[u8]> = TableDefinition::new("partitions");
 const OFFSETS: TableDefinition<(&str, i32), i64> = TableDefinition::new("offsets");
 const INFO: TableDefinition<&str, &str> = TableDefinition::new("info");
+/// `partition` → (marker sequence, changelog offset of the marker) of the last checkpoint.
+const CHANGELOG: TableDefinition<i32, (u64, i64)> = TableDefinition::new("changelog");
 /// 2: device state has `last_seen` instead of the idle `floor` (per-device event time, TTL).
 const FORMAT: &str = "2";
 
@@ -147,6 +151,7 @@ impl Store {
                 tx.open_table(DEVICES).map_err(storage)?;
                 tx.open_table(PARTITIONS).map_err(storage)?;
                 tx.open_table(OFFSETS).map_err(storage)?;
+                tx.open_table(CHANGELOG).map_err(storage)?;
                 found
             };
             tx.commit().map_err(storage)?;
@@ -234,9 +239,20 @@ impl Store {
         };
         let telemetry_next = off(telemetry_topic)?;
         let events_next = off(events_topic)?;
+        let marker = tx
+            .open_table(CHANGELOG)
+            .map_err(|e| st(storage(e)))?
+            .get(id)
+            .map_err(|e| st(storage(e)))?
+            .map(|v| v.value());
         let n = devices.len();
+        let mut partition = Partition::restore(id, meta, devices, telemetry_next, events_next);
+        if let Some((seq, off)) = marker {
+            partition.changelog_seq = seq;
+            partition.changelog_offset = Some(off);
+        }
         Ok(Loaded {
-            partition: Partition::restore(id, meta, devices, telemetry_next, events_next),
+            partition,
             devices: n,
             duration: t0.elapsed(),
         })
@@ -262,8 +278,14 @@ impl Store {
             let mut devices = tx.open_table(DEVICES).map_err(storage)?;
             let mut metas = tx.open_table(PARTITIONS).map_err(storage)?;
             let mut offsets = tx.open_table(OFFSETS).map_err(storage)?;
+            let mut markers = tx.open_table(CHANGELOG).map_err(storage)?;
             let mut buf = Vec::with_capacity(1024);
             for p in &parts {
+                if let Some(off) = p.changelog_offset {
+                    markers
+                        .insert(p.id, (p.changelog_seq, off))
+                        .map_err(storage)?;
+                }
                 for device in p.dirty_devices() {
                     let Some(state) = p.devices.get(device) else {
                         // Evicted since the last checkpoint.
@@ -312,6 +334,74 @@ impl Store {
             devices_written: written,
             duration: t0.elapsed(),
         })
+    }
+
+    /// Replaces everything stored for partition `p` by `p` (after a restore from the changelog:
+    /// the local copy becomes a cache of it again), in one transaction.
+    ///
+    /// # Errors
+    /// See [`CommitError`]; on error the previous local copy stands.
+    pub fn replace_partition(
+        &self,
+        p: &Partition,
+        telemetry_topic: &str,
+        events_topic: &str,
+    ) -> Result<usize, CommitError> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut devices = tx.open_table(DEVICES).map_err(storage)?;
+            let stale: Vec<String> = devices
+                .range((p.id, "")..(p.id.saturating_add(1), ""))
+                .map_err(storage)?
+                .map(|r| r.map(|(k, _)| k.value().1.to_owned()))
+                .collect::<Result<_, _>>()
+                .map_err(storage)?;
+            for d in stale {
+                devices.remove((p.id, d.as_str())).map_err(storage)?;
+            }
+            let mut buf = Vec::with_capacity(1024);
+            for (device, state) in &p.devices {
+                buf.clear();
+                buf = postcard::to_extend(state, std::mem::take(&mut buf)).map_err(|source| {
+                    CommitError::Encode {
+                        partition: p.id,
+                        device: device.clone(),
+                        source,
+                    }
+                })?;
+                devices
+                    .insert((p.id, device.as_str()), buf.as_slice())
+                    .map_err(storage)?;
+            }
+            let meta = postcard::to_stdvec(&p.meta).map_err(|source| CommitError::Encode {
+                partition: p.id,
+                device: String::new(),
+                source,
+            })?;
+            tx.open_table(PARTITIONS)
+                .map_err(storage)?
+                .insert(p.id, meta.as_slice())
+                .map_err(storage)?;
+            let mut offsets = tx.open_table(OFFSETS).map_err(storage)?;
+            for (topic, next) in [
+                (telemetry_topic, p.telemetry_next),
+                (events_topic, p.events_next),
+            ] {
+                match next {
+                    Some(o) => offsets.insert((topic, p.id), o).map(|_| ()),
+                    None => offsets.remove((topic, p.id)).map(|_| ()),
+                }
+                .map_err(storage)?;
+            }
+            let mut markers = tx.open_table(CHANGELOG).map_err(storage)?;
+            match p.changelog_offset {
+                Some(off) => markers.insert(p.id, (p.changelog_seq, off)).map(|_| ()),
+                None => markers.remove(p.id).map(|_| ()),
+            }
+            .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        Ok(p.devices.len())
     }
 
     /// Devices stored for partition `id` (for tests and diagnostics).

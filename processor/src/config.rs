@@ -34,6 +34,13 @@ pub struct KafkaConfig {
     pub windows_topic: Option<String>,
     /// Readings beyond their device's allowed lateness.
     pub late_topic: String,
+    /// State changelog (compacted; one partition per input partition).
+    pub changelog_topic: String,
+    /// Give up restoring a partition from the changelog after this long.
+    pub restore_timeout: Duration,
+    /// After the high watermark, wait this long for further changelog records (tansu's high
+    /// watermarks are below the real end).
+    pub restore_quiet: Duration,
     pub group_id: String,
     pub group_instance_id: Option<String>,
     /// `Some`: consume exactly these partitions of both input topics, no consumer group.
@@ -361,6 +368,9 @@ impl Config {
         let anomalies_topic = s.string("anomalies_topic", "breakwater.anomalies");
         let windows_topic = s.opt_string("windows_topic");
         let late_topic = s.string("late_topic", "breakwater.late");
+        let changelog_topic = s.string("changelog_topic", "breakwater.processor-changelog");
+        let restore_timeout = s.duration("restore_timeout", Duration::from_secs(300));
+        let restore_quiet = s.duration("restore_quiet", Duration::from_millis(300));
         let group_id = s.string("group_id", "breakwater-processor");
         let mut group_instance_id = s.opt_string("group_instance_id");
         let mut assign = match s.raw("assign") {
@@ -533,6 +543,9 @@ impl Config {
                     anomalies_topic,
                     windows_topic,
                     late_topic,
+                    changelog_topic,
+                    restore_timeout,
+                    restore_quiet,
                     group_id,
                     group_instance_id,
                     assign,

@@ -8,14 +8,16 @@
 //! The consumer uses the `range` assignor, which gives partition `p` of both topics to the same
 //! member, so one instance owns all of a device's state.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -29,6 +31,15 @@ pub struct Deliveries {
     /// Delivery reports received: acknowledged, failed.
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
+    /// Acknowledged changelog offsets of checkpoint markers, by partition (see
+    /// [`marker_opaque`]).
+    pub markers: Mutex<HashMap<i32, i64>>,
+}
+
+/// The delivery opaque of partition `p`'s checkpoint marker (outputs and device records: 0).
+#[must_use]
+pub fn marker_opaque(p: i32) -> usize {
+    usize::try_from(p).unwrap_or(0) + 1
 }
 
 impl Deliveries {
@@ -47,11 +58,19 @@ pub struct OutputContext(pub Arc<Deliveries>);
 impl ClientContext for OutputContext {}
 
 impl ProducerContext for OutputContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, r: &DeliveryResult<'_>, (): ()) {
+    fn delivery(&self, r: &DeliveryResult<'_>, opaque: usize) {
         match r {
-            Ok(_) => {
+            Ok(m) => {
+                if opaque > 0 {
+                    let p = i32::try_from(opaque - 1).unwrap_or(i32::MAX);
+                    self.0
+                        .markers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(p, m.offset());
+                }
                 self.0.delivered.fetch_add(1, Ordering::Release);
             }
             Err((e, _)) => {
@@ -101,7 +120,11 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("partition.assignment.strategy", "range");
+        // Incremental rebalancing: a new member takes partitions without everyone else giving
+        // theirs back first. Only the telemetry topic is subscribed; each instance assigns the
+        // events partitions with the same numbers itself (run.rs), so co-partitioning does not
+        // depend on the assignor.
+        .set("partition.assignment.strategy", "cooperative-sticky");
     if let Some(id) = &cfg.group_instance_id {
         c.set("group.instance.id", id);
     }
@@ -152,6 +175,88 @@ pub async fn ensure_output_topics(cfg: &KafkaConfig) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+/// Errors creating or checking the changelog topic.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogTopicError {
+    #[error("admin client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("creating changelog topic {topic}: {code}")]
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("changelog topic {topic} has {found} partitions, the input topics {want}: one changelog partition per input partition")]
+    Partitions {
+        topic: String,
+        found: usize,
+        want: i32,
+    },
+}
+
+/// Creates the changelog topic (compacted, one partition per input partition) if missing, and
+/// checks its partition count.
+///
+/// # Errors
+/// See [`ChangelogTopicError`].
+pub async fn ensure_changelog_topic(
+    cfg: &KafkaConfig,
+    partitions: i32,
+    create: bool,
+) -> Result<(), ChangelogTopicError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?;
+    let topic = cfg.changelog_topic.as_str();
+    if create {
+        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact")
+            // Time for a new owner to repair an incomplete checkpoint (changelog.rs).
+            .set("min.compaction.lag.ms", "3600000");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in admin.create_topics([&t], &opts).await? {
+            match r {
+                Ok(t) => tracing::info!(topic = %t, partitions, "created changelog topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(ChangelogTopicError::Create { topic, code }),
+            }
+        }
+    }
+    let md = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let found = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    if i32::try_from(found).ok() != Some(partitions) {
+        return Err(ChangelogTopicError::Partitions {
+            topic: topic.to_owned(),
+            found,
+            want: partitions,
+        });
+    }
+    Ok(())
+}
+
+/// A consumer for reading the changelog and watermarks: no group membership, no commits.
+///
+/// # Errors
+/// If librdkafka rejects the configuration.
+pub fn reader(cfg: &KafkaConfig) -> rdkafka::error::KafkaResult<rdkafka::consumer::BaseConsumer> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", format!("{}-restore", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed");
+    for (k, v) in &cfg.consumer {
+        c.set(k, v);
+    }
+    c.create()
 }
 
 /// True for consumer errors that only mean "nothing to do right now".

@@ -7,12 +7,14 @@
 //! * [`state`] — the pure core per input partition, built from
 //!   [`dedupe`] → [`session`] → [`window`] → [`anomaly`]; writes [`output`] records with
 //!   deterministic [`ids`].
-//! * [`checkpoint`] — one redb write transaction holds the state and the consumed offsets.
+//! * [`checkpoint`] — one redb write transaction holds the state and the consumed offsets; the
+//!   same changes go to a Kafka [`changelog`] first, so any instance can restore a partition.
 //! * [`run`] — the loop that ties them together, with [`config`] and [`metrics`].
 //!
 //! See `ARCHITECTURE.md` in this crate for the invariants and the exactly-once argument.
 
 pub mod anomaly;
+pub mod changelog;
 pub mod checkpoint;
 pub mod config;
 pub mod dedupe;

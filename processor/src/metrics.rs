@@ -25,6 +25,9 @@ pub const RECOVERED_DEVICES: &str = "breakwater_processor_recovered_devices_tota
 pub const OUTPUTS: &str = "breakwater_processor_outputs_total";
 pub const OUTPUT_ERRORS: &str = "breakwater_processor_output_errors_total";
 pub const DEVICES: &str = "breakwater_processor_devices";
+pub const CHANGELOG_RESTORES: &str = "breakwater_processor_changelog_restores_total";
+pub const BELOW_LOG_START: &str = "breakwater_processor_offsets_below_log_start_records_total";
+pub const CHANGELOG_RECORDS: &str = "breakwater_processor_changelog_records_total";
 pub const OFFSET_COMMITS: &str = "breakwater_processor_offset_commits_total";
 pub const OFFSET_COMMIT_ERRORS: &str = "breakwater_processor_offset_commit_errors_total";
 
@@ -66,6 +69,18 @@ pub fn describe() {
     describe_counter!(OUTPUTS, "Output records produced, by topic.");
     describe_counter!(OUTPUT_ERRORS, "Output records Kafka failed to acknowledge.");
     describe_gauge!(DEVICES, "Devices held in memory.");
+    describe_counter!(
+        CHANGELOG_RESTORES,
+        "Partitions restored from the changelog (the local copy was missing or stale)."
+    );
+    describe_counter!(
+        BELOW_LOG_START,
+        "Input records deleted before they were processed: a checkpointed offset below the log start, by topic."
+    );
+    describe_counter!(
+        CHANGELOG_RECORDS,
+        "Changelog records written (device states, tombstones, markers)."
+    );
     describe_counter!(
         OFFSET_COMMITS,
         "Checkpointed offsets committed to the consumer group (for lag tools)."

@@ -44,13 +44,14 @@ use breakwater_protocol::kafka::{
 use breakwater_protocol::Limits;
 use metrics::{counter, gauge, histogram};
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::changelog;
 use crate::checkpoint::Store;
 use crate::config::Config;
 use crate::kafka::{self, Deliveries, OutputProducer};
@@ -102,6 +103,37 @@ struct Worker {
     summary: Summary,
     limits: Limits,
     progress: Arc<Progress>,
+    /// Reads the changelog and the input topics' log starts (no group membership).
+    reader: BaseConsumer,
+}
+
+/// Hands one record to the producer, retrying while its queue is full until `timeout`.
+fn send(
+    producer: &OutputProducer,
+    mut rec: BaseRecord<'_, str, [u8], usize>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((e, r))
+                if e.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::QueueFull)
+                    && Instant::now() < deadline =>
+            {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, r)) => return Err(format!("producing to {}: {e}", r.topic)),
+        }
+    }
+}
+
+/// Records between a checkpointed next offset and the log start, when the log start is past it.
+#[must_use]
+pub fn records_below_log_start(next: Option<i64>, low: i64) -> Option<u64> {
+    let n = next?;
+    (n < low).then(|| u64::try_from(low - n).unwrap_or(0))
 }
 
 fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
@@ -113,31 +145,70 @@ fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
 }
 
 impl Worker {
+    /// Loads partitions `ids`: the local checkpoint if it is still the changelog's latest,
+    /// else the state the changelog's last marker describes (then written to the local cache);
+    /// then checks the checkpointed offsets against the input topics' log start.
     fn load_partitions(&mut self, ids: &[i32]) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let mut devices = 0;
+        let k = &self.cfg.kafka;
         for &id in ids {
             if self.parts.contains_key(&id) {
                 continue;
             }
             let l = self
                 .store
-                .load(
-                    id,
-                    &self.cfg.kafka.telemetry_topic,
-                    &self.cfg.kafka.events_topic,
-                )
-                .with_context(|| format!("loading the checkpoint of partition {id}"))?;
+                .load(id, &k.telemetry_topic, &k.events_topic)
+                .with_context(|| format!("loading the local checkpoint of partition {id}"))?;
+            let local = l
+                .partition
+                .changelog_offset
+                .map(|off| (l.partition.changelog_seq, off));
+            let local_seq = l.partition.changelog_seq;
+            let base = local.map(|(seq, off)| (l.partition, seq, off));
+            let r = changelog::restore(
+                &self.reader,
+                &k.changelog_topic,
+                id,
+                base,
+                k.restore_quiet,
+                k.restore_timeout,
+            )
+            .with_context(|| format!("restoring partition {id} from the changelog"))?;
+            let from_local =
+                local.is_some_and(|(seq, _)| r.partition.changelog_seq == seq) && r.markers == 0;
+            let mut part = r.partition;
+            if !from_local {
+                // The changelog is ahead of (or instead of) the local copy: refill the cache.
+                self.store
+                    .replace_partition(&part, &k.telemetry_topic, &k.events_topic)
+                    .with_context(|| format!("writing partition {id}'s restored state locally"))?;
+                counter!(m::CHANGELOG_RESTORES).increment(1);
+            }
+            if r.repaired > 0 {
+                tracing::warn!(partition = id, devices = r.repaired, "changelog records after the last marker (an incomplete checkpoint) ignored; the next checkpoint rewrites them");
+            }
+            self.check_log_start(&mut part)?;
             tracing::info!(
                 partition = id,
-                devices = l.devices,
-                ms = l.duration.as_millis(),
-                telemetry_offset = ?l.partition.telemetry_next,
-                events_offset = ?l.partition.events_next,
+                source = if from_local {
+                    "local"
+                } else if part.changelog_offset.is_some() {
+                    "changelog"
+                } else {
+                    "empty"
+                },
+                devices = part.devices.len(),
+                changelog_records = r.records,
+                marker_seq = part.changelog_seq,
+                local_seq,
+                ms = t0.elapsed().as_millis(),
+                telemetry_offset = ?part.telemetry_next,
+                events_offset = ?part.events_next,
                 "recovered partition state"
             );
-            devices += l.devices;
-            self.parts.insert(id, l.partition);
+            devices += part.devices.len();
+            self.parts.insert(id, part);
         }
         self.progress
             .partitions
@@ -150,42 +221,74 @@ impl Worker {
         Ok(())
     }
 
+    /// A checkpointed offset below an input topic's log start means records were deleted
+    /// (retention) before this group processed them: reported (counter with the number of
+    /// records, error log), then processing resumes at the log start, never silently.
+    fn check_log_start(&self, part: &mut Partition) -> anyhow::Result<()> {
+        let k = &self.cfg.kafka;
+        for (topic, next) in [
+            (&k.telemetry_topic, &mut part.telemetry_next),
+            (&k.events_topic, &mut part.events_next),
+        ] {
+            let (low, _) = self
+                .reader
+                .fetch_watermarks(topic, part.id, Duration::from_secs(10))
+                .with_context(|| format!("log start of {topic} partition {}", part.id))?;
+            if let Some(lost) = records_below_log_start(*next, low) {
+                counter!(m::BELOW_LOG_START, "topic" => topic.clone()).increment(lost);
+                tracing::error!(
+                    topic = %topic,
+                    partition = part.id,
+                    checkpoint = ?next,
+                    log_start = low,
+                    records = lost,
+                    "checkpointed offset is below the log start: these records were deleted before they were processed; resuming at the log start"
+                );
+                *next = Some(low);
+            } else if next.is_none() && low > 0 {
+                tracing::warn!(topic = %topic, partition = part.id, log_start = low, "no checkpoint for this partition and its log starts at {low}: processing from there");
+            }
+        }
+        Ok(())
+    }
+
     fn device_count(&self) -> usize {
         self.parts.values().map(|p| p.devices.len()).sum()
     }
 
-    /// Both input topics' partitions `ids`, positioned at the checkpointed offsets.
-    fn positions(&self, ids: &[i32]) -> anyhow::Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
+    /// Partitions `ids` of the telemetry topic and of the events topic, each positioned at
+    /// the checkpointed offset (the beginning if none).
+    fn positions(&self, ids: &[i32]) -> anyhow::Result<(TopicPartitionList, TopicPartitionList)> {
+        let mut tel = TopicPartitionList::new();
+        let mut ev = TopicPartitionList::new();
         for &id in ids {
             let p = self.parts.get(&id);
             let off = |o: Option<i64>| o.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(
+            tel.add_partition_offset(
                 &self.cfg.kafka.telemetry_topic,
                 id,
                 off(p.and_then(|p| p.telemetry_next)),
             )?;
-            tpl.add_partition_offset(
+            ev.add_partition_offset(
                 &self.cfg.kafka.events_topic,
                 id,
                 off(p.and_then(|p| p.events_next)),
             )?;
         }
-        Ok(tpl)
+        Ok((tel, ev))
     }
 
     fn handle(&mut self, msg: &BorrowedMessage<'_>) {
         let id = msg.partition();
         let offset = msg.offset();
         let is_telemetry = msg.topic() == self.cfg.kafka.telemetry_topic;
-        if !self.parts.contains_key(&id) {
-            // Not expected (assignment loads first); load rather than lose state.
-            if let Err(e) = self.load_partitions(&[id]) {
-                self.fatal = Some(e);
-                return;
-            }
-        }
         let Some(part) = self.parts.get_mut(&id) else {
+            // Revoked (or not yet assigned): its owner consumes it from the checkpoint.
+            tracing::debug!(
+                partition = id,
+                offset,
+                "record of a partition not held, ignored"
+            );
             return;
         };
         let next = if is_telemetry {
@@ -278,23 +381,10 @@ impl Worker {
                 },
             };
             let value = o.to_json();
-            let mut rec = BaseRecord::to(topic).key(o.key()).payload(&value);
-            let deadline = Instant::now() + self.cfg.kafka.flush_timeout;
-            let result = loop {
-                match self.producer.send(rec) {
-                    Ok(()) => break Ok(()),
-                    Err((e, r))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::error::RDKafkaErrorCode::QueueFull)
-                            && Instant::now() < deadline =>
-                    {
-                        rec = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => break Err(format!("producing to {topic}: {e}")),
-                }
-            };
-            if let Err(e) = result {
+            let rec = BaseRecord::with_opaque_to(topic, 0)
+                .key(o.key())
+                .payload(value.as_slice());
+            if let Err(e) = send(&self.producer, rec, self.cfg.kafka.flush_timeout) {
                 failure = Some(e);
                 break;
             }
@@ -314,9 +404,76 @@ impl Worker {
     }
 
     /// Flushes outputs and commits state + offsets of every held partition.
+    /// Writes every held partition's changed devices (tombstones for evicted ones) and a new
+    /// marker to the changelog. Same poisoning rule as [`Self::produce_outputs`].
+    fn produce_changelog(&mut self) -> anyhow::Result<()> {
+        if let Some(why) = &self.send_failed {
+            bail!("an output could not be sent ({why}); not checkpointing past it");
+        }
+        let topic = self.cfg.kafka.changelog_topic.as_str();
+        let timeout = self.cfg.kafka.flush_timeout;
+        let mut buf = Vec::with_capacity(1024);
+        let mut n = 0u64;
+        let mut result = Ok(());
+        'parts: for p in self.parts.values() {
+            for device in p.dirty_devices() {
+                let key = changelog::device_key(p.id, device);
+                let rec = BaseRecord::<str, [u8], usize>::with_opaque_to(topic, 0)
+                    .partition(p.id)
+                    .key(key.as_str());
+                let rec = match p.devices.get(device) {
+                    Some(state) => {
+                        buf.clear();
+                        buf = postcard::to_extend(state, std::mem::take(&mut buf))
+                            .with_context(|| format!("encoding device {device}"))?;
+                        rec.payload(buf.as_slice())
+                    }
+                    None => rec,
+                };
+                if let Err(e) = send(&self.producer, rec, timeout) {
+                    result = Err(e);
+                    break 'parts;
+                }
+                n += 1;
+            }
+            let marker = changelog::Marker {
+                seq: p.changelog_seq + 1,
+                meta: p.meta.clone(),
+                telemetry_next: p.telemetry_next,
+                events_next: p.events_next,
+                devices: p.devices.len() as u64,
+            };
+            let value = postcard::to_stdvec(&marker).context("encoding a changelog marker")?;
+            let key = changelog::marker_key(p.id);
+            let rec = BaseRecord::with_opaque_to(topic, kafka::marker_opaque(p.id))
+                .partition(p.id)
+                .key(key.as_str())
+                .payload(value.as_slice());
+            if let Err(e) = send(&self.producer, rec, timeout) {
+                result = Err(e);
+                break;
+            }
+            n += 1;
+        }
+        self.deliveries.sent.fetch_add(n, Ordering::Release);
+        counter!(m::CHANGELOG_RECORDS).increment(n);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "changelog record not sent; stopping without a checkpoint");
+            self.send_failed = Some(e.clone());
+            bail!(e);
+        }
+        Ok(())
+    }
+
     fn checkpoint(&mut self) -> anyhow::Result<()> {
         let t0 = Instant::now();
         self.produce_outputs()?;
+        self.deliveries
+            .markers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.produce_changelog()?;
         let deadline = Instant::now() + self.cfg.kafka.flush_timeout;
         self.producer
             .flush(self.cfg.kafka.flush_timeout)
@@ -336,6 +493,23 @@ impl Worker {
         if failed > 0 {
             counter!(m::OUTPUT_ERRORS).increment(failed);
             bail!("{failed} output records were not acknowledged; stopping without a checkpoint so a restart replays them");
+        }
+        {
+            let markers = self
+                .deliveries
+                .markers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for p in self.parts.values_mut() {
+                let Some(&off) = markers.get(&p.id) else {
+                    bail!(
+                        "no acknowledgement of partition {}'s changelog marker; not checkpointing",
+                        p.id
+                    );
+                };
+                p.changelog_seq += 1;
+                p.changelog_offset = Some(off);
+            }
         }
         let s = self
             .store
@@ -448,8 +622,14 @@ fn lock(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
 }
 
 /// Consumer context: rebalances load and flush partition state.
+///
+/// Only the telemetry topic is subscribed; the group decides who owns input partition `p`,
+/// and the owner assigns events partition `p` to its own assign-only `events` consumer. So a
+/// device's batches and events always meet in one instance, whatever the assignor (here
+/// cooperative-sticky: a rebalance only moves the partitions that change owner).
 struct Ctx {
     worker: Arc<Mutex<Worker>>,
+    events: Arc<BaseConsumer>,
 }
 
 impl ClientContext for Ctx {}
@@ -473,20 +653,34 @@ impl ConsumerContext for Ctx {
         tpl: &mut TopicPartitionList,
     ) {
         let ids = partitions_of(tpl);
-        tracing::info!(kind = kafka::rebalance_kind(err), partitions = ?ids, "rebalance");
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        tracing::info!(kind = kafka::rebalance_kind(err), partitions = ?ids, cooperative, "rebalance");
         let mut w = lock(&self.worker);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let positioned = w.load_partitions(&ids).and_then(|()| w.positions(&ids));
                 match positioned {
-                    Ok(pos) => {
-                        if let Err(e) = consumer.assign(&pos) {
+                    Ok((tel, ev)) => {
+                        let r = if cooperative {
+                            consumer.incremental_assign(&tel)
+                        } else {
+                            consumer.assign(&tel)
+                        };
+                        let r = r.and_then(|()| self.events.incremental_assign(&ev));
+                        if let Err(e) = r {
                             w.fatal = Some(anyhow!("assigning {ids:?}: {e}"));
                         }
                     }
                     Err(e) => {
                         w.fatal = Some(e);
-                        let _ = consumer.unassign();
+                        if cooperative {
+                            let _ = consumer.incremental_unassign(tpl);
+                        } else {
+                            let _ = consumer.unassign();
+                        }
                     }
                 }
             }
@@ -496,13 +690,22 @@ impl ConsumerContext for Ctx {
                     w.fatal = Some(e.context("checkpoint on revocation"));
                 } else {
                     commit_to_group(consumer, &w, CommitMode::Sync);
-                    for id in &ids {
-                        w.parts.remove(id);
-                    }
-                    let held = w.parts.len() as u64;
-                    w.progress.partitions.store(held, Ordering::Relaxed);
                 }
-                let _ = consumer.unassign();
+                for id in &ids {
+                    w.parts.remove(id);
+                }
+                let held = w.parts.len() as u64;
+                w.progress.partitions.store(held, Ordering::Relaxed);
+                let mut ev = TopicPartitionList::new();
+                for &id in &ids {
+                    ev.add_partition(&w.cfg.kafka.events_topic, id);
+                }
+                let _ = self.events.incremental_unassign(&ev);
+                if cooperative {
+                    let _ = consumer.incremental_unassign(tpl);
+                } else {
+                    let _ = consumer.unassign();
+                }
             }
             _ => {
                 tracing::error!(?err, "rebalance error");
@@ -572,13 +775,29 @@ pub fn run_blocking(
         summary: Summary::default(),
         limits: Limits::DEFAULT,
         progress,
+        reader: kafka::reader(&cfg.kafka).context("creating the changelog reader")?,
     }));
+    // Assign-only: never joins the group (no static membership id either).
+    let events: Arc<BaseConsumer> = Arc::new(
+        kafka::consumer_config(&cfg.kafka)
+            .remove("group.instance.id")
+            .create()
+            .context("creating the events consumer")?,
+    );
     let consumer: BaseConsumer<Ctx> = kafka::consumer_config(&cfg.kafka)
         .create_with_context(Ctx {
             worker: worker.clone(),
+            events: events.clone(),
         })
         .context("creating the consumer")?;
     let partitions = check_co_partitioned(&consumer, cfg)?;
+    tokio::runtime::Handle::current()
+        .block_on(kafka::ensure_changelog_topic(
+            &cfg.kafka,
+            partitions,
+            cfg.kafka.create_topics,
+        ))
+        .context("changelog topic")?;
     match &cfg.kafka.assign {
         Some(ids) => {
             if let Some(bad) = ids.iter().find(|&&p| p >= partitions) {
@@ -588,13 +807,14 @@ pub fn run_blocking(
             }
             let mut w = lock(&worker);
             w.load_partitions(ids)?;
-            let pos = w.positions(ids)?;
-            consumer.assign(&pos).context("assigning partitions")?;
+            let (tel, ev) = w.positions(ids)?;
+            consumer.assign(&tel).context("assigning partitions")?;
+            events.assign(&ev).context("assigning events partitions")?;
             tracing::info!(partitions = ?ids, startup_ms = t0.elapsed().as_millis(), "explicit assignment");
         }
         None => {
             consumer
-                .subscribe(&[&cfg.kafka.telemetry_topic, &cfg.kafka.events_topic])
+                .subscribe(&[&cfg.kafka.telemetry_topic])
                 .context("subscribing")?;
             tracing::info!(group = %cfg.kafka.group_id, "joined consumer group (assignment follows)");
         }
@@ -609,7 +829,7 @@ pub fn run_blocking(
             .spawn(move || lag_loop(&cfg, &held, &stop))
             .context("starting the lag thread")?
     };
-    let result = consume(&consumer, &worker, cancel, &held);
+    let result = consume(&consumer, &events, &worker, cancel, &held);
     lag_stop.cancel();
     let _ = lag.join();
     let mut w = lock(&worker);
@@ -625,6 +845,7 @@ pub fn run_blocking(
     // Revocation on close finds nothing dirty.
     drop(w);
     drop(consumer);
+    drop(events);
     tracing::info!(?summary, "stopped after a final checkpoint");
     Ok(summary)
 }
@@ -660,11 +881,18 @@ fn check_co_partitioned(consumer: &BaseConsumer<Ctx>, cfg: &Config) -> anyhow::R
     Ok(tel)
 }
 
+#[derive(Clone, Copy)]
+enum Which {
+    Telemetry,
+    Events,
+}
+
 /// A held partition and the next offsets of its two input topics.
 type Held = (i32, Option<i64>, Option<i64>);
 
 fn consume(
     consumer: &BaseConsumer<Ctx>,
+    events: &BaseConsumer,
     worker: &Mutex<Worker>,
     cancel: &CancellationToken,
     held: &Mutex<Vec<Held>>,
@@ -673,14 +901,45 @@ fn consume(
     let mut last_records = 0u64;
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     while !cancel.is_cancelled() {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => lock(worker).handle(&msg),
-            Some(Err(e)) if kafka::is_benign(&e) => {}
-            Some(Err(e)) if last_error_log.elapsed() > Duration::from_secs(10) => {
-                tracing::warn!(error = %e, "consumer error");
-                last_error_log = Instant::now();
+        // Drain what both consumers have ready, then wait briefly on the group consumer (its
+        // poll also runs the rebalance callbacks).
+        let mut got = 0;
+        for c in [Which::Telemetry, Which::Events] {
+            for _ in 0..256 {
+                let r = match c {
+                    Which::Telemetry => consumer.poll(Duration::ZERO),
+                    Which::Events => events.poll(Duration::ZERO),
+                };
+                match r {
+                    Some(Ok(msg)) => {
+                        got += 1;
+                        lock(worker).handle(&msg);
+                    }
+                    Some(Err(e)) => {
+                        if !kafka::is_benign(&e)
+                            && last_error_log.elapsed() > Duration::from_secs(10)
+                        {
+                            tracing::warn!(error = %e, "consumer error");
+                            last_error_log = Instant::now();
+                        }
+                        break;
+                    }
+                    None => break,
+                }
             }
-            Some(Err(_)) | None => {}
+        }
+        if got == 0 {
+            match consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(msg)) => lock(worker).handle(&msg),
+                Some(Err(e))
+                    if !kafka::is_benign(&e)
+                        && last_error_log.elapsed() > Duration::from_secs(10) =>
+                {
+                    tracing::warn!(error = %e, "consumer error");
+                    last_error_log = Instant::now();
+                }
+                Some(Err(_)) | None => {}
+            }
         }
         let mut w = lock(worker);
         if let Some(e) = w.fatal.take() {
@@ -779,6 +1038,15 @@ mod tests {
         })
     }
 
+    #[test]
+    fn an_offset_below_the_log_start_is_counted_in_records() {
+        assert_eq!(records_below_log_start(Some(100), 250), Some(150));
+        assert_eq!(records_below_log_start(Some(250), 250), None);
+        assert_eq!(records_below_log_start(Some(300), 250), None);
+        // No checkpoint: nothing to report as lost by this group (warned separately).
+        assert_eq!(records_below_log_start(None, 250), None);
+    }
+
     /// A send refused synchronously (here: a one-record queue to a broker that does not exist)
     /// keeps the unsent outputs and forbids every later checkpoint, so the input they came from
     /// is replayed rather than checkpointed past.
@@ -810,6 +1078,7 @@ mod tests {
             summary: Summary::default(),
             limits: Limits::DEFAULT,
             progress: Arc::default(),
+            reader: kafka::reader(&cfg.kafka).unwrap(),
         };
         let mut part = Partition::new(0);
         part.telemetry_next = Some(42);

@@ -170,6 +170,10 @@ pub struct Partition {
     pub events_next: Option<i64>,
     /// Devices changed (or evicted: no longer in `devices`) since the last checkpoint.
     dirty: Vec<String>,
+    /// Sequence number and changelog offset of the last checkpoint's marker
+    /// ([`crate::changelog`]); 0 and `None` before the first.
+    pub changelog_seq: u64,
+    pub changelog_offset: Option<i64>,
 }
 
 fn device_mut<'a>(
@@ -328,6 +332,24 @@ impl Partition {
             telemetry_next,
             events_next,
             dirty: Vec::new(),
+            changelog_seq: 0,
+            changelog_offset: None,
+        }
+    }
+
+    /// Marks `device` for the next checkpoint (rewritten if held, deleted if not).
+    pub fn mark_changed(&mut self, device: &str) {
+        match self.devices.get_mut(device) {
+            Some(d) if d.dirty => {}
+            Some(d) => {
+                d.dirty = true;
+                self.dirty.push(device.to_owned());
+            }
+            None => {
+                if !self.dirty.iter().any(|k| k == device) {
+                    self.dirty.push(device.to_owned());
+                }
+            }
         }
     }
 

@@ -91,7 +91,7 @@ impl Proc {
         let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
+                l.lock().unwrap().push(common::strip_ansi(&line));
             }
         });
         Self { child, log }

@@ -423,9 +423,11 @@ async fn a_two_hour_backlog_is_counted_in_its_own_event_time() {
     let bootstrap = breakwater_testkit::require_kafka!();
     let t = common::topics(&bootstrap).await;
     let dir = tempfile::tempdir().unwrap();
-    // Defaults: 1 min windows, 30 s lateness, 5 min inactivity gap; the TTL only for the end.
+    // Defaults: 1 min windows, 30 s lateness, 5 min inactivity gap. The TTL must outlast the
+    // outage (a device gone longer than it is evicted and its backlog starts afresh); here it
+    // only matters for the clocks at the end.
     let text = common::config_text(&bootstrap, &t, &dir.path().join("s.redb"), "")
-        .replace("device_ttl = \"60s\"", "device_ttl = \"30m\"");
+        .replace("device_ttl = \"60s\"", "device_ttl = \"150m\"");
     let start = T - T % 60_000 + 60_000; // a window boundary
     let minute = 60_000;
     let live = name_in("live", 0, 0);
@@ -506,4 +508,31 @@ async fn a_two_hour_backlog_is_counted_in_its_own_event_time() {
     assert_eq!(want.len(), 4, "{want:?}");
     let got = common::committed(&bootstrap, &group, &[&t.telemetry, &t.events]);
     assert_eq!(got, want);
+}
+
+/// The changelog topic is created compacted with one partition per input partition, and one
+/// with another partition count is refused (its partition `p` would not be input `p`'s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_changelog_topic_is_created_and_checked() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let t = common::topics(&bootstrap).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(&common::config_text(
+        &bootstrap,
+        &t,
+        &dir.path().join("s.redb"),
+        "",
+    ));
+    cfg.kafka.changelog_topic = breakwater_testkit::kafka::unique_topic("proc-chg-new");
+    breakwater_processor::kafka::ensure_changelog_topic(&cfg.kafka, 2, true)
+        .await
+        .unwrap();
+    // Again: it exists now, with the right count.
+    breakwater_processor::kafka::ensure_changelog_topic(&cfg.kafka, 2, true)
+        .await
+        .unwrap();
+    let err = breakwater_processor::kafka::ensure_changelog_topic(&cfg.kafka, 3, false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has 2 partitions"), "{err}");
 }

@@ -76,6 +76,7 @@ pub struct Topics {
     pub anomalies: String,
     pub windows: String,
     pub late: String,
+    pub changelog: String,
 }
 
 pub async fn topics(bootstrap: &str) -> Topics {
@@ -87,6 +88,7 @@ pub async fn topics(bootstrap: &str) -> Topics {
         anomalies: k(bootstrap, "proc-anom", 1).await,
         windows: k(bootstrap, "proc-win", 1).await,
         late: k(bootstrap, "proc-late", 1).await,
+        changelog: k(bootstrap, "proc-chg", PARTITIONS).await,
     }
 }
 
@@ -184,6 +186,7 @@ sessions_topic = "{}"
 anomalies_topic = "{}"
 windows_topic = "{}"
 late_topic = "{}"
+changelog_topic = "{}"
 group_id = "{}"
 assign = [0, 1]
 create_topics = false
@@ -200,6 +203,7 @@ device_ttl = "60s"
         t.anomalies,
         t.windows,
         t.late,
+        t.changelog,
         breakwater_testkit::kafka::unique_topic("proc-group"),
         state.display()
     )
@@ -363,4 +367,22 @@ pub fn checkpointed(state: &Path, telemetry: &str, events: &str) -> BTreeMap<(St
         }
     }
     m
+}
+
+/// A log line without its terminal colour codes (`ESC [ ... m`), so tests can match `key=value`.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

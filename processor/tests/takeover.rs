@@ -1,0 +1,196 @@
+//! A partition moving to an instance that never held it, the hard way: two real processor
+//! binaries in one consumer group; one is killed with SIGKILL and its state directory deleted.
+//! The survivor takes the partition over, restores its state from the changelog (not by
+//! replaying the input) and, once all input is consumed, the union of both instances' outputs
+//! (by id) equals the pure core run over the whole input, content included (the crash test
+//! shows an uninterrupted run equals the core). Slow: tansu's first group join takes ~20 s.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
+use breakwater_protocol::Reading;
+use common::{batch, event, In};
+use serde_json::Value;
+
+const T: u64 = 1_700_000_000_000;
+
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-processor"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("BREAKWATER_PROCESSOR_ASSIGN", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(common::strip_ansi(&line));
+            }
+        });
+        Self { child, log }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn dump(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    async fn wait_for(&self, needle: &str, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.count(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {n}× {needle:?}:\n{}",
+                self.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn noise(i: u64) -> f64 {
+    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+    x as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+/// Devices in both partitions: births, readings with a spike and a pause, deaths, clocks.
+fn phases() -> (Vec<In>, Vec<In>) {
+    let dev = |d: usize| format!("mv-{d:02}");
+    let n = 12;
+    let mut one: Vec<In> = (0..n).map(|d| event(&dev(d), 2, Birth, T)).collect();
+    let mut two = Vec::new();
+    for b in 0..40u64 {
+        let phase = if b < 20 { &mut one } else { &mut two };
+        for d in 0..n {
+            let rs: Vec<Reading> = (0..10u64)
+                .map(|j| {
+                    let i = b * 10 + j;
+                    let ts = T + i * 1_000 + if b >= 30 { 30_000 } else { 0 };
+                    let v = if i == 250 {
+                        80.0
+                    } else {
+                        20.0 + noise(i + d as u64)
+                    };
+                    Reading::new("temp", v, ts)
+                })
+                .collect();
+            phase.push(batch(&dev(d), 2, b * 10 + 1, rs));
+        }
+    }
+    for d in (0..n).step_by(3) {
+        two.push(event(&dev(d), 2, Death, T + 430_000));
+    }
+    two.extend(common::clocks(T + 10_000_000));
+    (one, two)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_a_deleted_state_dir_the_survivor_restores_from_the_changelog() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let t = common::topics(&bootstrap).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = phases();
+    let all: Vec<In> = one.iter().chain(two.iter()).cloned().collect();
+    let extra = "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\n[anomaly]\nwarmup = 30\n[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n";
+    let text = common::config_text_with(
+        &bootstrap,
+        &t,
+        Path::new("STATE"),
+        "checkpoint_interval = \"300ms\"\ncheckpoint_records = 100",
+        extra,
+    )
+    .replace("device_ttl = \"60s\"", "device_ttl = \"300s\"");
+    let want = common::oracle(&text, &all);
+    assert_eq!(want["anomalies"].len(), 12, "one spike per device");
+    let config = |name: &str| {
+        let state = dir.path().join(name).join("state.redb");
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, text.replace("STATE", &state.display().to_string())).unwrap();
+        p
+    };
+    let (cfg_a, cfg_b) = (config("a"), config("b"));
+    let a = Proc::start(&cfg_a);
+    let mut b = Proc::start(&cfg_b);
+    // Each holds one partition of the two.
+    a.wait_for("recovered partition state", 1, 90).await;
+    b.wait_for("recovered partition state", 1, 90).await;
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    common::produce(&producer, &t, &one).await;
+    // Both have checkpointed some of their input (and so written it to the changelog).
+    a.wait_for("checkpoint committed", 2, 60).await;
+    b.wait_for("checkpoint committed", 2, 60).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+    common::produce(&producer, &t, &two).await;
+    // The survivor takes b's partition once the group notices, restoring it from the changelog.
+    a.wait_for("source=\"changelog\"", 1, 90).await;
+    let mut got = std::collections::BTreeMap::new();
+    for (name, topic) in [
+        ("sessions", &t.sessions),
+        ("windows", &t.windows),
+        ("anomalies", &t.anomalies),
+    ] {
+        let n = want.get(name).map_or(0, std::collections::BTreeMap::len);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let v: Vec<Value> =
+                common::read_json(&bootstrap, topic, n, Duration::from_secs(10)).await;
+            if common::by_id(&v).len() >= n || Instant::now() > deadline {
+                got.insert(name, v);
+                break;
+            }
+        }
+    }
+    let log = a.dump();
+    common::assert_same(
+        "survivor + killed instance vs core",
+        &common::dedup(&got),
+        &want,
+    );
+    // The takeover resumed at b's checkpointed offsets, not at offset 0.
+    let takeover: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("source=\"changelog\""))
+        .collect();
+    assert!(
+        takeover
+            .iter()
+            .any(|l| !l.contains("telemetry_offset=None")),
+        "{log}"
+    );
+}

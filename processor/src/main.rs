@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -92,11 +93,13 @@ fn start(path: &Path) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let cancel = CancellationToken::new();
+        let progress = Arc::new(run::Progress::default());
         if let Some(addr) = cfg.metrics_listen {
             let handle = metrics::install()?;
             let c = cancel.child_token();
+            let p = progress.clone();
             tokio::spawn(async move {
-                if let Err(e) = metrics::serve(addr, handle, c).await {
+                if let Err(e) = metrics::serve(addr, handle, p, c).await {
                     tracing::error!(%addr, error = %e, "metrics endpoint failed");
                 }
             });
@@ -107,7 +110,7 @@ fn start(path: &Path) -> anyhow::Result<()> {
             tracing::info!("shutting down: flushing outputs and writing a final checkpoint");
             signals.cancel();
         });
-        let summary = run::run(cfg, cancel.child_token()).await?;
+        let summary = run::run_observed(cfg, cancel.child_token(), progress).await?;
         tracing::info!(
             telemetry_records = summary.telemetry_records,
             event_records = summary.event_records,

@@ -11,6 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use crate::run::{Health, Progress};
 use crate::state::Stats;
 
 pub const RECORDS: &str = "breakwater_processor_records_total";
@@ -222,6 +225,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 pub async fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
+    progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
@@ -237,19 +241,63 @@ pub async fn serve(
                 }
             },
         };
-        let body = handle.render();
+        let handle = handle.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            // Read (and ignore) the request head; a scrape is always GET /metrics.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
+            // Only the request line matters: GET /healthz, /readyz, anything else is /metrics.
+            let n = tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            let (status, body) = respond(&buf[..n], &handle, &progress);
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
             let _ = sock.write_all(head.as_bytes()).await;
             let _ = sock.write_all(body.as_bytes()).await;
         });
+    }
+}
+
+/// How long the processing loop may go without an iteration before `/healthz` fails.
+pub const HEARTBEAT_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Status line and body for a request (its first bytes).
+///
+/// * `/healthz` (liveness): 200 unless the processing loop stopped or has not iterated for
+///   [`HEARTBEAT_STALE`] (a restore in progress counts as alive).
+/// * `/readyz` (readiness): 200 only when the loop runs with a fresh heartbeat and no
+///   partition is being restored; 503 while starting or restoring.
+/// * anything else: the Prometheus text.
+#[must_use]
+pub fn respond(
+    request: &[u8],
+    handle: &PrometheusHandle,
+    progress: &Progress,
+) -> (&'static str, String) {
+    let line = request
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let path = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let health = progress.health(HEARTBEAT_STALE);
+    match path {
+        b"/healthz" => match health {
+            Health::Unhealthy => ("503 Service Unavailable", "unhealthy\n".to_owned()),
+            Health::Ready | Health::Starting => ("200 OK", "ok\n".to_owned()),
+        },
+        b"/readyz" => match health {
+            Health::Ready => ("200 OK", "ready\n".to_owned()),
+            Health::Starting => (
+                "503 Service Unavailable",
+                "starting or restoring\n".to_owned(),
+            ),
+            Health::Unhealthy => ("503 Service Unavailable", "unhealthy\n".to_owned()),
+        },
+        _ => ("200 OK", handle.render()),
     }
 }
 
@@ -261,6 +309,43 @@ pub fn records_rate(per_second: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_and_readiness_follow_the_loop() {
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        let p = Progress::default();
+        let get = |path: &str, p: &Progress| {
+            respond(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+                &handle,
+                p,
+            )
+            .0
+        };
+        // Starting: alive, not ready.
+        assert_eq!(get("/healthz", &p), "200 OK");
+        assert_eq!(get("/readyz", &p), "503 Service Unavailable");
+        p.beat();
+        assert_eq!(get("/readyz", &p), "200 OK");
+        assert_eq!(get("/metrics", &p), "200 OK");
+        // Restoring: alive, not ready, whatever the heartbeat.
+        p.restoring.store(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(get("/healthz", &p), "200 OK");
+        assert_eq!(get("/readyz", &p), "503 Service Unavailable");
+        assert_eq!(p.health(std::time::Duration::ZERO), Health::Starting);
+        p.restoring.store(0, std::sync::atomic::Ordering::Relaxed);
+        // A heartbeat older than the limit: unhealthy.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(
+            p.health(std::time::Duration::from_millis(1)),
+            Health::Unhealthy
+        );
+        assert_eq!(p.health(std::time::Duration::from_secs(60)), Health::Ready);
+        // Stopped: neither.
+        p.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(get("/healthz", &p), "503 Service Unavailable");
+        assert_eq!(get("/readyz", &p), "503 Service Unavailable");
+    }
 
     /// Every counter reports its own field's value: a distinct value per field, read back from
     /// the rendered Prometheus text by name.

@@ -79,6 +79,61 @@ pub struct Progress {
     pub event_records: AtomicU64,
     /// Input partitions currently held (loaded and assigned).
     pub partitions: AtomicU64,
+    /// Milliseconds since `Progress::epoch` of the processing loop's last iteration; 0 before
+    /// the loop started.
+    pub heartbeat_ms: AtomicU64,
+    /// Partitions being restored right now (the loop does not run meanwhile).
+    pub restoring: AtomicU64,
+    /// Set once when the processing loop stops (error or shutdown).
+    pub stopped: std::sync::atomic::AtomicBool,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+/// What `/healthz` and `/readyz` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Serving: the loop runs and its heartbeat is fresh.
+    Ready,
+    /// Alive but not ready: starting up or restoring partitions.
+    Starting,
+    /// The loop stopped or its heartbeat is older than the limit.
+    Unhealthy,
+}
+
+impl Progress {
+    fn now_ms(&self) -> u64 {
+        let e = self.epoch.get_or_init(Instant::now);
+        u64::try_from(e.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Records one iteration of the processing loop.
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Liveness and readiness: a loop that has not iterated for `stale` is unhealthy, except
+    /// while partitions are restored (a long restore is not a hang).
+    #[must_use]
+    pub fn health(&self, stale: Duration) -> Health {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Health::Unhealthy;
+        }
+        if self.restoring.load(Ordering::Relaxed) > 0 {
+            return Health::Starting;
+        }
+        let beat = self.heartbeat_ms.load(Ordering::Relaxed);
+        if beat == 0 {
+            return Health::Starting;
+        }
+        let age = self.now_ms().saturating_sub(beat);
+        if u128::from(age) > stale.as_millis() {
+            Health::Unhealthy
+        } else {
+            Health::Ready
+        }
+    }
 }
 
 /// Everything the loop and the rebalance callbacks share.
@@ -149,6 +204,17 @@ impl Worker {
     /// else the state the changelog's last marker describes (then written to the local cache);
     /// then checks the checkpointed offsets against the input topics' log start.
     fn load_partitions(&mut self, ids: &[i32]) -> anyhow::Result<()> {
+        self.progress
+            .restoring
+            .store(ids.len() as u64, Ordering::Relaxed);
+        let r = self.load_partitions_inner(ids);
+        self.progress.restoring.store(0, Ordering::Relaxed);
+        // The loop was blocked while restoring: a fresh heartbeat, not a stale one.
+        self.progress.beat();
+        r
+    }
+
+    fn load_partitions_inner(&mut self, ids: &[i32]) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let mut devices = 0;
         let k = &self.cfg.kafka;
@@ -830,6 +896,10 @@ pub fn run_blocking(
             .context("starting the lag thread")?
     };
     let result = consume(&consumer, &events, &worker, cancel, &held);
+    lock(&worker)
+        .progress
+        .stopped
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     lag_stop.cancel();
     let _ = lag.join();
     let mut w = lock(&worker);
@@ -900,7 +970,9 @@ fn consume(
     let mut last_report = Instant::now();
     let mut last_records = 0u64;
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
+    let progress = lock(worker).progress.clone();
     while !cancel.is_cancelled() {
+        progress.beat();
         // Drain what both consumers have ready, then wait briefly on the group consumer (its
         // poll also runs the rebalance callbacks).
         let mut got = 0;

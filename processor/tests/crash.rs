@@ -138,9 +138,14 @@ impl Proc {
 }
 
 fn scrape(port: u16) -> String {
+    get(port, "/metrics")
+}
+
+fn get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -222,6 +227,9 @@ async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
             "{name} missing from /metrics:\n{scrape}"
         );
     }
+    // Caught up: alive and ready.
+    assert!(get(metrics_port, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get(metrics_port, "/readyz").starts_with("HTTP/1.1 200"));
     // Shown, not asserted: tansu's high watermarks are wrong (see the crate README).
     for l in scrape
         .lines()

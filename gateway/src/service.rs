@@ -12,7 +12,10 @@
 //! Shutdown stages (each bounded by `[shutdown] deadline` overall): stop the link consumer
 //! (nothing new is accepted), let the spool writer commit what was accepted, let the drain
 //! deliver what it can until the deadline (the rest stays in the spool), flush the producers.
-//! The embedded broker has no stop method and ends with the process.
+//! The embedded broker has no stop method and ends with the process. Every wait is bounded
+//! (by what is left of the deadline, at least `STAGE_MIN` for the few that must run after it),
+//! so Kafka unreachable, the link gone or a stuck stage cannot hold the stop past about
+//! deadline + 5 s (tested with Kafka SIGSTOPped during the stop: `tests/shutdown.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -36,6 +39,11 @@ use crate::sequencer::Sequencer;
 use crate::spool::writer::{Bypass, BypassTx, Deletes, Writer};
 use crate::spool::{self, Spool, SpoolError};
 use crate::stats as m;
+
+/// The least a shutdown stage gets once the deadline has passed (the link consumer's join,
+/// the drain's answer to its abort, the last deletes): the whole stop takes at most
+/// `[shutdown] deadline` plus a few of these.
+const STAGE_MIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -401,10 +409,21 @@ impl Gateway {
         self.health.ready.store(false, Ordering::Relaxed);
         info!(deadline = ?self.deadline, "shutting down: no longer accepting batches");
 
-        // 1. Stop accepting.
+        // 1. Stop accepting. The link consumer checks its stop flag every 200 ms and never
+        // blocks on the queue (try_send), so this is quick; the bound is the backstop (a
+        // thread still running then is left behind; the process exits anyway).
         self.link_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.link_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let wait = left(self.deadline).max(STAGE_MIN);
+            if tokio::time::timeout(wait, tokio::task::spawn_blocking(move || t.join()))
+                .await
+                .is_err()
+            {
+                warn!(
+                    ?wait,
+                    "link consumer did not stop in time; going on without it"
+                );
+            }
         }
         // 2. Commit what was accepted.
         if tokio::time::timeout(left(self.deadline), &mut self.writer)
@@ -414,24 +433,32 @@ impl Gateway {
             warn!("shutdown deadline passed while committing the spool");
         }
         self.writer_done.store(true, Ordering::Release);
-        // 3. Deliver to Kafka until the deadline; the rest stays in the spool.
+        // 3. Deliver to Kafka until the deadline; the rest stays in the spool. Kafka
+        // unreachable (tests/shutdown.rs pauses it): the drain is aborted at the deadline; it
+        // answers the abort at once unless it sits in a spool read, hence the short bound.
         self.drain_stop.cancel();
         if let Some(mut d) = self.drain.take() {
             if tokio::time::timeout(left(self.deadline), &mut d)
                 .await
                 .is_err()
             {
+                info!("shutdown deadline reached: undelivered records stay in the spool");
                 self.drain_abort.cancel();
-                let _ = d.await;
+                if tokio::time::timeout(STAGE_MIN, &mut d).await.is_err() {
+                    warn!("Kafka drain did not answer the abort; stopped it");
+                    d.abort();
+                }
             }
         }
-        // Deletes the drain reported after the writer stopped.
+        // Deletes the drain reported after the writer stopped. Bounded: a hanging disk must
+        // not hold the stop (uncommitted deletes only mean resends, deduplicated downstream).
         let late = self.deletes.take();
         if !late.is_empty() {
             let spool = self.spool.clone();
             let n = late.len();
-            match tokio::task::spawn_blocking(move || spool.commit(&[], &late)).await {
-                Ok(Ok(())) => info!(records = n, "committed the last deletes"),
+            let commit = tokio::task::spawn_blocking(move || spool.commit(&[], &late));
+            match tokio::time::timeout(left(self.deadline).max(STAGE_MIN), commit).await {
+                Ok(Ok(Ok(()))) => info!(records = n, "committed the last deletes"),
                 _ => warn!(
                     records = n,
                     "last deletes not committed: those records will be sent again after restart"
@@ -459,6 +486,7 @@ impl Gateway {
         }
         info!(
             elapsed = ?start.elapsed(),
+            deadline = ?self.deadline,
             spool_records = self.spool.records(),
             "gateway stopped"
         );

@@ -284,10 +284,37 @@ async fn the_agent_binary_answers_clearly_while_the_disk_is_full_and_recovers() 
     )
     .unwrap();
     let log = work.path().join("agent.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-agent"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
+    // systemd's side of sd_notify: a datagram socket collecting what the agent reports, with
+    // the watchdog on (WATCHDOG_PID must be the agent's pid: the shell execs it).
+    let notify_path = work.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let notified = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop_notify = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (notified, stop) = (notified.clone(), stop_notify.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = notify.recv(&mut buf) {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    notified.lock().unwrap().push(msg);
+                }
+            }
+        })
+    };
+    let saw = |what: &str| notified.lock().unwrap().iter().any(|m| m.contains(what));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "WATCHDOG_PID=$$ exec {} run --config {}",
+            env!("CARGO_BIN_EXE_breakwater-agent"),
+            config.display()
+        ))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "1000000")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -345,6 +372,18 @@ async fn the_agent_binary_answers_clearly_while_the_disk_is_full_and_recovers() 
         msg.contains("not stored") && (msg.contains("failing") || msg.contains("space")),
         "{msg}"
     );
+    // systemd sees it: the unit's status line says so (the watchdog keeps being fed for
+    // WATCHDOG_STORAGE_GRACE while the agent heals itself).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !saw("STATUS=storage failing") {
+        assert!(
+            Instant::now() < deadline,
+            "no STATUS=storage failing sent to systemd: {:?}",
+            notified.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(saw("READY=1") && saw("WATCHDOG=1"));
     let m = http_get(metrics, "/metrics");
     assert!(
         m.contains("breakwater_agent_buffer_storage_failing 1"),
@@ -371,6 +410,15 @@ async fn the_agent_binary_answers_clearly_while_the_disk_is_full_and_recovers() 
         m.contains("breakwater_agent_buffer_storage_failing 0"),
         "metrics must show the recovery:\n{m}"
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !saw("STATUS=running") {
+        assert!(
+            Instant::now() < deadline,
+            "no STATUS=running after the recovery: {:?}",
+            notified.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop((w, r));
 
     let pid = guard.0.id().to_string();
@@ -391,6 +439,9 @@ async fn the_agent_binary_answers_clearly_while_the_disk_is_full_and_recovers() 
         std::thread::sleep(Duration::from_millis(20));
     };
     drop(guard);
+    stop_notify.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    assert!(saw("STOPPING=1"));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status:?}\n{text}");
     let b = RedbBuffer::open(&buf_dir, RedbOptions::default()).unwrap();

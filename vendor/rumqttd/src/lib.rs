@@ -27,6 +27,7 @@ pub use server::{Broker, LinkType, Server};
 
 pub use self::router::shared_subs::Strategy;
 
+pub mod hooks;
 mod link;
 pub mod protocol;
 mod router;
@@ -152,6 +153,15 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// Breakwater patch 14: see [`hooks`]. When set, it replaces `external_auth`.
+    #[serde(skip)]
+    pub connect_handler: Option<hooks::ConnectHandler>,
+    /// Breakwater patch 14: see [`hooks`].
+    #[serde(skip)]
+    pub authz_handler: Option<hooks::AuthzHandler>,
+    /// Breakwater patch 14: see [`hooks`]. When set, the server's `tls` setting is not used.
+    #[serde(skip)]
+    pub transport_handler: Option<hooks::TransportHandler>,
 }
 
 impl ConnectionSettings {
@@ -166,6 +176,40 @@ impl ConnectionSettings {
             Box::pin(auth)
         }));
     }
+
+    /// Breakwater patch 14: decides about every CONNECT (see [`hooks::ConnectHandler`]).
+    pub fn set_connect_handler<F, O>(&mut self, connect_fn: F)
+    where
+        F: Fn(hooks::ConnectRequest) -> O + Send + Sync + 'static,
+        O: IntoFuture<Output = Result<Option<hooks::Principal>, hooks::ConnectRefusal>> + 'static,
+        O::IntoFuture: Send,
+    {
+        self.connect_handler = Some(Arc::new(move |request| {
+            Box::pin(connect_fn(request).into_future())
+        }));
+    }
+
+    /// Breakwater patch 14: decides about every PUBLISH and SUBSCRIBE filter (see
+    /// [`hooks::AuthzHandler`]).
+    pub fn set_authz_handler<F>(&mut self, authz_fn: F)
+    where
+        F: Fn(&hooks::AuthzRequest<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.authz_handler = Some(Arc::new(authz_fn));
+    }
+
+    /// Breakwater patch 14: turns accepted TCP streams into MQTT streams (see
+    /// [`hooks::TransportHandler`]).
+    pub fn set_transport_handler<F, O>(&mut self, transport_fn: F)
+    where
+        F: Fn(tokio::net::TcpStream, SocketAddr) -> O + Send + Sync + 'static,
+        O: IntoFuture<Output = std::io::Result<hooks::Transport>> + 'static,
+        O::IntoFuture: Send,
+    {
+        self.transport_handler = Some(Arc::new(move |stream, addr| {
+            Box::pin(transport_fn(stream, addr).into_future())
+        }));
+    }
 }
 
 impl fmt::Debug for ConnectionSettings {
@@ -177,6 +221,9 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("connect_handler", &self.connect_handler.is_some())
+            .field("authz_handler", &self.authz_handler.is_some())
+            .field("transport_handler", &self.transport_handler.is_some())
             .finish()
     }
 }

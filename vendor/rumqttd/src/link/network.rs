@@ -70,6 +70,11 @@ impl<P: Protocol> Network<P> {
     }
 
     pub fn set_keepalive(&mut self, keepalive: u16) {
+        // Breakwater patch 17: keep alive 0 turns the mechanism off (MQTT 3.1.1, 3.1.2.10).
+        if keepalive == 0 {
+            self.keepalive = Duration::MAX;
+            return;
+        }
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);
     }

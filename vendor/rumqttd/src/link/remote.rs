@@ -1,8 +1,13 @@
+use crate::hooks::{
+    AuthzAction, AuthzHandler, AuthzRequest, ConnectRefusal, ConnectRequest, Principal, WillInfo,
+};
 use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
-use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
+use crate::protocol::{
+    ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol, SubAck, SubscribeReasonCode,
+};
 use crate::router::{Event, Notification};
 use crate::{ConnectionId, ConnectionSettings};
 
@@ -10,6 +15,7 @@ use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -50,6 +56,20 @@ pub enum Error {
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
     Link(#[from] LinkError),
+    /// Breakwater patch 14: the connect hook refused the CONNECT (answered with a CONNACK code).
+    #[error("CONNECT refused: {0:?}")]
+    Refused(ConnectRefusal),
+    /// Breakwater patch 14: the authorization hook denied a PUBLISH.
+    #[error("PUBLISH to {topic:?} (QoS {qos}, retain {retain}) not authorized")]
+    PublishDenied {
+        topic: String,
+        qos: u8,
+        retain: bool,
+    },
+    /// Breakwater patch 17: a second CONNECT on a connection is a protocol violation (MQTT 3.1.1
+    /// 3.1.0-2: the server must close the connection).
+    #[error("second CONNECT on the connection")]
+    SecondConnect,
 }
 
 /// Orchestrates between Router and Network.
@@ -63,6 +83,10 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    /// Breakwater patch 14: decides about every PUBLISH and SUBSCRIBE before the router sees it.
+    authz: Option<AuthzHandler>,
+    /// Breakwater patch 14: what `authz` knows this client as.
+    principal: Principal,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -73,6 +97,8 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        authz: Option<AuthzHandler>,
+        principal: Option<Principal>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -82,6 +108,7 @@ impl<P: Protocol> RemoteLink<P> {
         // start the link. Router can sometimes reject the connection (ex max connection limit)
         let client_id = assigned_client_id.as_ref().unwrap_or(&connect.client_id);
         let clean_session = connect.clean_session;
+        let principal = principal.unwrap_or_else(|| Principal::from(client_id.as_str()));
 
         let topic_alias_max = props.as_ref().and_then(|p| p.topic_alias_max);
         let session_expiry = props
@@ -131,6 +158,8 @@ impl<P: Protocol> RemoteLink<P> {
             // Breakwater patch 6: grows on demand (see `Outgoing::new`).
             notifications: VecDeque::new(),
             will_delay_interval,
+            authz,
+            principal,
         })
     }
 
@@ -143,15 +172,30 @@ impl<P: Protocol> RemoteLink<P> {
             select! {
                 o = self.network.read() => {
                     let packet = o?;
-                    let len = {
+                    let (len, screened) = {
                         let mut buffer = self.link_tx.buffer();
+                        let first_new = buffer.len();
                         buffer.push_back(packet);
                         self.network.readv(&mut buffer)?;
-                        buffer.len()
+                        // Breakwater patches 14 and 17.
+                        let screened = screen(
+                            &mut buffer,
+                            first_new,
+                            self.authz.as_ref(),
+                            &self.connect.client_id,
+                            &self.principal,
+                        );
+                        (buffer.len(), screened)
                     };
 
                     trace!("Packets read from network, count = {}", len);
                     self.link_tx.notify().await?;
+                    if !screened.replies.is_empty() {
+                        self.network.writev(screened.replies).await?;
+                    }
+                    if let Some(violation) = screened.violation {
+                        return Err(violation);
+                    }
                 }
                 // Receive from router when previous when state isn't in collision
                 // due to previously received data request
@@ -178,12 +222,104 @@ impl<P: Protocol> RemoteLink<P> {
     }
 }
 
+/// Breakwater patches 14 and 17: what [`screen`] decided about the packets a read brought.
+struct Screened {
+    /// Answers the router will not give (SUBACK failures for denied subscriptions).
+    replies: VecDeque<Packet>,
+    /// A violation that closes the connection, once the packets before it are handed on.
+    violation: Option<Error>,
+}
+
+/// Breakwater patches 14 and 17: checks the packets `buffer[first_new..]` that were just read,
+/// before the router sees them. A second CONNECT (patch 17) or a PUBLISH the authorization hook
+/// denies removes that packet and every later one and reports the violation; a SUBSCRIBE with a
+/// denied filter is removed and answered with SUBACK failure for each of its filters.
+fn screen(
+    buffer: &mut VecDeque<Packet>,
+    first_new: usize,
+    authz: Option<&AuthzHandler>,
+    client_id: &str,
+    principal: &str,
+) -> Screened {
+    let mut replies = VecDeque::new();
+    let mut i = first_new;
+    while i < buffer.len() {
+        let allowed = |action| {
+            authz.is_none_or(|authz| {
+                authz(&AuthzRequest {
+                    client_id,
+                    principal,
+                    action,
+                })
+            })
+        };
+        match &buffer[i] {
+            Packet::Connect(..) => {
+                buffer.truncate(i);
+                return Screened {
+                    replies,
+                    violation: Some(Error::SecondConnect),
+                };
+            }
+            Packet::Publish(publish, _) => {
+                let qos = publish.qos as u8;
+                let action = AuthzAction::Publish {
+                    topic: &publish.topic,
+                    qos,
+                    retain: publish.retain,
+                };
+                if !allowed(action) {
+                    let violation = Error::PublishDenied {
+                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                        qos,
+                        retain: publish.retain,
+                    };
+                    buffer.truncate(i);
+                    return Screened {
+                        replies,
+                        violation: Some(violation),
+                    };
+                }
+            }
+            Packet::Subscribe(subscribe, _) => {
+                let denied = subscribe.filters.iter().any(|f| {
+                    !allowed(AuthzAction::Subscribe {
+                        filter: &f.path,
+                        qos: f.qos as u8,
+                    })
+                });
+                if denied {
+                    let ack = SubAck {
+                        pkid: subscribe.pkid,
+                        return_codes: vec![SubscribeReasonCode::Failure; subscribe.filters.len()],
+                    };
+                    replies.push_back(Packet::SubAck(ack, None));
+                    buffer.remove(i);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Screened {
+        replies,
+        violation: None,
+    }
+}
+
 /// Read MQTT connect packet from network and verify it.
 /// authentication and checks are done here.
+///
+/// Breakwater patch 14: `peer` and `transport_identity` are handed to the connect hook, whose
+/// principal (if any) is returned with the packet. A refused CONNECT is answered with its
+/// CONNACK return code before the error is returned (patches 14 and 17).
 pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
-) -> Result<Packet, Error>
+    peer: Option<SocketAddr>,
+    transport_identity: Option<String>,
+) -> Result<(Packet, Option<Principal>), Error>
 where
     P: Protocol,
 {
@@ -197,27 +333,16 @@ where
     })
     .await??;
 
-    let (connect, _props, login) = match packet {
-        Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
+    let (connect, lastwill, login) = match packet {
+        Packet::Connect(ref connect, _, ref lastwill, _, ref login) => (connect, lastwill, login),
         packet => return Err(Error::NotConnectPacket(packet)),
     };
 
     Span::current().record("client_id", &connect.client_id);
 
-    // Breakwater patch 5: stop authenticating when the client has gone. An external hook can
-    // take long (it may pace CONNECTs); a client that gave up meanwhile (its own CONNACK timeout)
-    // and closed the socket would otherwise still be authenticated and registered, only to be
-    // replaced by its next attempt, and keep a socket open until then.
-    tokio::select! {
-        auth = handle_auth(config.clone(), login.as_ref(), &connect.client_id) => auth?,
-        gone = network.closed() => return Err(Error::ClosedDuringAuth(gone)),
-    }
-
-    // When keep_alive feature is disabled client can live forever, which is not good in
-    // distributed broker context so currenlty we don't allow it.
-    if connect.keep_alive == 0 {
-        return Err(Error::ZeroKeepAlive);
-    }
+    // Breakwater patch 17: keep alive 0 is allowed by MQTT 3.1.1 (3.1.2.10: the server does not
+    // disconnect an idle client); `Network::set_keepalive` then sets no read timeout. Upstream
+    // refused such a client without a CONNACK.
 
     let empty_client_id = connect.client_id.is_empty();
     let clean_session = connect.clean_session;
@@ -234,8 +359,58 @@ where
         return Err(Error::InvalidClientId);
     }
 
-    // Ok((connect, props, lastwill, lastwill_props))
-    Ok(packet)
+    // Breakwater patch 5: stop authenticating when the client has gone. An external hook can
+    // take long (it may pace CONNECTs); a client that gave up meanwhile (its own CONNACK timeout)
+    // and closed the socket would otherwise still be authenticated and registered, only to be
+    // replaced by its next attempt, and keep a socket open until then.
+    let decided = if let Some(hook) = &config.connect_handler {
+        // Breakwater patch 14.
+        let request = ConnectRequest {
+            client_id: connect.client_id.clone(),
+            username: login.as_ref().map(|l| l.username.clone()),
+            password: login.as_ref().map(|l| l.password.clone()),
+            clean_session,
+            keep_alive: connect.keep_alive,
+            will: lastwill.as_ref().map(|w| WillInfo {
+                topic: String::from_utf8_lossy(&w.topic).into_owned(),
+                qos: w.qos as u8,
+                retain: w.retain,
+            }),
+            peer,
+            transport_identity,
+        };
+        tokio::select! {
+            decided = hook(request) => decided,
+            gone = network.closed() => return Err(Error::ClosedDuringAuth(gone)),
+        }
+    } else {
+        tokio::select! {
+            auth = handle_auth(config.clone(), login.as_ref(), &connect.client_id) => {
+                auth.map(|()| None).map_err(|_| ConnectRefusal::BadUserNamePassword)
+            }
+            gone = network.closed() => return Err(Error::ClosedDuringAuth(gone)),
+        }
+    };
+
+    match decided {
+        Ok(principal) => Ok((packet, principal)),
+        Err(refusal) => {
+            // Breakwater patch 17: a standard client learns why (upstream closed the socket
+            // without a CONNACK). Best effort: the client may be gone already.
+            let code = match refusal {
+                ConnectRefusal::IdentifierRejected => ConnectReturnCode::ClientIdentifierNotValid,
+                ConnectRefusal::ServerUnavailable => ConnectReturnCode::ServiceUnavailable,
+                ConnectRefusal::BadUserNamePassword => ConnectReturnCode::BadUserNamePassword,
+                ConnectRefusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+            };
+            let ack = ConnAck {
+                session_present: false,
+                code,
+            };
+            network.write(Packet::ConnAck(ack, None)).await.ok();
+            Err(Error::Refused(refusal))
+        }
+    }
 }
 
 async fn handle_auth(
@@ -306,6 +481,9 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            connect_handler: None,
+            authz_handler: None,
+            transport_handler: None,
         }
     }
 
@@ -417,5 +595,125 @@ mod tests {
         let mut deny = config();
         deny.set_auth_handler(|_: String, _: String, _: String| async { false });
         assert!(handle_auth(Arc::new(deny), None, "dev").await.is_err());
+    }
+
+    // Breakwater patches 14 and 17: `screen`.
+    mod screen {
+        use std::collections::VecDeque;
+        use std::sync::Arc;
+
+        use bytes::Bytes;
+
+        use super::super::{screen, Error};
+        use crate::hooks::{AuthzAction, AuthzHandler, AuthzRequest};
+        use crate::protocol::{
+            Connect, Filter, Packet, PingReq, Publish, QoS, RetainForwardRule, Subscribe,
+            SubscribeReasonCode,
+        };
+
+        fn publish(topic: &str, qos: QoS, retain: bool) -> Packet {
+            let mut p = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), Bytes::from_static(b"x"), retain);
+            p.qos = qos;
+            Packet::Publish(p, None)
+        }
+
+        fn subscribe(pkid: u16, filters: &[&str]) -> Packet {
+            let filters = filters
+                .iter()
+                .map(|f| Filter {
+                    path: (*f).to_owned(),
+                    qos: QoS::AtLeastOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+                })
+                .collect();
+            Packet::Subscribe(Subscribe { pkid, filters }, None)
+        }
+
+        /// Only `own/*`, QoS <= 1, never retained; the principal must be "p".
+        fn policy() -> AuthzHandler {
+            Arc::new(|r: &AuthzRequest<'_>| {
+                r.principal == "p"
+                    && match r.action {
+                        AuthzAction::Publish { topic, qos, retain } => {
+                            topic.starts_with(b"own/") && qos <= 1 && !retain
+                        }
+                        AuthzAction::Subscribe { filter, .. } => filter == "own/ack",
+                    }
+            })
+        }
+
+        #[test]
+        fn allowed_packets_pass_untouched() {
+            let mut buf = VecDeque::from([
+                publish("own/t", QoS::AtLeastOnce, false),
+                subscribe(1, &["own/ack"]),
+                Packet::PingReq(PingReq),
+            ]);
+            let s = screen(&mut buf, 0, Some(&policy()), "c", "p");
+            assert!(s.violation.is_none());
+            assert!(s.replies.is_empty());
+            assert_eq!(buf.len(), 3);
+        }
+
+        #[test]
+        fn a_denied_publish_ends_the_batch_after_what_came_before() {
+            let mut buf = VecDeque::from([
+                publish("own/t", QoS::AtLeastOnce, false),
+                publish("other/t", QoS::AtLeastOnce, false),
+                publish("own/t", QoS::AtLeastOnce, false),
+            ]);
+            let s = screen(&mut buf, 0, Some(&policy()), "c", "p");
+            assert!(matches!(s.violation, Some(Error::PublishDenied { .. })));
+            assert_eq!(buf.len(), 1, "only the packet before the denied one goes on");
+        }
+
+        #[test]
+        fn retained_and_qos2_publishes_are_the_policy_s_to_refuse() {
+            for p in [
+                publish("own/t", QoS::AtLeastOnce, true),
+                publish("own/t", QoS::ExactlyOnce, false),
+            ] {
+                let mut buf = VecDeque::from([p]);
+                let s = screen(&mut buf, 0, Some(&policy()), "c", "p");
+                assert!(s.violation.is_some());
+                assert!(buf.is_empty());
+            }
+        }
+
+        #[test]
+        fn a_denied_subscription_is_answered_with_failure_and_removed() {
+            let mut buf = VecDeque::from([subscribe(7, &["own/ack", "#"]), subscribe(8, &["own/ack"])]);
+            let s = screen(&mut buf, 0, Some(&policy()), "c", "p");
+            assert!(s.violation.is_none());
+            assert_eq!(buf.len(), 1);
+            assert!(matches!(&buf[0], Packet::Subscribe(sub, _) if sub.pkid == 8));
+            let Some(Packet::SubAck(ack, _)) = s.replies.front() else {
+                panic!("no SUBACK: {:?}", s.replies.len())
+            };
+            assert_eq!(ack.pkid, 7);
+            assert_eq!(ack.return_codes, vec![SubscribeReasonCode::Failure; 2]);
+        }
+
+        #[test]
+        fn only_new_packets_are_screened_and_a_second_connect_is_a_violation() {
+            let connect = Packet::Connect(
+                Connect {
+                    keep_alive: 10,
+                    client_id: "c".into(),
+                    clean_session: true,
+                },
+                None,
+                None,
+                None,
+                None,
+            );
+            // Index 0 was screened by an earlier read (the router has not taken it yet).
+            let mut buf = VecDeque::from([publish("other/t", QoS::AtLeastOnce, false), connect]);
+            let s = screen(&mut buf, 1, None, "c", "c");
+            assert!(matches!(s.violation, Some(Error::SecondConnect)));
+            assert_eq!(buf.len(), 1);
+        }
     }
 }

@@ -14,7 +14,7 @@ use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
+use tracing::{debug, error, field, info, warn, Instrument};
 use uuid::Uuid;
 
 #[cfg(feature = "websocket")]
@@ -411,6 +411,57 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 warn!(error=?e, "set_nodelay failed");
             }
 
+            // Breakwater patch 14: with a transport hook (e.g. TLS in the embedding
+            // application) the handshake runs on the connection's own task, bounded by
+            // `connection_timeout_ms`, so a client that stalls it delays nobody else.
+            if let (LinkType::Remote, Some(transport)) =
+                (&link_type, config.transport_handler.clone())
+            {
+                let config = config.clone();
+                let router_tx = self.router_tx.clone();
+                let protocol = self.protocol.clone();
+                let will_handlers = self.awaiting_will_handler.clone();
+                count += 1;
+                task::spawn(
+                    async move {
+                        let limit = Duration::from_millis(config.connection_timeout_ms.into());
+                        let transport = match time::timeout(limit, transport(stream, addr)).await {
+                            Ok(Ok(t)) => t,
+                            Ok(Err(e)) => {
+                                debug!(?addr, error = %e, "transport refused the connection");
+                                disconnect_counted("transport_refused");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(?addr, "transport handshake timed out");
+                                disconnect_counted("transport_timeout");
+                                return;
+                            }
+                        };
+                        remote(
+                            config,
+                            None,
+                            router_tx,
+                            transport.stream,
+                            protocol,
+                            will_handlers,
+                            Some(addr),
+                            transport.identity,
+                        )
+                        .await;
+                    }
+                    .instrument(tracing::error_span!(
+                        "remote_link",
+                        client_id = field::Empty,
+                        connection_id = field::Empty,
+                    )),
+                );
+                if !delay.is_zero() {
+                    time::sleep(delay).await;
+                }
+                continue;
+            }
+
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -446,6 +497,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                             stream,
                             protocol,
                             self.awaiting_will_handler.clone(),
+                            Some(addr),
+                            None,
                         )
                         .instrument(tracing::info_span!(
                             "websocket_link",
@@ -462,6 +515,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         network,
                         protocol,
                         self.awaiting_will_handler.clone(),
+                        Some(addr),
+                        None,
                     )
                     .instrument(tracing::error_span!(
                         "remote_link",
@@ -527,6 +582,43 @@ fn listen_deep(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(65_535)
 }
 
+/// Breakwater patch 17: counts a connection that ended, by reason, in
+/// `rumqttd_connections_closed_total{reason}` (through the `metrics` facade: the embedding
+/// application's recorder, if any, exports it).
+fn disconnect_counted(reason: &'static str) {
+    metrics::counter!("rumqttd_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Breakwater patch 17: the reason label of a CONNECT that did not lead to a connection.
+fn connect_error_reason(e: &remote::Error) -> &'static str {
+    match e {
+        remote::Error::Refused(_) | remote::Error::InvalidAuth => "connect_refused",
+        remote::Error::ClosedDuringAuth(_) => "closed_during_connect",
+        remote::Error::Timeout(_) => "connect_timeout",
+        remote::Error::NotConnectPacket(_) => "not_connect",
+        remote::Error::InvalidClientId => "invalid_client_id",
+        remote::Error::Network(network::Error::Protocol(_)) => "protocol_error",
+        remote::Error::Network(network::Error::KeepAlive(_)) => "connect_timeout",
+        _ => "connect_io",
+    }
+}
+
+/// Breakwater patch 17: the reason label of an established connection that ended with an error.
+fn link_error_reason(e: &remote::Error) -> &'static str {
+    match e {
+        remote::Error::PublishDenied { .. } => "publish_denied",
+        remote::Error::SecondConnect => "second_connect",
+        remote::Error::Network(network::Error::KeepAlive(_)) => "keepalive_timeout",
+        remote::Error::Network(network::Error::Protocol(_)) => "protocol_error",
+        remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err)
+            if err.kind() == io::ErrorKind::InvalidData =>
+        {
+            "protocol_error"
+        }
+        _ => "io",
+    }
+}
+
 /// Configures the Websocket connection to indicate the correct protocol
 /// by adding the "sec-websocket-protocol" with value of "mqtt" to the response header
 #[cfg(feature = "websocket")]
@@ -557,6 +649,9 @@ async fn remote<P: Protocol>(
     stream: Box<dyn N>,
     protocol: P,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    // Breakwater patch 14: for the connect hook.
+    peer: Option<SocketAddr>,
+    transport_identity: Option<String>,
 ) {
     let mut network = Network::new(
         stream,
@@ -566,14 +661,19 @@ async fn remote<P: Protocol>(
     );
 
     let dynamic_filters = config.dynamic_filters;
+    let authz = config.authz_handler.clone();
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
-            return;
-        }
-    };
+    let (connect_packet, principal) =
+        match mqtt_connect(config, &mut network, peer, transport_identity).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Breakwater patch 17: a client alone can cause this (a refused or malformed
+                // CONNECT, a timeout): debug, and counted, not an ERROR line per connection.
+                debug!(error=?e, "Error while handling MQTT connect packet");
+                disconnect_counted(connect_error_reason(&e));
+                return;
+            }
+        };
 
     let (mut client_id, clean_session) = match &connect_packet {
         Packet::Connect(ref connect, _, _, _, _) => {
@@ -607,12 +707,16 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        authz,
+        principal,
     )
     .await
     {
         Ok(l) => l,
         Err(e) => {
-            error!(error=?e, "Remote link error");
+            // Breakwater patch 17: e.g. the router refused it (max connections).
+            warn!(error=?e, "Remote link error");
+            disconnect_counted("registration_failed");
             return;
         }
     };
@@ -622,24 +726,32 @@ async fn remote<P: Protocol>(
     let will_delay_interval = link.will_delay_interval;
     let mut send_disconnect = true;
 
+    // Breakwater patch 17: every way a connection ends is something a client alone can cause
+    // (or a takeover of its session): debug, and counted by reason, never an ERROR line.
     match link.start().await {
         // Connection got closed. This shouldn't usually happen.
-        Ok(_) => error!("connection-stop"),
+        Ok(_) => {
+            debug!("connection-stop");
+            disconnect_counted("stopped");
+        }
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
         Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
+            debug!(error=?e, "router-drop");
+            disconnect_counted("router");
             send_disconnect = false;
         }
         // Connection was closed by peer
         Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
             if err.kind() == io::ErrorKind::ConnectionAborted =>
         {
-            info!(error=?err, "disconnected");
+            debug!(error=?err, "disconnected");
+            disconnect_counted("client_closed");
         }
         // Any other error
         Err(e) => {
-            error!(error=?e, "disconnected");
+            debug!(error=?e, "disconnected");
+            disconnect_counted(link_error_reason(&e));
         }
     };
 

@@ -50,10 +50,13 @@ fn start_rumqttd(max_connections: usize, adm: Option<&Arc<admission::Admission>>
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            connect_handler: None,
+            authz_handler: None,
+            transport_handler: None,
         },
     };
     if let Some(adm) = adm {
-        adm.install(&mut server.connections);
+        adm.install(&mut server.connections, None);
     }
     let config = rumqttd::Config {
         router: rumqttd::RouterConfig {

@@ -107,11 +107,15 @@ impl Acker {
 
 /// Publishes queued acks through the broker link, on its own thread (publishing may block
 /// briefly on the router's channel). Returns when every [`Acker`] is dropped.
+///
+/// If the broker link is gone (a publish fails), acks can never be sent again: the gateway is
+/// failed through `health` ([`crate::http::Health::fail`]) and the thread ends.
 pub fn spawn_publisher(
     mut link: LinkTx,
     mut rx: mpsc::Receiver<AckRequest>,
     pressure: Arc<Pressure>,
     cfg: AckConfig,
+    health: Arc<crate::http::Health>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("bw-ack".into())
@@ -135,6 +139,7 @@ pub fn spawn_publisher(
                         error!(error = %e, "ack publish failed: broker link gone");
                         metrics::counter!(m::ACKS_DROPPED, "reason" => "publish_error")
                             .increment(1);
+                        health.fail("the acks link to the embedded broker is gone");
                         return;
                     }
                     metrics::counter!(m::ACKS_SENT).increment(1);

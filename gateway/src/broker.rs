@@ -30,6 +30,7 @@
 //! (patch 7) and registers connections without blocking the listener (patch 8).
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breakwater_protocol::topic::{STATUS_FILTER, TELEMETRY_FILTER};
@@ -40,9 +41,14 @@ use thiserror::Error;
 
 use crate::admission::Admission;
 use crate::config::MqttConfig;
+use crate::tls::TlsAcceptor;
 
 /// Filter matching every device's ack topic.
 pub const ACK_FILTER: &str = "bw/v1/+/ack";
+
+/// Client id of the link that reads telemetry and status. Reserved: network clients can never
+/// use it ([`crate::admission::RESERVED_PREFIX`]).
+pub const TELEMETRY_LINK: &str = "breakwater-gateway-telemetry";
 
 /// Client id of the link that publishes acks. rumqttd skips it ahead now and then (it never
 /// reads its [`ACK_FILTER`] log), so its `CursorJump` alerts lose nothing.
@@ -68,6 +74,8 @@ pub enum BrokerError {
     Thread(std::io::Error),
     #[error("MQTT listener {0} did not come up within 10 s")]
     NotListening(SocketAddr),
+    #[error("the TLS listener {0} needs admission control and a TLS acceptor")]
+    TlsWithoutAdmission(SocketAddr),
 }
 
 /// The links the gateway uses.
@@ -90,7 +98,8 @@ impl std::fmt::Debug for Links {
 pub fn rumqttd_config(
     cfg: &MqttConfig,
     max_connections: usize,
-    admission: Option<&std::sync::Arc<Admission>>,
+    admission: Option<&Arc<Admission>>,
+    tls: Option<&Arc<TlsAcceptor>>,
 ) -> Result<rumqttd::Config, BrokerError> {
     // Built through serde because some rumqttd settings types have private fields.
     let v = json!({
@@ -122,19 +131,7 @@ pub fn rumqttd_config(
                 },
             },
         },
-        "v4": {
-            "1": {
-                "name": "v4",
-                "listen": cfg.listen.to_string(),
-                "next_connection_delay_ms": 0,
-                "connections": {
-                    "connection_timeout_ms": cfg.connection_timeout_ms,
-                    "max_payload_size": cfg.max_payload_bytes,
-                    "max_inflight_count": cfg.max_inflight_count,
-                    "dynamic_filters": false,
-                },
-            },
-        },
+        "v4": {},
         // Both entries are needed: rumqttd 0.20's timer thread unwraps the meters interval even
         // when only alerts are configured, and dies (then no alert ever arrives).
         "metrics": {
@@ -143,11 +140,36 @@ pub fn rumqttd_config(
         },
     });
     let mut config: rumqttd::Config = serde_json::from_value(v).map_err(BrokerError::Config)?;
-    if let (Some(adm), Some(v4)) = (admission, config.v4.as_mut()) {
-        for server in v4.values_mut() {
-            adm.install(&mut server.connections);
+    let mut servers = std::collections::HashMap::new();
+    for (name, listen, tls_files) in cfg.listeners() {
+        let server = json!({
+            "name": name,
+            "listen": listen.to_string(),
+            "next_connection_delay_ms": 0,
+            "connections": {
+                "connection_timeout_ms": cfg.connection_timeout_ms,
+                "max_payload_size": cfg.max_payload_bytes,
+                "max_inflight_count": cfg.max_inflight_count,
+                "dynamic_filters": false,
+            },
+        });
+        let mut server: rumqttd::ServerSettings =
+            serde_json::from_value(server).map_err(BrokerError::Config)?;
+        // The TLS handshake is the transport hook's (crate::tls): without admission, or without
+        // its acceptor, there would be a plaintext listener on the TLS address.
+        let acceptor = match tls_files {
+            None => None,
+            Some(_) => match (admission, tls) {
+                (Some(_), Some(acceptor)) => Some(Arc::clone(acceptor)),
+                _ => return Err(BrokerError::TlsWithoutAdmission(listen)),
+            },
+        };
+        if let Some(adm) = admission {
+            adm.install(&mut server.connections, acceptor);
         }
+        servers.insert(name.to_owned(), server);
     }
+    config.v4 = Some(servers);
     Ok(config)
 }
 
@@ -156,17 +178,19 @@ pub fn rumqttd_config(
 ///
 /// # Errors
 /// The listen address is taken, a link cannot be created, or the listener does not come up.
-pub fn start(config: rumqttd::Config, listen: SocketAddr) -> Result<Links, BrokerError> {
+pub fn start(config: rumqttd::Config, listens: &[SocketAddr]) -> Result<Links, BrokerError> {
     // rumqttd only logs a bind failure on its own thread; check first for a clear error.
-    drop(
-        std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
-            addr: listen,
-            source,
-        })?,
-    );
+    for &listen in listens {
+        drop(
+            std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+                addr: listen,
+                source,
+            })?,
+        );
+    }
     let mut broker = rumqttd::Broker::new(config);
     let (mut ttx, trx) = broker
-        .link("breakwater-gateway-telemetry")
+        .link(TELEMETRY_LINK)
         .map_err(|source| BrokerError::Link {
             name: "telemetry",
             source: Box::new(source),
@@ -198,11 +222,13 @@ pub fn start(config: rumqttd::Config, listen: SocketAddr) -> Result<Links, Broke
         })
         .map_err(BrokerError::Thread)?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            return Err(BrokerError::NotListening(listen));
+    for listen in listens {
+        while TcpStream::connect_timeout(listen, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(BrokerError::NotListening(*listen));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(Links {
         telemetry: (ttx, trx),

@@ -14,7 +14,7 @@ use breakwater_protocol::Limits;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::admission::{AdmissionConfig, AuthConfig};
+use crate::admission::{AdmissionConfig, AuthConfig, AuthMode};
 
 /// `config/gateway.toml`: every key with its default and what it does.
 pub const DOCUMENTED_DEFAULTS: &str = include_str!("../../config/gateway.toml");
@@ -40,8 +40,10 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// MQTT 3.1.1 listener.
+    /// MQTT 3.1.1 listener, plaintext (see `plaintext`).
     pub listen: SocketAddr,
+    /// Serve the plaintext listener. `false`: MQTT only over TLS (`[mqtt.tls]`).
+    pub plaintext: bool,
     /// Largest accepted MQTT packet payload, bytes. At least the protocol's payload limit.
     pub max_payload_bytes: usize,
     /// Time a new connection has to send CONNECT, ms.
@@ -53,18 +55,63 @@ pub struct MqttConfig {
     /// `segment_bytes * segment_count` behind.
     pub segment_bytes: usize,
     pub segment_count: usize,
+    /// The TLS listener, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[mqtt.tls]`: an MQTT listener over TLS (rustls). Certificates reload on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// e.g. `0.0.0.0:8883`.
+    pub listen: SocketAddr,
+    /// PEM: the server certificate, then its chain.
+    pub cert_file: PathBuf,
+    /// PEM: the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM: CA certificates. Set: every client must present a certificate signed by one of them;
+    /// its subject CN is the device id (`[auth] mode = "mtls"` requires this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Longest a TLS handshake may take, ms (it runs on the connection's own task).
+    #[serde(default = "TlsConfig::default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+impl TlsConfig {
+    fn default_handshake_timeout_ms() -> u64 {
+        5_000
+    }
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            plaintext: true,
             max_payload_bytes: Limits::DEFAULT.max_payload_bytes + 1024,
             connection_timeout_ms: 10_000,
             max_inflight_count: 100,
             segment_bytes: 16 * 1024 * 1024,
             segment_count: 4,
+            tls: None,
         }
+    }
+}
+
+impl MqttConfig {
+    /// The listeners that are on: (name, address, TLS).
+    #[must_use]
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr, Option<&TlsConfig>)> {
+        let mut l = Vec::new();
+        if self.plaintext {
+            l.push(("plain", self.listen, None));
+        }
+        if let Some(tls) = &self.tls {
+            l.push(("tls", tls.listen, Some(tls)));
+        }
+        l
     }
 }
 
@@ -361,6 +408,65 @@ impl Config {
         DOCUMENTED_DEFAULTS
     }
 
+    /// TLS, the listeners, and what the auth mode needs from them.
+    fn validate_listeners(&self, bad: &mut impl FnMut(&str, String)) {
+        if !self.mqtt.plaintext && self.mqtt.tls.is_none() {
+            bad(
+                "mqtt.plaintext",
+                "false, but there is no [mqtt.tls] listener: no device could connect".into(),
+            );
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            if self.mqtt.plaintext && tls.listen == self.mqtt.listen && tls.listen.port() != 0 {
+                bad(
+                    "mqtt.tls.listen",
+                    format!("same address as mqtt.listen ({})", self.mqtt.listen),
+                );
+            }
+            if tls.handshake_timeout_ms == 0 {
+                bad("mqtt.tls.handshake_timeout_ms", "must be > 0".into());
+            }
+            if let Err(e) = crate::tls::server_config(tls) {
+                bad("mqtt.tls", e.to_string());
+            }
+        }
+        let mtls_ready = self
+            .mqtt
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        if self.auth.mode == AuthMode::Mtls && !mtls_ready {
+            bad(
+                "auth.mode",
+                "\"mtls\" needs [mqtt.tls] with client_ca_file (the device id comes from the client certificate)".into(),
+            );
+        }
+        if self.auth.mode == AuthMode::Open && !self.auth.allow_open_on_network {
+            for (name, addr, _) in self.mqtt.listeners() {
+                if !addr.ip().is_loopback() {
+                    bad(
+                        "auth.mode",
+                        format!(
+                            "\"open\" on the {name} listener {addr}, which is not loopback: any client on the network could claim any device id; use \"file\" or \"mtls\", or set auth.allow_open_on_network = true"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// True when `open` mode serves a listener that is not loopback (allowed only with
+    /// `allow_open_on_network`; warned about at every start).
+    #[must_use]
+    pub fn open_on_network(&self) -> bool {
+        self.auth.mode == AuthMode::Open
+            && self
+                .mqtt
+                .listeners()
+                .iter()
+                .any(|(_, addr, _)| !addr.ip().is_loopback())
+    }
+
     /// Every problem, each with its key.
     #[must_use]
     pub fn validate(&self) -> Vec<Problem> {
@@ -396,6 +502,7 @@ impl Config {
                 format!("same address as mqtt.listen ({})", self.mqtt.listen),
             );
         }
+        self.validate_listeners(&mut bad);
         let topic_ok = |t: &str| {
             !t.is_empty()
                 && t.len() <= 249

@@ -20,6 +20,37 @@ use tokio_util::sync::CancellationToken;
 pub struct Health {
     pub ready: AtomicBool,
     pub alive: AtomicBool,
+    /// Cancelled when a stage the gateway cannot run without has failed for good (a broker
+    /// link lost): `main` then shuts down and exits non-zero, so systemd restarts it.
+    pub fatal: CancellationToken,
+    fatal_reason: std::sync::Mutex<Option<String>>,
+}
+
+impl Health {
+    /// A stage failed for good: `/healthz` and `/readyz` fail from now on, it is logged, and
+    /// [`Health::fatal`] is cancelled. The first reason is kept.
+    pub fn fail(&self, reason: &str) {
+        self.alive.store(false, Ordering::Relaxed);
+        self.ready.store(false, Ordering::Relaxed);
+        let mut r = self
+            .fatal_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.is_none() {
+            tracing::error!(reason, "gateway failed: exiting so that it is restarted");
+            *r = Some(reason.to_owned());
+        }
+        self.fatal.cancel();
+    }
+
+    /// Why [`Health::fail`] was called, if it was.
+    #[must_use]
+    pub fn failure(&self) -> Option<String> {
+        self.fatal_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -43,6 +43,7 @@ pub mod service;
 pub mod spool;
 pub mod stats;
 pub mod status;
+pub mod tls;
 
 pub use config::Config;
 pub use service::Gateway;

@@ -60,7 +60,8 @@ impl std::fmt::Debug for LinkConsumer {
 }
 
 impl LinkConsumer {
-    /// Runs on the calling thread until `stop` is set or the router goes away.
+    /// Runs on the calling thread until `stop` is set or the link is lost (the router went away
+    /// or disconnected it); the caller tells the two apart by `stop`.
     pub fn run(mut self) {
         info!("link consumer started");
         let mut log_limit = LogLimiter::new();
@@ -78,6 +79,13 @@ impl LinkConsumer {
                         warn!(error = %e, "link: router gone");
                         break;
                     }
+                }
+                // The router disconnected this link (its session was taken over): nothing more
+                // will arrive. Network clients cannot take the link's id (it is reserved,
+                // `admission::RESERVED_PREFIX`); this is the last line of defence.
+                Ok(Some(Notification::Disconnect(..))) => {
+                    warn!("link: disconnected by the router");
+                    break;
                 }
                 Ok(_) => {}
                 Err(LinkError::RecvTimeout(_)) => {}

@@ -42,8 +42,9 @@ enum Command {
     /// Print the default configuration as TOML.
     PrintDefaultConfig,
     /// Hash a device secret for the credentials file (`[auth] mode = "file"`). Reads the
-    /// secret from the argument or, without one, from the first line of stdin; prints the hash.
-    HashSecret { secret: Option<String> },
+    /// secret from the first line of stdin (never from the command line, where other users
+    /// and the shell history would see it); prints the hash.
+    HashSecret,
     /// Print a running gateway's status (devices, bursts, admission, spool, Kafka, acks,
     /// backpressure) from its `/api/v1/status`.
     Status {
@@ -100,23 +101,18 @@ fn main() -> ExitCode {
             print!("{}", Config::default_toml());
             ExitCode::SUCCESS
         }
-        Command::HashSecret { secret } => {
-            let secret = match secret {
-                Some(s) => s,
-                None => {
-                    let mut line = String::new();
-                    if let Err(e) = std::io::stdin().read_line(&mut line) {
-                        eprintln!("error: reading the secret from stdin: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                    line.trim_end_matches(['\r', '\n']).to_owned()
-                }
-            };
+        Command::HashSecret => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("error: reading the secret from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let secret = line.trim_end_matches(['\r', '\n']);
             if secret.is_empty() {
                 eprintln!("error: empty secret");
                 return ExitCode::FAILURE;
             }
-            println!("{}", breakwater_gateway::admission::hash_secret(&secret));
+            println!("{}", breakwater_gateway::admission::hash_secret(secret));
             ExitCode::SUCCESS
         }
         Command::CheckConfig => match Config::load(cli.config.as_deref()) {
@@ -230,13 +226,24 @@ fn run(config: Option<&std::path::Path>) -> anyhow::Result<()> {
         let gateway = Gateway::start(cfg).await.context("starting the gateway")?;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let watchdog = spawn_watchdog(gateway.health.clone());
-        wait_for_signal().await;
+        let failed = loop {
+            tokio::select! {
+                signal = wait_for_signal() => match signal {
+                    Signal::Reload => gateway.reload(),
+                    Signal::Stop => break None,
+                },
+                () = gateway.health.fatal.cancelled() => break gateway.health.failure(),
+            }
+        };
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         if let Some(w) = watchdog {
             w.abort();
         }
         gateway.shutdown().await;
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(reason) => Err(anyhow::anyhow!("{reason}")),
+        }
     })
 }
 
@@ -261,26 +268,41 @@ fn spawn_watchdog(
     }))
 }
 
-async fn wait_for_signal() {
+#[derive(Debug)]
+enum Signal {
+    /// SIGINT or SIGTERM.
+    Stop,
+    /// SIGHUP: reload certificates and credentials.
+    Reload,
+}
+
+/// Cancel safe: a signal that arrived while this was not polled is still delivered (tokio keeps
+/// it pending).
+async fn wait_for_signal() -> Signal {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(h)) => (t, h),
+            (Err(e), _) | (_, Err(e)) => {
+                error!(error = %e, "cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the gateway");
+                let _ = ctrl_c.await;
+                return Signal::Stop;
+            }
+        };
         tokio::select! {
-            _ = ctrl_c => info!("SIGINT"),
-            _ = term.recv() => info!("SIGTERM"),
+            _ = ctrl_c => { info!("SIGINT"); Signal::Stop }
+            _ = term.recv() => { info!("SIGTERM"); Signal::Stop }
+            _ = hup.recv() => { info!("SIGHUP: reloading certificates and credentials"); Signal::Reload }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+        Signal::Stop
     }
 }

@@ -62,12 +62,17 @@ pub enum StartError {
     },
     #[error("starting a thread: {0}")]
     Thread(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(crate::tls::TlsError),
 }
 
 /// A running gateway.
 pub struct Gateway {
     pub mqtt_addr: SocketAddr,
+    pub mqtt_tls_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
+    pub admission: Arc<Admission>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
     pub health: Arc<Health>,
     pub sequencer: Arc<Sequencer>,
     pub spool: Arc<Spool>,
@@ -186,12 +191,22 @@ impl Gateway {
         let admission = Admission::new(&cfg.admission, &cfg.auth, Some(refused_tx))
             .map_err(|e| StartError::Admission(e.to_string()))?;
 
+        // TLS.
+        let tls = match &cfg.mqtt.tls {
+            None => None,
+            Some(files) => Some(crate::tls::TlsAcceptor::load(files).map_err(StartError::Tls)?),
+        };
+
         // Broker and links.
-        let rcfg =
-            crate::broker::rumqttd_config(&cfg.mqtt, admission.max_connections(), Some(&admission))
-                .map_err(Box::new)?;
-        let listen = cfg.mqtt.listen;
-        let links = tokio::task::spawn_blocking(move || crate::broker::start(rcfg, listen))
+        let rcfg = crate::broker::rumqttd_config(
+            &cfg.mqtt,
+            admission.max_connections(),
+            Some(&admission),
+            tls.as_ref(),
+        )
+        .map_err(Box::new)?;
+        let listens: Vec<SocketAddr> = cfg.mqtt.listeners().iter().map(|l| l.1).collect();
+        let links = tokio::task::spawn_blocking(move || crate::broker::start(rcfg, &listens))
             .await
             .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
             .map_err(Box::new)?;
@@ -216,7 +231,7 @@ impl Gateway {
         // the link, and the broker lives as long as the process: leak it (one small struct).
         std::mem::forget(arx);
         let ack_thread =
-            crate::ack::spawn_publisher(atx, ack_rx, pressure.clone(), cfg.ack.clone())
+            crate::ack::spawn_publisher(atx, ack_rx, pressure.clone(), cfg.ack.clone(), health.clone())
                 .map_err(StartError::Thread)?;
 
         // Batches past the spool (ack mode `kafka`, see spool::writer).
@@ -313,12 +328,16 @@ impl Gateway {
         };
         let link_thread = {
             let health = health.clone();
+            let stop = link_stop.clone();
             std::thread::Builder::new()
                 .name("bw-link".into())
                 .spawn(move || {
                     consumer.run();
                     // /healthz and the systemd watchdog notice a dead pipeline.
                     health.alive.store(false, Ordering::Relaxed);
+                    if !stop.load(Ordering::Relaxed) {
+                        health.fail("the telemetry link to the embedded broker is lost");
+                    }
                 })
                 .map_err(StartError::Thread)?
         };
@@ -366,12 +385,21 @@ impl Gateway {
             source,
         })?;
 
-        health.alive.store(true, Ordering::Relaxed);
-        health.ready.store(true, Ordering::Relaxed);
-        info!(mqtt = %cfg.mqtt.listen, metrics = %metrics_addr, ack_mode = ?mode, kafka = producer.is_some(), "gateway ready");
+        if !health.fatal.is_cancelled() {
+            health.alive.store(true, Ordering::Relaxed);
+            health.ready.store(true, Ordering::Relaxed);
+        }
+        if cfg.open_on_network() {
+            warn!("[auth] mode = \"open\" on a listener that is not loopback (allow_open_on_network = true): any client on the network can claim any device id");
+        }
+        let tls_listen = cfg.mqtt.tls.as_ref().map(|t| t.listen);
+        info!(mqtt = ?cfg.mqtt.plaintext.then_some(cfg.mqtt.listen), mqtt_tls = ?tls_listen, auth = ?cfg.auth.mode, metrics = %metrics_addr, ack_mode = ?mode, kafka = producer.is_some(), "gateway ready");
         Ok(Self {
             mqtt_addr: cfg.mqtt.listen,
+            mqtt_tls_addr: tls_listen,
             metrics_addr,
+            admission,
+            tls,
             health,
             sequencer,
             spool,
@@ -392,6 +420,37 @@ impl Gateway {
             http,
             status_tasks,
         })
+    }
+
+    /// Reloads on SIGHUP: the TLS certificates and the credentials file. Connections stay up;
+    /// new handshakes and CONNECTs use the new files. A file that fails keeps the old one.
+    pub fn reload(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => {
+                    metrics::counter!(m::RELOADS, "what" => "tls", "result" => "ok").increment(1);
+                    info!("TLS certificates reloaded");
+                }
+                Err(e) => {
+                    metrics::counter!(m::RELOADS, "what" => "tls", "result" => "error")
+                        .increment(1);
+                    warn!(error = %e, "TLS certificates not reloaded: keeping the previous ones");
+                }
+            }
+        }
+        match self.admission.reload_credentials() {
+            Ok(0) => {}
+            Ok(devices) => {
+                metrics::counter!(m::RELOADS, "what" => "credentials", "result" => "ok")
+                    .increment(1);
+                info!(devices, "credentials file reloaded");
+            }
+            Err(e) => {
+                metrics::counter!(m::RELOADS, "what" => "credentials", "result" => "error")
+                    .increment(1);
+                warn!(error = %e, "credentials file not reloaded: keeping the previous one");
+            }
+        }
     }
 
     /// True while the pipeline threads run.

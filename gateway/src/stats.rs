@@ -49,6 +49,19 @@ pub const DEVICES_UNACKED: &str = "breakwater_gateway_devices_unacked";
 pub const SPOOL_OLDEST_AGE: &str = "breakwater_gateway_spool_oldest_age_seconds";
 /// 1 when the last Kafka metadata request succeeded, 0 when it failed (absent without Kafka).
 pub const KAFKA_UP: &str = "breakwater_gateway_kafka_up";
+/// Labels: `action` = `publish`, `subscribe`, `will`; `reason` = `foreign_topic`, `wildcard`,
+/// `retain`, `qos2` (see `admission::authz`).
+pub const AUTHZ_DENIED: &str = "breakwater_gateway_authz_denied_total";
+/// Connections refused before CONNECT because their source address holds its cap of open
+/// connections (`[admission] per_address_max_connections`).
+pub const ADDRESS_CONNECTIONS_REFUSED: &str =
+    "breakwater_gateway_address_connections_refused_total";
+/// TLS handshakes that failed or timed out, by `reason` = `handshake`, `timeout`.
+pub const TLS_HANDSHAKE_FAILURES: &str = "breakwater_gateway_tls_handshake_failures_total";
+/// Reloads on SIGHUP, by `what` = `tls`, `credentials` and `result` = `ok`, `error`.
+pub const RELOADS: &str = "breakwater_gateway_reloads_total";
+/// rumqttd's count of connections that ended, by `reason` (vendor/PATCHES.md, patch 17).
+pub const BROKER_CONNECTIONS_CLOSED: &str = "rumqttd_connections_closed_total";
 /// Time a batch spends in one stage of the ack path, seconds. Labels: `stage` =
 /// * `spooled`: received from the broker -> handed to the Kafka producer (writer queue, spool
 ///   commit, drain read; ms resolution, from the record's receive time), for batches that went
@@ -138,6 +151,22 @@ pub fn describe() {
     describe_gauge!(
         KAFKA_UP,
         "1 when the last Kafka metadata request succeeded, else 0"
+    describe_counter!(
+        AUTHZ_DENIED,
+        "Publishes, subscriptions and wills refused by topic authorization, by action and reason"
+    );
+    describe_counter!(
+        ADDRESS_CONNECTIONS_REFUSED,
+        "Connections closed before CONNECT: their source address holds its connection cap"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by reason"
+    );
+    describe_counter!(RELOADS, "SIGHUP reloads, by what and result");
+    describe_counter!(
+        BROKER_CONNECTIONS_CLOSED,
+        "MQTT connections that ended, by reason (rumqttd)"
     );
     describe_histogram!(
         STAGE_SECONDS,

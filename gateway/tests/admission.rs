@@ -31,9 +31,12 @@ fn start_broker(adm: &Arc<Admission>) -> SocketAddr {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            connect_handler: None,
+            authz_handler: None,
+            transport_handler: None,
         },
     };
-    adm.install(&mut server.connections);
+    adm.install(&mut server.connections, None);
     let config = rumqttd::Config {
         router: rumqttd::RouterConfig {
             max_connections: adm.max_connections() + 10,
@@ -287,6 +290,7 @@ async fn bad_credentials_are_refused_and_counted() {
     let auth = AuthConfig {
         mode: AuthMode::File,
         credentials_file: Some(path),
+        ..Default::default()
     };
     assert!(auth.validate().is_empty(), "{:?}", auth.validate());
     let (tx, mut rx) = mpsc::channel(100);
@@ -373,6 +377,10 @@ fn config_validation_reports_every_error_with_its_key() {
         burst_baseline_secs: 0,
         burst_factor: 0.5,
         burst_min_rate: f64::NAN,
+        per_address_max_connections: 0,
+        per_address_max_waiting: 0,
+        per_address_connect_rate_per_sec: 0,
+        per_address_connect_burst: 0,
     };
     let keys: Vec<String> = bad.validate().into_iter().map(|(k, _)| k).collect();
     for key in [
@@ -384,6 +392,10 @@ fn config_validation_reports_every_error_with_its_key() {
         "admission.burst_baseline_secs",
         "admission.burst_factor",
         "admission.burst_min_rate",
+        "admission.per_address_max_connections",
+        "admission.per_address_max_waiting",
+        "admission.per_address_connect_rate_per_sec",
+        "admission.per_address_connect_burst",
     ] {
         assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
     }
@@ -397,11 +409,13 @@ fn config_validation_reports_every_error_with_its_key() {
     let no_file = AuthConfig {
         mode: AuthMode::File,
         credentials_file: None,
+        ..Default::default()
     };
     assert_eq!(no_file.validate()[0].0, "auth.credentials_file");
     let open_with_file = AuthConfig {
         mode: AuthMode::Open,
         credentials_file: Some("/etc/creds".into()),
+        ..Default::default()
     };
     assert_eq!(open_with_file.validate()[0].0, "auth.credentials_file");
 
@@ -411,6 +425,7 @@ fn config_validation_reports_every_error_with_its_key() {
     let broken = AuthConfig {
         mode: AuthMode::File,
         credentials_file: Some(path.clone()),
+        ..Default::default()
     };
     let problems = broken.validate();
     assert_eq!(problems.len(), 2, "{problems:?}");

@@ -28,6 +28,9 @@ fn start_broker() -> SocketAddr {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            connect_handler: None,
+            authz_handler: None,
+            transport_handler: None,
         },
     };
     let config = rumqttd::Config {

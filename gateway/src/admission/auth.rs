@@ -19,7 +19,19 @@
 //! SHA-256 takes about a microsecond; the per-entry salt keeps equal secrets from showing as
 //! equal hashes, and the digest comparison is constant-time (`subtle`).
 //!
-//! The file is read at start-up (restart to reload; there is no SIGHUP reload).
+//! The file is read at start-up and again on SIGHUP ([`super::Admission::reload_credentials`]):
+//! connected devices stay connected, new CONNECTs are checked against the new file.
+//!
+//! # Identity in each mode
+//!
+//! * `open`: the client id is only a claim; nothing is checked but its syntax.
+//! * `file`: user name = client id, password checked against the file.
+//! * `mtls`: the client certificate (verified by the TLS layer against `client_ca_file`) names
+//!   the device in its subject CN, which must equal the client id.
+//!
+//! In every mode, a connection that came with a verified certificate must use that
+//! certificate's CN as its client id, and ids with the [`RESERVED_PREFIX`] (the gateway's own
+//! links) are refused.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -32,6 +44,11 @@ use subtle::ConstantTimeEq;
 use breakwater_protocol::DeviceId;
 
 const SCHEME: &str = "sha256";
+
+/// Client ids the gateway's own broker links use (`breakwater-gateway-telemetry`, `-acks`): a
+/// network client with such an id would replace that link in rumqttd and switch ingestion off,
+/// so they are refused in every auth mode.
+pub const RESERVED_PREFIX: &str = "breakwater-gateway";
 const SALT_LEN: usize = 16;
 
 /// A credentials file problem, with where it is.
@@ -229,10 +246,16 @@ impl Credentials {
 pub enum AuthFailure {
     /// The client id is not a valid device id.
     InvalidClientId,
+    /// The client id is one of the gateway's own ([`RESERVED_PREFIX`]).
+    ReservedClientId,
     /// File mode: the user name is not the client id.
     UsernameMismatch,
     /// File mode: unknown device or wrong secret (not told apart, on purpose).
     BadCredentials,
+    /// mTLS mode: the connection has no verified client certificate.
+    CertificateRequired,
+    /// The client certificate names another device than the client id.
+    CertificateMismatch,
 }
 
 impl AuthFailure {
@@ -240,8 +263,11 @@ impl AuthFailure {
     pub fn reason(self) -> &'static str {
         match self {
             Self::InvalidClientId => "invalid_client_id",
+            Self::ReservedClientId => "reserved_client_id",
             Self::UsernameMismatch => "username_mismatch",
             Self::BadCredentials => "bad_credentials",
+            Self::CertificateRequired => "certificate_required",
+            Self::CertificateMismatch => "certificate_mismatch",
         }
     }
 }
@@ -251,6 +277,7 @@ impl AuthFailure {
 pub enum Authenticator {
     Open,
     File(Credentials),
+    Mtls,
 }
 
 impl Authenticator {
@@ -264,12 +291,21 @@ impl Authenticator {
         client_id: &str,
         username: &str,
         password: &str,
+        certificate: Option<&str>,
     ) -> Result<(), AuthFailure> {
+        if client_id.starts_with(RESERVED_PREFIX) {
+            return Err(AuthFailure::ReservedClientId);
+        }
         if DeviceId::parse(client_id).is_err() {
             return Err(AuthFailure::InvalidClientId);
         }
+        if certificate.is_some_and(|cn| cn != client_id) {
+            return Err(AuthFailure::CertificateMismatch);
+        }
         match self {
             Self::Open => Ok(()),
+            Self::Mtls if certificate.is_some() => Ok(()),
+            Self::Mtls => Err(AuthFailure::CertificateRequired),
             Self::File(creds) => {
                 if username != client_id {
                     return Err(AuthFailure::UsernameMismatch);
@@ -341,25 +377,65 @@ mod tests {
         let creds =
             Credentials::parse(Path::new("c"), &format!("dev-1:{}", hash_secret("s3"))).unwrap();
         let file = Authenticator::File(creds);
-        assert_eq!(file.check("dev-1", "dev-1", "s3"), Ok(()));
+        assert_eq!(file.check("dev-1", "dev-1", "s3", None), Ok(()));
         assert_eq!(
-            file.check("dev-1", "dev-2", "s3"),
+            file.check("dev-1", "dev-2", "s3", None),
             Err(AuthFailure::UsernameMismatch)
         );
         assert_eq!(
-            file.check("dev-1", "dev-1", "nope"),
+            file.check("dev-1", "dev-1", "nope", None),
             Err(AuthFailure::BadCredentials)
         );
         assert_eq!(
-            file.check("dev-9", "dev-9", "s3"),
+            file.check("dev-9", "dev-9", "s3", None),
             Err(AuthFailure::BadCredentials)
         );
-        assert_eq!(file.check("", "", ""), Err(AuthFailure::InvalidClientId));
-        let open = Authenticator::Open;
-        assert_eq!(open.check("dev-1", "", ""), Ok(()));
         assert_eq!(
-            open.check("has space", "", ""),
+            file.check("", "", "", None),
             Err(AuthFailure::InvalidClientId)
         );
+        assert_eq!(
+            file.check("dev-1", "dev-1", "s3", Some("dev-2")),
+            Err(AuthFailure::CertificateMismatch),
+            "a certificate, when there is one, must name the client id in every mode"
+        );
+        let open = Authenticator::Open;
+        assert_eq!(open.check("dev-1", "", "", None), Ok(()));
+        assert_eq!(
+            open.check("has space", "", "", None),
+            Err(AuthFailure::InvalidClientId)
+        );
+        let mtls = Authenticator::Mtls;
+        assert_eq!(mtls.check("dev-1", "", "", Some("dev-1")), Ok(()));
+        assert_eq!(
+            mtls.check("dev-1", "", "", None),
+            Err(AuthFailure::CertificateRequired)
+        );
+        assert_eq!(
+            mtls.check("dev-1", "dev-1", "x", Some("dev-2")),
+            Err(AuthFailure::CertificateMismatch)
+        );
+    }
+
+    #[test]
+    fn the_gateway_s_own_link_ids_are_refused_in_every_mode() {
+        let creds = Credentials::parse(
+            Path::new("c"),
+            &format!("breakwater-gateway-telemetry:{}", hash_secret("s")),
+        )
+        .unwrap();
+        for auth in [
+            Authenticator::Open,
+            Authenticator::File(creds),
+            Authenticator::Mtls,
+        ] {
+            for id in ["breakwater-gateway-telemetry", "breakwater-gateway-acks"] {
+                assert_eq!(
+                    auth.check(id, id, "s", Some(id)),
+                    Err(AuthFailure::ReservedClientId),
+                    "{auth:?} {id}"
+                );
+            }
+        }
     }
 }

@@ -31,6 +31,16 @@ pub struct AdmissionConfig {
     /// Burst detection: connects/s below which it is never a burst (a quiet plant's baseline is
     /// near zero).
     pub burst_min_rate: f64,
+    /// Most open connections from one source address (counted from the TCP accept); beyond,
+    /// new ones are closed at once. A NAT'd line of devices shares one address.
+    pub per_address_max_connections: usize,
+    /// Most CONNECTs from one source address waiting for their turn at once.
+    pub per_address_max_waiting: usize,
+    /// Sustained CONNECTs per second from one source address (its own token bucket, checked
+    /// before the global one).
+    pub per_address_connect_rate_per_sec: u32,
+    /// CONNECTs one source address may make at once before its rate applies.
+    pub per_address_connect_burst: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -45,6 +55,10 @@ impl Default for AdmissionConfig {
             burst_baseline_secs: 300,
             burst_factor: 4.0,
             burst_min_rate: 20.0,
+            per_address_max_connections: 2_000,
+            per_address_max_waiting: 1_000,
+            per_address_connect_rate_per_sec: 200,
+            per_address_connect_burst: 1_000,
         }
     }
 }
@@ -98,6 +112,25 @@ impl AdmissionConfig {
         if !self.burst_min_rate.is_finite() || self.burst_min_rate < 0.0 {
             bad("burst_min_rate", "must be a number >= 0".into());
         }
+        for (key, v) in [
+            (
+                "per_address_max_connections",
+                self.per_address_max_connections,
+            ),
+            ("per_address_max_waiting", self.per_address_max_waiting),
+            (
+                "per_address_connect_rate_per_sec",
+                self.per_address_connect_rate_per_sec as usize,
+            ),
+            (
+                "per_address_connect_burst",
+                self.per_address_connect_burst as usize,
+            ),
+        ] {
+            if v == 0 {
+                bad(key, "must be > 0".into());
+            }
+        }
         p
     }
 }
@@ -111,6 +144,9 @@ pub enum AuthMode {
     Open,
     /// Only devices listed in `credentials_file`, user name = client id = device id.
     File,
+    /// Only clients with a certificate from `[mqtt.tls] client_ca_file`; its subject CN is the
+    /// device id and must equal the client id. User name and password are ignored.
+    Mtls,
 }
 
 /// `[auth]`: open mode (default) or a credentials file of hashed secrets.
@@ -118,9 +154,13 @@ pub enum AuthMode {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub mode: AuthMode,
-    /// `device_id:hash` lines (see [`crate::admission::hash_secret`]); read at start-up.
+    /// `device_id:hash` lines (see [`crate::admission::hash_secret`]); read at start-up and
+    /// on SIGHUP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
+    /// Allow `mode = "open"` on a listener that is not loopback (refused otherwise: any client
+    /// could claim any device id). Warned about at every start.
+    pub allow_open_on_network: bool,
 }
 
 impl AuthConfig {
@@ -148,7 +188,14 @@ impl AuthConfig {
                     path.display()
                 ),
             )),
-            (AuthMode::Open, None) => {}
+            (AuthMode::Mtls, Some(path)) => p.push((
+                "auth.credentials_file".into(),
+                format!(
+                    "{} is set but mode = \"mtls\" takes the identity from the certificate; remove it",
+                    path.display()
+                ),
+            )),
+            (AuthMode::Open | AuthMode::Mtls, None) => {}
         }
         p
     }

@@ -1,30 +1,45 @@
 //! Admission control at the MQTT front door: who may connect ([`auth`]), how fast ([`rate`]),
 //! and telling operators when the fleet storms back ([`burst`]).
 //!
-//! Everything runs inside rumqttd's asynchronous authentication hook, which rumqttd awaits
-//! between reading a CONNECT and registering the connection with its router (see
-//! [`Admission::install`]). Per CONNECT, in this order:
+//! Everything runs inside the hooks the vendored rumqttd offers (vendor/PATCHES.md, patch 14),
+//! installed on each listener by [`Admission::install`]:
 //!
-//! 1. identity ([`auth::Authenticator::check`]): the client id must be a valid device id; in
-//!    `file` mode the user name must equal it and the password must match the stored salted
-//!    SHA-256. Cheap, so it comes first: failed logins never take a rate token.
-//! 2. pacing ([`rate::Pacer::admit`]): token bucket with burst, bounded waiting room, bounded
-//!    wait. Admitted CONNECTs get their CONNACK once the hook returns.
-//! 3. refusals are logged, counted (`breakwater_gateway_connects_refused_total{reason}`) and
-//!    reported as [`Refused`] on the optional channel (`try_send`; a full channel is counted in
-//!    `breakwater_gateway_refused_events_dropped_total`, never waited on).
+//! * **transport**, per accepted socket, on its own task: the per-address connection cap
+//!   ([`peer`]), then the TLS handshake on the TLS listener ([`crate::tls`]), whose verified
+//!   client certificate names the peer.
+//! * **connect**, per CONNECT, awaited between reading it and registering the connection with
+//!   the router, in this order:
+//!   1. identity ([`auth::Authenticator::check`]): not a reserved id (the gateway's own links),
+//!      a valid device id; in `file` mode user name = client id and the password matches the
+//!      stored salted SHA-256; with a client certificate its CN = client id (`mtls` mode requires
+//!      one). Cheap, so it comes first: failed logins never take a rate token.
+//!   2. the will ([`authz::Policy`]): only on the device's own status topic, not retained.
+//!   3. the source address's own budget ([`peer::Peers::begin_connect`]): waiting slots and a
+//!      token bucket, so one host spends its own budget and not the fleet's.
+//!   4. global pacing ([`rate::Pacer::admit`]): token bucket with burst, bounded waiting room,
+//!      bounded wait. Admitted CONNECTs get their CONNACK once the hook returns.
+//! * **authorize**, per PUBLISH and SUBSCRIBE filter ([`authz::Policy::check`]).
+//!
+//! Refusals are logged (rate-limited), counted (`breakwater_gateway_connects_refused_total{reason}`)
+//! and reported as [`Refused`] on the optional channel (`try_send`; a full channel is counted in
+//! `breakwater_gateway_refused_events_dropped_total`, never waited on).
 //!
 //! # What a refused device sees
 //!
-//! rumqttd 0.20 answers a "no" from the hook by closing the TCP connection **without a CONNACK**
-//! (its `mqtt_connect` returns `InvalidAuth` and the connection task ends). MQTT 3.1.1 clients
-//! report that as a connection closed by the broker / end of stream while waiting for CONNACK
-//! (rumqttc: an I/O error from its event loop), not as CONNACK return code 4 or 5. There is no
-//! retry hint on the wire in MQTT 3.1.1; the hint is the behaviour itself: the Breakwater agent
-//! treats any failed connect as a reason to back off exponentially with jitter before the next
-//! attempt, which spreads a refused storm out. Refusals for identity (`invalid_client_id`,
-//! `username_mismatch`, `bad_credentials`) are permanent until the device is fixed; refusals
-//! for load (`queue_full`, `wait_exceeded`) clear by themselves.
+//! A CONNACK with a return code, then the connection closes (vendor/PATCHES.md, patch 17):
+//!
+//! | reasons | CONNACK code |
+//! |---|---|
+//! | `invalid_client_id`, `reserved_client_id` | 2, identifier rejected |
+//! | `username_mismatch`, `bad_credentials` | 4, bad user name or password |
+//! | `certificate_required`, `certificate_mismatch`, `will_denied` | 5, not authorized |
+//! | `queue_full`, `wait_exceeded`, `address_waiting`, `address_rate` | 3, server unavailable |
+//!
+//! A connection over its address's cap (`address_connections`) is closed before CONNECT, with
+//! no CONNACK (the client has not asked anything yet). MQTT 3.1.1 has no retry hint; the
+//! Breakwater agent backs off exponentially with jitter after any failed connect, which spreads
+//! a refused storm out. Identity refusals are permanent until the device is fixed; load
+//! refusals clear by themselves.
 //!
 //! # Metrics
 //!
@@ -42,21 +57,29 @@
 //! | `breakwater_gateway_reconnect_bursts_total` | counter | bursts started |
 
 pub mod auth;
+pub mod authz;
 pub mod burst;
 mod config;
+pub mod peer;
 pub mod probe;
 pub mod rate;
+mod transport;
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge, histogram};
+use rumqttd::hooks::{AuthzAction, AuthzRequest, ConnectRefusal, ConnectRequest, Principal};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-pub use auth::{hash_secret, AuthFailure, Credentials, CredentialsError};
+use crate::stats as m;
+use crate::tls::TlsAcceptor;
+
+pub use auth::{hash_secret, AuthFailure, Credentials, CredentialsError, RESERVED_PREFIX};
 pub use burst::{BurstDetector, BurstEvent};
 pub use config::{AdmissionConfig, AuthConfig, AuthMode};
 pub use rate::PaceRefusal;
@@ -95,8 +118,8 @@ pub struct BurstsView {
 #[derive(Debug, Clone)]
 pub struct Refused {
     pub client_id: String,
-    /// `invalid_client_id`, `username_mismatch`, `bad_credentials`, `queue_full` or
-    /// `wait_exceeded`.
+    /// An [`AuthFailure::reason`], `will_denied`, `queue_full`, `wait_exceeded`,
+    /// `address_waiting` or `address_rate`.
     pub reason: &'static str,
     /// Wall clock, ms since the Unix epoch.
     pub at_ms: u64,
@@ -126,10 +149,17 @@ fn join(problems: &[(String, String)]) -> String {
 struct Counters {
     admitted: AtomicU64,
     invalid_client_id: AtomicU64,
+    reserved_client_id: AtomicU64,
     username_mismatch: AtomicU64,
     bad_credentials: AtomicU64,
+    certificate_required: AtomicU64,
+    certificate_mismatch: AtomicU64,
+    will_denied: AtomicU64,
     queue_full: AtomicU64,
     wait_exceeded: AtomicU64,
+    address_waiting: AtomicU64,
+    address_rate: AtomicU64,
+    address_connections: AtomicU64,
     abandoned: AtomicU64,
     refused_events_dropped: AtomicU64,
     bursts: AtomicU64,
@@ -140,13 +170,24 @@ struct Counters {
 pub struct AdmissionStats {
     pub admitted: u64,
     pub invalid_client_id: u64,
+    pub reserved_client_id: u64,
     pub username_mismatch: u64,
     pub bad_credentials: u64,
+    pub certificate_required: u64,
+    pub certificate_mismatch: u64,
+    /// CONNECTs whose will the topic policy refused.
+    pub will_denied: u64,
     pub queue_full: u64,
     pub wait_exceeded: u64,
+    /// CONNECTs refused because their address had too many waiting.
+    pub address_waiting: u64,
+    /// CONNECTs refused because their address used up its connect budget.
+    pub address_rate: u64,
+    /// Connections closed before CONNECT: their address held its connection cap.
+    pub address_connections: u64,
     /// CONNECTs whose client closed the connection while they waited for their turn.
     pub abandoned: u64,
-    /// Identity refusals (the first three).
+    /// Identity refusals (every [`AuthFailure`]).
     pub auth_failures: u64,
     pub refused_events_dropped: u64,
     pub bursts: u64,
@@ -156,7 +197,12 @@ pub struct AdmissionStats {
 /// Admission control, shared by rumqttd's hook (one per CONNECT) and the link consumer.
 #[derive(Debug)]
 pub struct Admission {
-    auth: auth::Authenticator,
+    /// Replaced on SIGHUP ([`Admission::reload_credentials`]).
+    auth: RwLock<Arc<auth::Authenticator>>,
+    auth_config: AuthConfig,
+    policy: authz::Policy,
+    peers: Arc<peer::Peers>,
+    log: Mutex<LogWindow>,
     pacer: rate::Pacer,
     refused: Option<mpsc::Sender<Refused>>,
     burst: Mutex<BurstDetector>,
@@ -203,23 +249,7 @@ impl Admission {
         if !problems.is_empty() {
             return Err(AdmissionError::Config { problems });
         }
-        let authenticator = match (auth.mode, &auth.credentials_file) {
-            (AuthMode::Open, None) => auth::Authenticator::Open,
-            (AuthMode::File, Some(path)) => {
-                let creds = Credentials::load(path)
-                    .map_err(|errors| AdmissionError::Credentials { errors })?;
-                if creds.is_empty() {
-                    warn!(path = %path.display(), "credentials file lists no device: every CONNECT will be refused");
-                }
-                info!(path = %path.display(), devices = creds.len(), "device authentication from credentials file");
-                auth::Authenticator::File(creds)
-            }
-            _ => {
-                return Err(AdmissionError::Config {
-                    problems: auth.validate(),
-                })
-            }
-        };
+        let authenticator = authenticator(auth)?;
         let (Some(rate), Some(burst)) = (
             NonZeroU32::new(adm.connect_rate_per_sec),
             NonZeroU32::new(adm.connect_burst),
@@ -229,7 +259,16 @@ impl Admission {
             });
         };
         Ok(Self {
-            auth: authenticator,
+            auth: RwLock::new(Arc::new(authenticator)),
+            auth_config: auth.clone(),
+            policy: authz::Policy::new(),
+            peers: peer::Peers::new(peer::PeerLimits {
+                max_connections: adm.per_address_max_connections,
+                max_waiting: adm.per_address_max_waiting,
+                rate_per_sec: f64::from(adm.per_address_connect_rate_per_sec),
+                burst: f64::from(adm.per_address_connect_burst),
+            }),
+            log: Mutex::new(LogWindow::default()),
             pacer: rate::Pacer::new(
                 rate,
                 burst,
@@ -253,17 +292,75 @@ impl Admission {
         })
     }
 
-    /// Installs the async external-auth hook on rumqttd's `ConnectionSettings` (paces and
-    /// authenticates every CONNECT on that listener). rumqttd awaits it on the listener's own
-    /// runtime after reading CONNECT; its `connection_timeout_ms` does not run meanwhile.
-    pub fn install(self: &Arc<Self>, settings: &mut rumqttd::ConnectionSettings) {
+    /// Installs the transport, connect and authorization hooks on one listener's rumqttd
+    /// `ConnectionSettings` (vendor/PATCHES.md, patch 14); `tls` makes it the TLS listener.
+    /// rumqttd awaits the connect hook on the listener's own runtime after reading CONNECT.
+    pub fn install(
+        self: &Arc<Self>,
+        settings: &mut rumqttd::ConnectionSettings,
+        tls: Option<Arc<TlsAcceptor>>,
+    ) {
         let this = Arc::clone(self);
-        settings.set_auth_handler(
-            move |client_id: String, username: String, password: String| {
-                let this = Arc::clone(&this);
-                async move { this.check(&client_id, &username, &password).await }
-            },
-        );
+        settings.set_transport_handler(move |tcp, addr| {
+            let this = Arc::clone(&this);
+            let tls = tls.clone();
+            async move { this.transport(tcp, addr, tls.as_deref()).await }
+        });
+        let this = Arc::clone(self);
+        settings.set_connect_handler(move |request: ConnectRequest| {
+            let this = Arc::clone(&this);
+            async move { this.connect(&request).await }
+        });
+        let this = Arc::clone(self);
+        settings.set_authz_handler(move |request: &AuthzRequest<'_>| this.authorize(request));
+    }
+
+    /// Reads the credentials file again (`file` mode; SIGHUP). New CONNECTs are checked against
+    /// it; connected devices are not touched. On an error the previous file stays in force.
+    ///
+    /// # Errors
+    /// The file is unreadable or has bad lines.
+    pub fn reload_credentials(&self) -> Result<usize, AdmissionError> {
+        if self.auth_config.mode != AuthMode::File {
+            return Ok(0);
+        }
+        let fresh = authenticator(&self.auth_config)?;
+        let n = match &fresh {
+            auth::Authenticator::File(c) => c.len(),
+            _ => 0,
+        };
+        *self
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+        Ok(n)
+    }
+
+    fn authenticator(&self) -> Arc<auth::Authenticator> {
+        self.auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The topic policy's decision about one action of a connected client (counted and logged
+    /// when denied).
+    #[must_use]
+    pub fn authorize(&self, request: &AuthzRequest<'_>) -> bool {
+        let action = match request.action {
+            AuthzAction::Publish { topic, qos, retain } => {
+                authz::Action::Publish { topic, qos, retain }
+            }
+            AuthzAction::Subscribe { filter, .. } => authz::Action::Subscribe { filter },
+        };
+        self.policy
+            .check(request.client_id, request.principal, action)
+    }
+
+    /// The per-address table (tests, status).
+    #[must_use]
+    pub fn peers(&self) -> &peer::Peers {
+        &self.peers
     }
 
     /// The rumqttd router `max_connections` value to use.
@@ -282,25 +379,102 @@ impl Admission {
             .record(now);
     }
 
-    /// Decides about one CONNECT: identity, then pacing. True admits it.
+    /// Decides about one CONNECT with a user name and password and nothing else known (no
+    /// peer address, no certificate, no will). True admits it.
+    pub async fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
+        let request = ConnectRequest {
+            client_id: client_id.to_owned(),
+            username: Some(username.to_owned()),
+            password: Some(password.to_owned()),
+            clean_session: true,
+            keep_alive: 30,
+            will: None,
+            peer: None,
+            transport_identity: None,
+        };
+        self.connect(&request).await.is_ok()
+    }
+
+    /// Decides about one CONNECT: identity, will, the address's budget, then pacing. `Ok`
+    /// admits it (under its client id).
+    ///
+    /// # Errors
+    /// The refusal, which rumqttd answers with its CONNACK code.
     ///
     /// Cancel safety: dropping the future before it completes admits nothing, leaves no waiter
     /// behind (see [`rate::Pacer::admit`]) and counts the CONNECT as abandoned if it was waiting
     /// for its turn.
-    pub async fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
-        if let Err(failure) = self.auth.check(client_id, username, password) {
+    pub async fn connect(
+        &self,
+        request: &ConnectRequest,
+    ) -> Result<Option<Principal>, ConnectRefusal> {
+        let client_id = request.client_id.as_str();
+        let checked = self.authenticator().check(
+            client_id,
+            request.username.as_deref().unwrap_or(""),
+            request.password.as_deref().unwrap_or(""),
+            request.transport_identity.as_deref(),
+        );
+        if let Err(failure) = checked {
+            let c = &self.counters;
+            let (counter, code) = match failure {
+                AuthFailure::InvalidClientId => {
+                    (&c.invalid_client_id, ConnectRefusal::IdentifierRejected)
+                }
+                AuthFailure::ReservedClientId => {
+                    (&c.reserved_client_id, ConnectRefusal::IdentifierRejected)
+                }
+                AuthFailure::UsernameMismatch => {
+                    (&c.username_mismatch, ConnectRefusal::BadUserNamePassword)
+                }
+                AuthFailure::BadCredentials => {
+                    (&c.bad_credentials, ConnectRefusal::BadUserNamePassword)
+                }
+                AuthFailure::CertificateRequired => {
+                    (&c.certificate_required, ConnectRefusal::NotAuthorized)
+                }
+                AuthFailure::CertificateMismatch => {
+                    (&c.certificate_mismatch, ConnectRefusal::NotAuthorized)
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             let reason = failure.reason();
-            match failure {
-                AuthFailure::InvalidClientId => &self.counters.invalid_client_id,
-                AuthFailure::UsernameMismatch => &self.counters.username_mismatch,
-                AuthFailure::BadCredentials => &self.counters.bad_credentials,
-            }
-            .fetch_add(1, Ordering::Relaxed);
             counter!("breakwater_gateway_auth_failures_total", "reason" => reason).increment(1);
-            warn!(client_id, reason, "CONNECT refused: authentication failed");
+            self.log_refusal(request, reason, "CONNECT refused: authentication failed");
             self.refuse(client_id, reason);
-            return false;
+            return Err(code);
         }
+        if let Some(will) = &request.will {
+            let action = authz::Action::Will {
+                topic: &will.topic,
+                qos: will.qos,
+                retain: will.retain,
+            };
+            if !self.policy.check(client_id, client_id, action) {
+                self.counters.will_denied.fetch_add(1, Ordering::Relaxed);
+                self.refuse(client_id, "will_denied");
+                return Err(ConnectRefusal::NotAuthorized);
+            }
+        }
+        let _address_slot = match request.peer.map(|p| self.peers.begin_connect(p.ip())) {
+            Some(Err(refusal)) => {
+                match refusal {
+                    peer::PeerRefusal::Waiting => &self.counters.address_waiting,
+                    peer::PeerRefusal::Rate => &self.counters.address_rate,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                let reason = refusal.reason();
+                self.log_refusal(
+                    request,
+                    reason,
+                    "CONNECT refused: its address is over its budget",
+                );
+                self.refuse(client_id, reason);
+                return Err(ConnectRefusal::ServerUnavailable);
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
         let waiting = Waiting::new(self);
         let paced = self.pacer.admit().await;
         waiting.done();
@@ -314,7 +488,7 @@ impl Admission {
                     waited_ms = waited.as_millis(),
                     "CONNECT admitted"
                 );
-                true
+                Ok(None)
             }
             Err(refusal) => {
                 match refusal {
@@ -327,8 +501,66 @@ impl Admission {
                 // counters and the burst log line carry the picture.
                 debug!(client_id, reason, "CONNECT refused: connect rate limit");
                 self.refuse(client_id, reason);
-                false
+                Err(ConnectRefusal::ServerUnavailable)
             }
+        }
+    }
+
+    /// The transport hook: the address's connection cap, then TLS on the TLS listener.
+    async fn transport(
+        &self,
+        tcp: tokio::net::TcpStream,
+        addr: SocketAddr,
+        tls: Option<&TlsAcceptor>,
+    ) -> std::io::Result<rumqttd::hooks::Transport> {
+        let Some(guard) = self.peers.open(addr.ip()) else {
+            self.counters
+                .address_connections
+                .fetch_add(1, Ordering::Relaxed);
+            counter!(m::ADDRESS_CONNECTIONS_REFUSED).increment(1);
+            counter!("breakwater_gateway_connects_refused_total", "reason" => "address_connections")
+                .increment(1);
+            if let Some(unlogged) = self.log_window() {
+                warn!(peer = %addr, unlogged_refusals = unlogged, "connection closed: its address holds its connection cap ([admission] per_address_max_connections)");
+            }
+            return Err(std::io::Error::other("address holds its connection cap"));
+        };
+        let Some(tls) = tls else {
+            return Ok(transport::tracked(tcp, guard, None));
+        };
+        match tls.accept(tcp).await {
+            Ok((stream, cn)) => Ok(transport::tracked(stream, guard, cn)),
+            Err(e) => {
+                let reason = if e.kind() == std::io::ErrorKind::TimedOut {
+                    "timeout"
+                } else {
+                    "handshake"
+                };
+                counter!(m::TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+                debug!(peer = %addr, error = %e, "TLS handshake failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// `Some(refusals not logged since the last line)` if a refusal may be logged now.
+    fn log_window(&self) -> Option<u64> {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow()
+    }
+
+    fn log_refusal(&self, request: &ConnectRequest, reason: &'static str, what: &'static str) {
+        if let Some(unlogged) = self.log_window() {
+            let peer = request.peer.map(|p| p.to_string()).unwrap_or_default();
+            warn!(
+                client_id = request.client_id,
+                peer,
+                reason,
+                unlogged_refusals = unlogged,
+                "{what}"
+            );
         }
     }
 
@@ -361,14 +593,24 @@ impl Admission {
         AdmissionStats {
             admitted: get(&c.admitted),
             invalid_client_id: get(&c.invalid_client_id),
+            reserved_client_id: get(&c.reserved_client_id),
             username_mismatch: get(&c.username_mismatch),
             bad_credentials: get(&c.bad_credentials),
+            certificate_required: get(&c.certificate_required),
+            certificate_mismatch: get(&c.certificate_mismatch),
+            will_denied: get(&c.will_denied),
             queue_full: get(&c.queue_full),
             wait_exceeded: get(&c.wait_exceeded),
+            address_waiting: get(&c.address_waiting),
+            address_rate: get(&c.address_rate),
+            address_connections: get(&c.address_connections),
             abandoned: get(&c.abandoned),
             auth_failures: get(&c.invalid_client_id)
+                + get(&c.reserved_client_id)
                 + get(&c.username_mismatch)
-                + get(&c.bad_credentials),
+                + get(&c.bad_credentials)
+                + get(&c.certificate_required)
+                + get(&c.certificate_mismatch),
             refused_events_dropped: get(&c.refused_events_dropped),
             bursts: get(&c.bursts),
             waiting: self.pacer.waiting() as u64,
@@ -518,5 +760,78 @@ fn burst_ticker(weak: &Weak<Admission>) {
             return;
         };
         adm.tick_burst();
+        adm.peers.sweep();
+    }
+}
+
+/// The authenticator `auth` configures; reads the credentials file in `file` mode.
+fn authenticator(auth: &AuthConfig) -> Result<auth::Authenticator, AdmissionError> {
+    match (auth.mode, &auth.credentials_file) {
+        (AuthMode::Open, None) => Ok(auth::Authenticator::Open),
+        (AuthMode::Mtls, None) => Ok(auth::Authenticator::Mtls),
+        (AuthMode::File, Some(path)) => {
+            let creds =
+                Credentials::load(path).map_err(|errors| AdmissionError::Credentials { errors })?;
+            if creds.is_empty() {
+                warn!(path = %path.display(), "credentials file lists no device: every CONNECT will be refused");
+            }
+            info!(path = %path.display(), devices = creds.len(), "device authentication from credentials file");
+            Ok(auth::Authenticator::File(creds))
+        }
+        _ => Err(AdmissionError::Config {
+            problems: auth.validate(),
+        }),
+    }
+}
+
+/// At most [`LogWindow::PER_SECOND`] lines a second for something a client can repeat at will;
+/// the next line says how many were not logged in between.
+#[derive(Debug)]
+pub(crate) struct LogWindow {
+    start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Default for LogWindow {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+impl LogWindow {
+    const PER_SECOND: u32 = 5;
+
+    /// `Some(suppressed so far)` if this one may be logged.
+    pub(crate) fn allow(&mut self) -> Option<u64> {
+        if self.start.elapsed() >= Duration::from_secs(1) {
+            self.start = Instant::now();
+            self.logged = 0;
+        }
+        if self.logged < Self::PER_SECOND {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_window_lets_a_few_lines_through_and_counts_the_rest() {
+        let mut w = LogWindow::default();
+        let allowed: Vec<_> = (0..8).map(|_| w.allow()).collect();
+        assert_eq!(allowed.iter().filter(|a| a.is_some()).count(), 5);
+        w.start -= Duration::from_secs(2);
+        assert_eq!(w.allow(), Some(3), "the next line reports the 3 not logged");
     }
 }

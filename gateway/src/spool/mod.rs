@@ -169,6 +169,28 @@ pub struct Spool {
     max_bytes: u64,
 }
 
+#[cfg(unix)]
+fn owner_only(dir: &Path, file: &Path, dir_created: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if dir_created {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(file)?,
+    );
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn owner_only(_: &Path, _: &Path, _: bool) -> std::io::Result<()> {
+    Ok(())
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `dir` and scans it.
     ///
@@ -176,11 +198,16 @@ impl Spool {
     /// The directory cannot be created, the database cannot be opened (another process holds
     /// it, or it is not a redb file), or a record is corrupt.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Arc<Self>, Recovery), SpoolError> {
-        std::fs::create_dir_all(dir).map_err(|source| SpoolError::Dir {
+        let dir_err = |source| SpoolError::Dir {
             path: dir.to_owned(),
             source,
-        })?;
+        };
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
         let path = dir.join(FILE_NAME);
+        // Device data: owner-only whatever the umask (a directory we create is 0700; the file
+        // is created 0600 before redb opens it, and an existing one is tightened to 0600).
+        owner_only(dir, &path, created).map_err(dir_err)?;
         // redb's default cache is 1 GiB; the spool is written once and read once, so a small
         // cache keeps the gateway's RSS bounded.
         let db = db_err!(Database::builder()
@@ -455,6 +482,26 @@ mod tests {
             readings: (0..n).map(|i| Reading::new("t", i as f64, 5)).collect(),
         };
         SpoolRecord::from_batch(&b, envelope::encode_batch(&b), 77)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn spool_is_owner_only_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        // A world-readable existing file is tightened too.
+        let dir = base.path().join("spool");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(FILE_NAME), b"").unwrap();
+        std::fs::set_permissions(dir.join(FILE_NAME), std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+        drop(Spool::open(&dir, 1 << 30).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600);
+        let fresh = base.path().join("new/spool");
+        drop(Spool::open(&fresh, 1 << 30).unwrap());
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join(FILE_NAME)), 0o600);
     }
 
     #[test]

@@ -67,7 +67,8 @@ fn start_broker(adm: &Arc<Admission>) -> SocketAddr {
 
 struct Storm {
     accepted: Vec<tokio::net::TcpStream>,
-    closed: usize,
+    /// Refused with CONNACK 3, server unavailable (vendor/PATCHES.md, patch 17).
+    unavailable: usize,
     other: Vec<String>,
     elapsed: Duration,
     slowest: Duration,
@@ -89,7 +90,7 @@ async fn storm(addr: SocketAddr, prefix: &str, n: usize) -> Storm {
     }
     let mut s = Storm {
         accepted: Vec::new(),
-        closed: 0,
+        unavailable: 0,
         other: Vec::new(),
         elapsed: Duration::ZERO,
         slowest: Duration::ZERO,
@@ -99,7 +100,7 @@ async fn storm(addr: SocketAddr, prefix: &str, n: usize) -> Storm {
         s.slowest = s.slowest.max(took);
         match r {
             Ok(ProbeOutcome::Accepted(c)) => s.accepted.push(c),
-            Ok(ProbeOutcome::Closed) => s.closed += 1,
+            Ok(ProbeOutcome::Refused(3)) => s.unavailable += 1,
             other => s.other.push(format!("{other:?}")),
         }
     }
@@ -129,7 +130,7 @@ async fn connects_beyond_the_rate_are_paced_not_dropped() {
     let n = 150;
     let s = storm(addr, "paced", n).await;
     assert!(s.other.is_empty(), "{:?}", s.other);
-    assert_eq!(s.closed, 0, "nobody refused");
+    assert_eq!(s.unavailable, 0, "nobody refused");
     assert_eq!(s.accepted.len(), n, "all eventually connect");
     // Lower bound from the configuration: beyond the burst, one per 1/rate seconds.
     let floor = Duration::from_secs_f64(
@@ -162,16 +163,16 @@ async fn beyond_max_waiting_refused_as_queue_full() {
     let n = 12;
     let s = storm(addr, "room", n).await;
     assert!(s.other.is_empty(), "{:?}", s.other);
-    assert_eq!(s.accepted.len() + s.closed, n);
+    assert_eq!(s.accepted.len() + s.unavailable, n);
     let st = adm.stats();
     // The burst token plus the 3 waiters get in; the others found the room full (a token that
     // refills while they still arrive, one per second, can let one or two more in).
     assert!(st.queue_full >= 6, "{st:?}");
-    assert_eq!(st.queue_full as usize, s.closed, "{st:?}");
+    assert_eq!(st.queue_full as usize, s.unavailable, "{st:?}");
     assert_eq!(st.admitted as usize, s.accepted.len());
     assert_eq!(st.wait_exceeded, 0);
     let refused = drain(&mut rx);
-    assert_eq!(refused.len(), s.closed);
+    assert_eq!(refused.len(), s.unavailable);
     assert!(refused
         .iter()
         .all(|r| r.reason == "queue_full" && r.client_id.starts_with("room-")));
@@ -196,7 +197,7 @@ async fn beyond_max_wait_refused_as_wait_exceeded_and_never_later() {
     let n = 12;
     let s = storm(addr, "late", n).await;
     assert!(s.other.is_empty(), "{:?}", s.other);
-    assert_eq!(s.accepted.len() + s.closed, n);
+    assert_eq!(s.accepted.len() + s.unavailable, n);
     let st = adm.stats();
     // The burst token, then one every 500 ms, each needing a turn within 700 ms of arrival:
     // at most 2 plus one per 500 ms that arrivals were spread over (a loaded machine).
@@ -209,7 +210,7 @@ async fn beyond_max_wait_refused_as_wait_exceeded_and_never_later() {
         s.elapsed
     );
     assert!(st.wait_exceeded >= 1, "{st:?}");
-    assert_eq!(st.wait_exceeded as usize, s.closed);
+    assert_eq!(st.wait_exceeded as usize, s.unavailable);
     assert_eq!(st.queue_full, 0);
     // Each CONNECT was answered (admitted or refused) within the wait bound, plus slack for
     // a loaded machine: no half-open pile-up.
@@ -219,7 +220,7 @@ async fn beyond_max_wait_refused_as_wait_exceeded_and_never_later() {
         s.slowest
     );
     let refused = drain(&mut rx);
-    assert_eq!(refused.len(), s.closed);
+    assert_eq!(refused.len(), s.unavailable);
     assert!(refused.iter().all(|r| r.reason == "wait_exceeded"));
 }
 
@@ -300,31 +301,37 @@ async fn bad_credentials_are_refused_and_counted() {
 
     let good = probe::connect(addr, "press-1", Some(("press-1", "tok-press-1-9f8e7d")), t).await;
     assert!(matches!(good, Ok(ProbeOutcome::Accepted(_))), "{good:?}");
-    // (client id, login, expected refusal reason)
-    type Case<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a str);
+    // (client id, login, expected refusal reason, CONNACK code)
+    type Case<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a str, u8);
     let cases: [Case; 5] = [
         (
             "press-1",
             Some(("press-1", "tok-press-2-1a2b3c")),
             "bad_credentials",
+            4,
         ),
         (
             "press-9",
             Some(("press-9", "tok-press-1-9f8e7d")),
             "bad_credentials",
+            4,
         ),
         (
             "press-2",
             Some(("press-1", "tok-press-2-1a2b3c")),
             "username_mismatch",
+            4,
         ),
-        ("press-2", None, "username_mismatch"),
-        ("bad id!", Some(("bad id!", "x")), "invalid_client_id"),
+        ("press-2", None, "username_mismatch", 4),
+        ("bad id!", Some(("bad id!", "x")), "invalid_client_id", 2),
     ];
-    for (id, login, _) in &cases {
+    for (id, login, _, code) in &cases {
         let r = probe::connect(addr, id, *login, t).await;
-        // rumqttd 0.20 closes without a CONNACK when the hook refuses.
-        assert!(matches!(r, Ok(ProbeOutcome::Closed)), "{id}: {r:?}");
+        // The refusal's CONNACK code (vendor/PATCHES.md, patch 17), then the close.
+        assert!(
+            matches!(r, Ok(ProbeOutcome::Refused(c)) if c == *code),
+            "{id}: {r:?}"
+        );
     }
     let good2 = probe::connect(addr, "press-2", Some(("press-2", "tok-press-2-1a2b3c")), t).await;
     assert!(matches!(good2, Ok(ProbeOutcome::Accepted(_))), "{good2:?}");
@@ -340,7 +347,10 @@ async fn bad_credentials_are_refused_and_counted() {
         .iter()
         .map(|r| (r.client_id.as_str(), r.reason))
         .collect();
-    let want: Vec<(&str, &str)> = cases.iter().map(|(id, _, reason)| (*id, *reason)).collect();
+    let want: Vec<(&str, &str)> = cases
+        .iter()
+        .map(|(id, _, reason, _)| (*id, *reason))
+        .collect();
     assert_eq!(got, want);
 }
 

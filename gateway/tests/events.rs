@@ -13,11 +13,17 @@ use breakwater_protocol::{envelope, DeviceId, Status, StatusKind, Topic};
 use common::*;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
+/// `breakwater-gateway hash-secret`, the secret on stdin.
 fn hash(secret: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["hash-secret", secret])
-        .output()
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("hash-secret")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

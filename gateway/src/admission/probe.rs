@@ -20,8 +20,9 @@ pub enum ProbeOutcome {
     /// CONNACK with a non-zero return code (MQTT 3.1.1: 4 bad user name or password,
     /// 5 not authorized, ...).
     Refused(u8),
-    /// The broker closed the connection without a CONNACK. rumqttd 0.20 does this when its
-    /// authentication hook says no (see `vendor/PATCHES.md`).
+    /// The broker closed the connection without a CONNACK (the gateway does this only to a
+    /// connection over its address's cap; refused CONNECTs get a code, `vendor/PATCHES.md`
+    /// patch 17).
     Closed,
 }
 

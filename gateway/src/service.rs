@@ -230,9 +230,14 @@ impl Gateway {
         // The ack link's receiver is deliberately never read (see broker.rs). It must outlive
         // the link, and the broker lives as long as the process: leak it (one small struct).
         std::mem::forget(arx);
-        let ack_thread =
-            crate::ack::spawn_publisher(atx, ack_rx, pressure.clone(), cfg.ack.clone(), health.clone())
-                .map_err(StartError::Thread)?;
+        let ack_thread = crate::ack::spawn_publisher(
+            atx,
+            ack_rx,
+            pressure.clone(),
+            cfg.ack.clone(),
+            health.clone(),
+        )
+        .map_err(StartError::Thread)?;
 
         // Batches past the spool (ack mode `kafka`, see spool::writer).
         let (bypass_tx, bypass_rx) = if mode == AckMode::Kafka

@@ -151,6 +151,7 @@ pub fn describe() {
     describe_gauge!(
         KAFKA_UP,
         "1 when the last Kafka metadata request succeeded, else 0"
+    );
     describe_counter!(
         AUTHZ_DENIED,
         "Publishes, subscriptions and wills refused by topic authorization, by action and reason"

@@ -7,7 +7,9 @@
 //! * [`ingest`] — local NDJSON over TCP; the library API is [`Agent::record`].
 //! * [`buffer`] — the [`buffer::Buffer`] trait, the durable redb store and the in-memory one.
 //! * [`sender`] — batches, credit, acks, resends, reconnect backoff, the MQTT link and TLS.
-//! * [`metrics`] — metric names, gauges and the optional Prometheus endpoint.
+//! * [`metrics`] — metric names, gauges and the optional Prometheus endpoint (`/metrics`, and
+//!   `/status` for `breakwater-agent status`).
+//! * [`status`] — the link's last reported state (connection, last ack, credit).
 //!
 //! [`Agent`] wires them together for one device; the fleet simulator uses
 //! [`sender::DeviceSender`] with [`buffer::MemoryBuffer`] directly (see ARCHITECTURE.md).
@@ -17,6 +19,7 @@ pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod sender;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,6 +137,8 @@ impl Agent {
         let cancel = CancellationToken::new();
         let input_cancel = cancel.child_token();
         let tracker = TaskTracker::new();
+        let link_status = status::LinkStatus::new();
+        let events = Some(link_status.sink(events));
 
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics.listen {
@@ -149,7 +154,11 @@ impl Agent {
             metrics::serve(
                 listener,
                 handle,
-                buffer.clone(),
+                metrics::StatusSource {
+                    device: config.device_id.to_string(),
+                    buffer: buffer.clone(),
+                    link: link_status.clone(),
+                },
                 cancel.child_token(),
                 &tracker,
             );

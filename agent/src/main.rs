@@ -1,4 +1,4 @@
-//! `breakwater-agent run --config FILE` / `breakwater-agent check-config --config FILE`.
+//! `breakwater-agent run --config FILE` / `check-config --config FILE` / `status`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,54 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print a running agent's buffer depth, oldest unacked age, connection state, last ack and
+    /// credit, from its local endpoint (`[metrics] listen`, `GET /status`).
+    Status {
+        #[arg(long, short, env = "BREAKWATER_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The endpoint's address instead of the configuration's `[metrics] listen`
+        /// (`HOST:PORT` or `http://HOST:PORT`).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the JSON document instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `GET /status` from the agent's local endpoint.
+fn fetch_status(addr: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let authority = addr
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let sock = authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("not an address: {addr}"))?;
+    let timeout = Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)
+        .with_context(|| format!("cannot reach the agent at {sock} (is it running?)"))?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.take(1 << 20).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!(
+            "{sock} answered {}: an older agent without GET /status?",
+            head.lines().next().unwrap_or("")
+        );
+    }
+    serde_json::from_str(body).with_context(|| format!("{sock}: not a status document"))
 }
 
 fn main() -> ExitCode {
@@ -64,6 +112,40 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status { config, url, json } => {
+            let res = (|| -> anyhow::Result<String> {
+                let addr = match (url, config) {
+                    (Some(u), _) => u,
+                    (None, Some(path)) => {
+                        let c = AgentConfig::load(&path)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                        c.metrics.listen.map(|a| a.to_string()).with_context(|| {
+                            format!(
+                                "{}: the local endpoint is off; set [metrics] listen to use `status`",
+                                path.display()
+                            )
+                        })?
+                    }
+                    (None, None) => anyhow::bail!("give --config FILE or --url HOST:PORT"),
+                };
+                let doc = fetch_status(&addr)?;
+                Ok(if json {
+                    serde_json::to_string_pretty(&doc)? + "\n"
+                } else {
+                    breakwater_agent::status::render(&doc)
+                })
+            })();
+            match res {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("breakwater-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,

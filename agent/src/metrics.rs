@@ -1,4 +1,6 @@
-//! Metrics: names, the buffer gauges, and the optional Prometheus text endpoint.
+//! Metrics: names, the buffer gauges, and the optional HTTP endpoint: `GET /metrics`
+//! (Prometheus text) and `GET /status` (JSON for `breakwater-agent status`, see
+//! [`crate::status`]). Counters rules and dashboards use start at 0 ([`zero`]).
 //!
 //! Everything goes through the `metrics` facade, so an embedding program (the fleet simulator)
 //! can install its own recorder. Counters (no per-device labels, so a fleet in one process
@@ -47,6 +49,39 @@ pub fn update_buffer_gauges(buffer: &dyn Buffer, now_ms: u64) {
     metrics::gauge!("breakwater_agent_buffer_storage_failing").set(failing);
 }
 
+/// Registers the counters alert rules and dashboards use at 0 (`deploy/prometheus`): a series
+/// that appears only with its first increment hides that first event from `increase()`.
+pub fn zero() {
+    for name in [
+        "breakwater_agent_buffer_appended_readings_total",
+        "breakwater_agent_buffer_dropped_readings_total",
+        "breakwater_agent_sent_batches_total",
+        "breakwater_agent_sent_readings_total",
+        "breakwater_agent_acks_total",
+        "breakwater_agent_resends_total",
+        "breakwater_agent_connects_total",
+        "breakwater_agent_reconnects_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
+/// What `GET /status` reports.
+#[derive(Clone)]
+pub struct StatusSource {
+    pub device: String,
+    pub buffer: Arc<dyn Buffer>,
+    pub link: Arc<crate::status::LinkStatus>,
+}
+
+impl std::fmt::Debug for StatusSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusSource")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Installs the Prometheus recorder as the global `metrics` recorder.
 ///
 /// # Errors
@@ -59,13 +94,15 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())
+        .inspect(|_| zero())
 }
 
-/// Serves `GET /metrics` in Prometheus text format on `listener` until `cancel`.
+/// Serves `GET /metrics` in Prometheus text format and `GET /status` on `listener` until
+/// `cancel`.
 pub fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    buffer: Arc<dyn Buffer>,
+    source: StatusSource,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -84,10 +121,10 @@ pub fn serve(
                 },
             };
             let handle = handle.clone();
-            let buffer = buffer.clone();
+            let source = source.clone();
             t.spawn(async move {
                 let _ =
-                    tokio::time::timeout(Duration::from_secs(5), answer(stream, &handle, &*buffer))
+                    tokio::time::timeout(Duration::from_secs(5), answer(stream, &handle, &source))
                         .await;
             });
         }
@@ -97,7 +134,7 @@ pub fn serve(
 async fn answer(
     mut stream: tokio::net::TcpStream,
     handle: &PrometheusHandle,
-    buffer: &dyn Buffer,
+    source: &StatusSource,
 ) -> std::io::Result<()> {
     let mut req = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -108,14 +145,31 @@ async fn answer(
         }
         req.extend_from_slice(&chunk[..n]);
     }
-    let (status, body) = if req.starts_with(b"GET /metrics ") || req.starts_with(b"GET /metrics?") {
-        update_buffer_gauges(buffer, crate::now_ms());
-        ("200 OK", handle.render())
+    let is = |path: &[u8]| {
+        req.strip_prefix(b"GET ".as_slice())
+            .and_then(|r| r.strip_prefix(path))
+            .is_some_and(|r| r.starts_with(b" ") || r.starts_with(b"?"))
+    };
+    let (status, content_type, body) = if is(b"/metrics") {
+        update_buffer_gauges(&*source.buffer, crate::now_ms());
+        ("200 OK", "text/plain; version=0.0.4", handle.render())
+    } else if is(b"/status") {
+        let doc = crate::status::document(
+            &source.device,
+            &source.buffer.stats(),
+            &source.link.get(),
+            crate::now_ms(),
+        );
+        ("200 OK", "application/json", doc.to_string())
     } else {
-        ("404 Not Found", "only GET /metrics is served\n".to_owned())
+        (
+            "404 Not Found",
+            "text/plain",
+            "only GET /metrics and GET /status are served\n".to_owned(),
+        )
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

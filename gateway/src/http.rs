@@ -79,6 +79,7 @@ pub fn recorder() -> PrometheusHandle {
             // which /metrics shows plainly.
             let _ = metrics::set_global_recorder(recorder);
             crate::stats::describe();
+            crate::stats::zero();
             handle
         })
         .clone()

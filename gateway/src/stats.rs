@@ -22,6 +22,8 @@ pub const LINK_LOST_MESSAGES: &str = "breakwater_gateway_link_lost_messages_tota
 pub const QUEUE_DEPTH: &str = "breakwater_gateway_queue_batches";
 pub const SPOOL_BYTES: &str = "breakwater_gateway_spool_bytes";
 pub const SPOOL_RECORDS: &str = "breakwater_gateway_spool_records";
+/// `[spool] max_bytes`: `SPOOL_BYTES / SPOOL_MAX_BYTES` is how full the spool is.
+pub const SPOOL_MAX_BYTES: &str = "breakwater_gateway_spool_max_bytes";
 pub const SPOOL_WRITTEN_BATCHES: &str = "breakwater_gateway_spool_written_batches_total";
 /// Batches produced to Kafka straight from memory, past the spool (ack mode `kafka`).
 pub const DIRECT_BATCHES: &str = "breakwater_gateway_direct_batches_total";
@@ -78,6 +80,57 @@ pub const STAGE_BUCKETS: &[f64] = &[
     0.3, 0.5, 1.0, 2.0, 5.0,
 ];
 
+/// Counters (and label values) alert rules and dashboards use, registered at 0 at start-up: a
+/// series that appears only with its first increment makes `rate()` and `increase()` miss that
+/// first event, and a rule over a missing series cannot be told from a rule with a typo
+/// (`deploy/prometheus`, checked against a live scrape by `scripts/ops-check`).
+pub fn zero() {
+    use metrics::counter;
+    for name in [
+        RECEIVED_BATCHES,
+        RECEIVED_READINGS,
+        ACCEPTED_READINGS,
+        DEVICE_DROPPED_READINGS,
+        LINK_CURSOR_JUMPS,
+        LINK_LOST_MESSAGES,
+        SPOOL_WRITTEN_BATCHES,
+        SPOOL_DELETED_BATCHES,
+        KAFKA_DELIVERED_BATCHES,
+        KAFKA_ERRORS,
+        ACKS_SENT,
+        "breakwater_gateway_connects_admitted_total",
+        "breakwater_gateway_connects_abandoned_total",
+        "breakwater_gateway_reconnect_bursts_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for reason in [
+        "duplicate",
+        "gap",
+        "queue_full",
+        "spool_full",
+        "spool_error",
+    ] {
+        counter!(DROPPED_BATCHES, "reason" => reason).increment(0);
+    }
+    for reason in ["queue_full", "publish_error"] {
+        counter!(ACKS_DROPPED, "reason" => reason).increment(0);
+    }
+    for reason in ["bad_topic", "device_mismatch", "wrong_kind"] {
+        counter!(INVALID_PAYLOADS, "reason" => reason).increment(0);
+    }
+    for reason in ["invalid_client_id", "username_mismatch", "bad_credentials"] {
+        counter!("breakwater_gateway_auth_failures_total", "reason" => reason).increment(0);
+        counter!("breakwater_gateway_connects_refused_total", "reason" => reason).increment(0);
+    }
+    for reason in ["queue_full", "wait_exceeded"] {
+        counter!("breakwater_gateway_connects_refused_total", "reason" => reason).increment(0);
+    }
+    metrics::gauge!("breakwater_gateway_connects_waiting").increment(0.0);
+    metrics::gauge!(PRESSURE).set(0.0);
+    metrics::gauge!(KAFKA_IN_FLIGHT).increment(0.0);
+}
+
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -105,6 +158,11 @@ pub fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Accepted batches waiting for the spool writer");
     describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes of batches in the spool");
     describe_gauge!(SPOOL_RECORDS, "Batches in the spool");
+    describe_gauge!(
+        SPOOL_MAX_BYTES,
+        Unit::Bytes,
+        "Spool size limit ([spool] max_bytes)"
+    );
     describe_counter!(SPOOL_WRITTEN_BATCHES, "Batches committed to the spool");
     describe_counter!(
         DIRECT_BATCHES,

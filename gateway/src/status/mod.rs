@@ -171,6 +171,8 @@ impl Status {
         let connected = self.sources.presence.connected();
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(m::CONNECTED_DEVICES).set(connected as f64);
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(m::SPOOL_MAX_BYTES).set(self.sources.spool.max_bytes() as f64);
         let s = Sample::of(&self.scrape(), crate::link::now_ms(), connected);
         let mut h = self.history.lock();
         if h.len() >= HISTORY_SECS {

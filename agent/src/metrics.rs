@@ -64,6 +64,9 @@ pub fn zero() {
     ] {
         metrics::counter!(name).increment(0);
     }
+    for reason in ["cut", "error"] {
+        metrics::counter!("breakwater_agent_disconnects_total", "reason" => reason).increment(0);
+    }
 }
 
 /// What `GET /status` reports.

@@ -80,7 +80,7 @@ async fn api_pages_devices_and_reports_a_burst() {
     assert_eq!(one["id"], "stat-7");
     assert_eq!(one["durable_seq"], 120);
     assert_eq!(one["accepted_seq"], 120);
-    assert_eq!(one["epoch"], 42);
+    assert_eq!(one["epoch"], "42");
     assert_eq!(one["connected"], true);
     assert!(one["last_seen_ms"].as_u64().unwrap() > 0);
     assert!(one["credit"].as_u64().unwrap() >= 1);

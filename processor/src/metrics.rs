@@ -200,6 +200,22 @@ pub fn report_stats(now: &Stats, before: &Stats) {
     }
 }
 
+/// Registers the counters at 0, so alert rules and dashboards (`deploy/`) see every series from
+/// the first scrape: `increase()` over a series that appears with its first event misses that
+/// event, and a missing series cannot be told from a typo in a rule.
+fn zero() {
+    for (name, _, _) in STAT_COUNTERS {
+        counter!(*name).increment(0);
+    }
+    for topic in ["telemetry", "events"] {
+        counter!(RECORDS, "topic" => topic).increment(0);
+        counter!(DECODE_ERRORS, "topic" => topic).increment(0);
+    }
+    counter!(OUTPUT_ERRORS).increment(0);
+    counter!(RECOVERED_DEVICES).increment(0);
+    counter!(CHECKPOINT_DEVICES).increment(0);
+}
+
 /// Installs the Prometheus recorder.
 ///
 /// # Errors
@@ -214,6 +230,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     describe();
+    zero();
     Ok(h)
 }
 

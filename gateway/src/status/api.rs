@@ -283,7 +283,9 @@ pub struct DeviceRow {
     pub since_ms: Option<u64>,
     /// Last batch received (ms); `null` when none since start.
     pub last_seen_ms: Option<u64>,
-    pub epoch: Option<u64>,
+    /// Decimal string: agents pick random 64-bit epochs, beyond what JSON numbers carry
+    /// exactly in JavaScript.
+    pub epoch: Option<String>,
     pub accepted_seq: Option<u64>,
     pub durable_seq: Option<u64>,
     /// Accepted batches still waiting to be durable (and acked).
@@ -302,7 +304,10 @@ fn row(id: &DeviceId, seq: Option<&DeviceView>, seen: Option<&Seen>, credit: u32
         connected,
         since_ms: seen.map(|s| s.since_ms),
         last_seen_ms: seq.map(|s| s.last_seen_ms).filter(|&t| t > 0),
-        epoch: seq.map(|s| s.epoch).or(seen.map(|s| s.epoch)),
+        epoch: seq
+            .map(|s| s.epoch)
+            .or(seen.map(|s| s.epoch))
+            .map(|e| e.to_string()),
         accepted_seq: seq.map(|s| s.accepted),
         durable_seq: seq.map(|s| s.durable),
         unacked_batches: seq.map_or(0, |s| s.pending),

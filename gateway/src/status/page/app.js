@@ -155,7 +155,7 @@ async function loadDevices() {
       [x.id],
       [x.connected === null ? "unknown" : (x.connected ? "connected" : "disconnected"), x.connected ? "up" : "down"],
       [ago(x.last_seen_ms, now)],
-      [fmt(x.epoch), "n"], [fmt(x.accepted_seq), "n"], [fmt(x.durable_seq), "n"],
+      [x.epoch === null ? "–" : x.epoch, "n"], [fmt(x.accepted_seq), "n"], [fmt(x.durable_seq), "n"],
       [fmt(x.unacked_batches), "n"], [fmt(x.credit), "n"],
     ])), d.total ? "no device matches" : "no device seen since start");
     const last = Math.min(d.offset + d.devices.length, d.matched);

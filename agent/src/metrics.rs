@@ -8,7 +8,7 @@
 //! `breakwater_agent_buffer_dropped_readings_total`, `breakwater_agent_buffer_commits_total`,
 //! `breakwater_agent_buffer_full_waits_total`, `breakwater_agent_sent_batches_total`,
 //! `breakwater_agent_sent_readings_total`, `breakwater_agent_sent_floors_total`,
-//! `breakwater_agent_acks_total`, `breakwater_agent_acks_beyond_sent_total`,
+//! `breakwater_agent_acks_total`, `breakwater_agent_acks_beyond_sent_total{reason}`,
 //! `breakwater_agent_acks_retry_after_capped_total`,
 //! `breakwater_agent_acks_rejected_total{reason}`, `breakwater_agent_resends_total`,
 //! `breakwater_agent_connects_total`, `breakwater_agent_reconnects_total`,

@@ -42,8 +42,10 @@
 //! * Trust boundary: the ack topic carries no identity; whoever can publish on it (the gateway,
 //!   or in an open broker any client, also with a retained message) is heard. So an ack is
 //!   applied only up to the highest seq this connection actually sent (a floor counts for the
-//!   range it declares); anything beyond is ignored, counted
-//!   (`breakwater_agent_acks_beyond_sent_total`) and logged at most once per 10 s. What this
+//!   range it declares); anything beyond is ignored and counted
+//!   (`breakwater_agent_acks_beyond_sent_total{reason}`: `earlier_connection` for a late ack of
+//!   batches sent before a reconnect, which are resent before they can be acked, debug log;
+//!   `never_sent` for anything this process never sent, warned at most once per 10 s). What this
 //!   cannot stop: a forged ack covering readings that were sent but not yet stored by the
 //!   gateway; only the gateway's topic authorization (issue 11 item 3) stops that.
 //! * No ack within `ack_timeout` of the oldest in-flight batch -> everything in flight is

@@ -651,20 +651,35 @@ impl Session {
         }
         let last_stored = *self.last_seq.borrow();
         let mut upto = ack.upto_seq.min(last_stored);
-        if upto > self.conn_sent_upto {
-            // Beyond what this connection sent: not the gateway's ack of our batches (a
-            // forged or stale retained ack). Only the part we did send is applied.
-            metrics::counter!("breakwater_agent_acks_beyond_sent_total").increment(1);
-            if let Some(suppressed) = self.beyond_log.allow(now) {
-                tracing::warn!(
+        if ack.upto_seq > self.conn_sent_upto {
+            // Beyond what this connection sent. Only the part this connection sent is applied:
+            // readings sent on an earlier connection may have been lost with it, and are sent
+            // again on this one before an ack can delete them.
+            upto = upto.min(self.conn_sent_upto);
+            if ack.upto_seq <= self.max_sent {
+                // Plausibly the gateway's late ack of batches from the previous connection.
+                metrics::counter!("breakwater_agent_acks_beyond_sent_total", "reason" => "earlier_connection")
+                    .increment(1);
+                tracing::debug!(
                     device = %self.device,
                     upto_seq = ack.upto_seq,
                     sent_upto = self.conn_sent_upto,
-                    suppressed,
-                    "ack beyond what this connection sent; applied only up to what was sent"
+                    "ack covers batches of an earlier connection; applied up to this one's"
                 );
+            } else {
+                // Never sent by this process: a forged or stale (retained) ack.
+                metrics::counter!("breakwater_agent_acks_beyond_sent_total", "reason" => "never_sent")
+                    .increment(1);
+                if let Some(suppressed) = self.beyond_log.allow(now) {
+                    tracing::warn!(
+                        device = %self.device,
+                        upto_seq = ack.upto_seq,
+                        sent_upto = self.conn_sent_upto,
+                        suppressed,
+                        "ack beyond anything sent; applied only up to what this connection sent"
+                    );
+                }
             }
-            upto = self.conn_sent_upto;
         }
         let mut latency = None;
         if upto > self.acked_upto {

@@ -677,6 +677,19 @@ mod tests {
         }
     }
 
+    /// `config/gateway.production.toml` is valid but for the certificate files, which only exist
+    /// on a real plant server.
+    #[test]
+    fn the_production_example_is_valid_but_for_its_certificate_files() {
+        let cfg = Config::from_toml(include_str!("../../config/gateway.production.toml")).unwrap();
+        let problems = cfg.validate();
+        assert!(!problems.is_empty());
+        assert!(problems.iter().all(|p| p.key == "mqtt.tls"), "{problems:?}");
+        assert_eq!(cfg.auth.mode, AuthMode::Mtls);
+        assert!(!cfg.mqtt.plaintext);
+        assert!(!cfg.open_on_network());
+    }
+
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let err = Config::from_toml("[kafka]\nbrokerz = \"x:1\"\n").unwrap_err();

@@ -66,3 +66,91 @@ async fn small_storm_loses_and_duplicates_nothing() {
         report.connects_total
     );
 }
+
+/// The same storm with authentication on: TLS, and every device logging in with its own
+/// password (`[auth] mode = "file"`, credentials written by `--write-credentials`'s code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_storm_over_tls_with_passwords_loses_nothing() {
+    let bootstrap = require_kafka!();
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let mut server = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    server
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(d.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(d.join("server.key"), server_key.serialize_pem()).unwrap();
+
+    let args = |extra: &[&str], gateway: &str, topic: &str| {
+        let mut a = vec![
+            "breakwater-storm".to_owned(),
+            "--gateway".to_owned(),
+            gateway.to_owned(),
+            "--kafka".to_owned(),
+            bootstrap.clone(),
+            "--topic".to_owned(),
+            topic.to_owned(),
+            "--devices".to_owned(),
+            "100".to_owned(),
+            "--device-prefix".to_owned(),
+            "tls".to_owned(),
+            "--password-secret".to_owned(),
+            "k3y".to_owned(),
+        ];
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        Options::parse_from(a)
+    };
+    let creds = d.join("credentials");
+    args(&[], "127.0.0.1:1", "t")
+        .write_credentials(&creds)
+        .unwrap();
+    let tls_port = breakwater_testkit::free_port();
+    let extra = format!(
+        "[mqtt.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\n[auth]\nmode = \"file\"\ncredentials_file = \"{1}\"\n",
+        d.display(),
+        creds.display()
+    );
+    let gw = common::start_gateway(&bootstrap, "storm-tls", 4, &extra).await;
+    let ca_file = d.join("ca.pem");
+    let opts = args(
+        &[
+            "--tls-ca",
+            ca_file.to_str().unwrap(),
+            "--readings-per-device",
+            "40",
+            "--rate",
+            "20",
+            "--batch",
+            "20",
+            "--scenario",
+            "storm",
+            "--outage",
+            "2",
+            "--backoff-initial-ms",
+            "1000",
+            "--timeout",
+            "180",
+        ],
+        &format!("127.0.0.1:{tls_port}"),
+        &gw.topic.clone(),
+    );
+    let report = storm::run(&opts).await.unwrap();
+    let stats = gw.gateway.admission.stats();
+    gw.gateway.shutdown().await;
+    let v = report
+        .verification
+        .as_ref()
+        .expect("verified against Kafka");
+    assert_eq!(v.expected_readings, 100 * 40);
+    assert_eq!((v.lost, v.duplicates, v.out_of_order), (0, 0, 0), "{v:?}");
+    assert!(report.all_acked);
+    assert_eq!(stats.auth_failures, 0, "every device logged in: {stats:?}");
+    assert!(stats.admitted >= 200, "before and after the cut: {stats:?}");
+}

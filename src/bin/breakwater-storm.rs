@@ -12,6 +12,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let opts = breakwater::storm::Options::parse();
+    if let Some(path) = &opts.write_credentials {
+        opts.write_credentials(path)?;
+        eprintln!("{} device(s) written to {}", opts.devices, path.display());
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -99,8 +99,31 @@ pub struct Fleet {
     pub devices: Vec<Device>,
     pub counters: Arc<FleetCounters>,
     link: Arc<LinkOptions>,
+    /// Each device logs in as itself with `{secret}-{device id}` (see [`device_password`]).
+    password_secret: Option<String>,
     sender: SenderConfig,
     cancel: CancellationToken,
+}
+
+/// The password a simulated device logs in with when the fleet has a secret: `{secret}-{id}`.
+/// [`credentials_file`] writes the gateway's side of it.
+#[must_use]
+pub fn device_password(secret: &str, id: &DeviceId) -> String {
+    format!("{secret}-{id}")
+}
+
+/// The gateway's credentials file (`[auth] mode = "file"`) for `ids` logging in with
+/// [`device_password`]: one `device:hash` line each.
+#[must_use]
+pub fn credentials_file(secret: &str, ids: &[DeviceId]) -> String {
+    ids.iter()
+        .map(|id| {
+            format!(
+                "{id}:{}\n",
+                breakwater_gateway::admission::hash_secret(&device_password(secret, id))
+            )
+        })
+        .collect()
 }
 
 /// Device ids `{prefix}-00000 ...`.
@@ -117,6 +140,7 @@ impl Fleet {
     pub fn new(
         ids: &[DeviceId],
         link: LinkOptions,
+        password_secret: Option<String>,
         sender: SenderConfig,
         counters: Arc<FleetCounters>,
         cancel: CancellationToken,
@@ -135,6 +159,7 @@ impl Fleet {
             devices,
             counters,
             link: Arc::new(link),
+            password_secret,
             sender,
             cancel,
         }
@@ -151,15 +176,17 @@ impl Fleet {
             }
             let counters = Arc::clone(&self.counters);
             let buffer: Arc<dyn Buffer> = d.buffer.clone();
-            let handle = DeviceSender::new(
-                d.id.clone(),
-                buffer,
-                Arc::clone(&self.link),
-                self.sender.clone(),
-            )
-            .with_seed(seed.wrapping_add(i as u64))
-            .with_events(Arc::new(move |_, ev| counters.on_event(ev)))
-            .spawn(self.cancel.child_token());
+            let link = match &self.password_secret {
+                None => Arc::clone(&self.link),
+                Some(secret) => Arc::new(LinkOptions {
+                    credentials: Some((d.id.to_string(), device_password(secret, &d.id))),
+                    ..(*self.link).clone()
+                }),
+            };
+            let handle = DeviceSender::new(d.id.clone(), buffer, link, self.sender.clone())
+                .with_seed(seed.wrapping_add(i as u64))
+                .with_events(Arc::new(move |_, ev| counters.on_event(ev)))
+                .spawn(self.cancel.child_token());
             d.handle = Some(handle);
         }
     }

@@ -121,6 +121,18 @@ pub struct Options {
     pub report: Option<PathBuf>,
     #[arg(long)]
     pub chart: Option<PathBuf>,
+    /// TLS to the gateway (`breakwater` model), trusting this CA (PEM); the gateway's
+    /// certificate must name the `--gateway` host.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Each device logs in as itself (user name = device id) with the password
+    /// `{secret}-{device id}`, for a gateway in `[auth] mode = "file"` (`breakwater` model).
+    #[arg(long)]
+    pub password_secret: Option<String>,
+    /// Write the gateway's credentials file for these `--devices` and `--password-secret`,
+    /// then exit without running.
+    #[arg(long)]
+    pub write_credentials: Option<PathBuf>,
 }
 
 impl Options {
@@ -135,6 +147,36 @@ impl Options {
             },
             ..SenderConfig::default()
         }
+    }
+
+    fn link_options(&self, host: &str, port: u16) -> anyhow::Result<LinkOptions> {
+        let mut link = LinkOptions::plain(host, port);
+        if let Some(ca) = &self.tls_ca {
+            let tls = breakwater_agent::config::TlsConfig {
+                ca_file: ca.clone(),
+                client_cert_file: None,
+                client_key_file: None,
+            };
+            link.tls = Some(
+                breakwater_agent::sender::tls::client_config(&tls)
+                    .with_context(|| format!("--tls-ca {}", ca.display()))?,
+            );
+        }
+        Ok(link)
+    }
+
+    /// `--write-credentials`: the gateway's credentials file for this fleet.
+    ///
+    /// # Errors
+    /// No `--password-secret`, or the file cannot be written.
+    pub fn write_credentials(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let secret = self
+            .password_secret
+            .as_deref()
+            .context("--write-credentials needs --password-secret")?;
+        let ids = device_ids(&self.device_prefix, self.devices);
+        std::fs::write(path, fleet::credentials_file(secret, &ids))
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     fn host_port(&self) -> anyhow::Result<(&str, u16)> {
@@ -152,7 +194,8 @@ impl Options {
         Ok(match self.device_model {
             DeviceModel::Breakwater => Devices::Breakwater(Fleet::new(
                 &ids,
-                LinkOptions::plain(host, port),
+                self.link_options(host, port)?,
+                self.password_secret.clone(),
                 self.sender_config(),
                 counters,
                 cancel.clone(),

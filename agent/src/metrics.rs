@@ -160,6 +160,7 @@ async fn answer(
         let doc = crate::status::document(
             &source.device,
             &source.buffer.stats(),
+            source.buffer.health(),
             &source.link.get(),
             crate::now_ms(),
         );

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::buffer::BufferStats;
+use crate::buffer::{BufferStats, StorageFailing};
 use crate::sender::{DisconnectReason, EventSink, SenderEvent};
 
 /// The link's last reported state. Times are wall clock, ms since the Unix epoch.
@@ -124,14 +124,27 @@ impl LinkStatus {
     }
 }
 
-/// The `GET /status` document.
+/// The `GET /status` document. `storage` is the buffer's health ([`crate::buffer::Buffer::health`]):
+/// `buffer.storage` is `"ok"` or `"failing"` (then `storage_error` and `storage_failing_s`).
 #[must_use]
 pub fn document(
     device: &str,
     buffer: &BufferStats,
+    storage: Result<(), StorageFailing>,
     link: &LinkState,
     now_ms: u64,
 ) -> serde_json::Value {
+    let (storage, storage_error, storage_failing_s) = match storage {
+        Ok(()) => ("ok", None, None),
+        Err(f) => (
+            "failing",
+            Some(format!(
+                "{} ({} reopen attempts)",
+                f.error, f.reopen_attempts
+            )),
+            Some(f.since.elapsed().as_secs_f64()),
+        ),
+    };
     serde_json::json!({
         "device": device,
         "now_ms": now_ms,
@@ -141,6 +154,9 @@ pub fn document(
             "epoch": buffer.epoch,
             "next_seq": buffer.next_seq,
             "oldest_unacked_age_s": buffer.oldest_ts.map(|ts| now_ms.saturating_sub(ts) as f64 / 1000.0),
+            "storage": storage,
+            "storage_error": storage_error,
+            "storage_failing_s": storage_failing_s,
         },
         "link": link,
     })
@@ -181,6 +197,15 @@ pub fn render(doc: &serde_json::Value) -> String {
             .as_f64()
             .map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"))
     ));
+    if b["storage"].as_str() == Some("failing") {
+        out.push_str(&format!(
+            "storage     FAILING for {:.0} s, writes refused while it reopens: {}\n",
+            b["storage_failing_s"].as_f64().unwrap_or(0.0),
+            opt(&b["storage_error"])
+        ));
+    } else {
+        out.push_str("storage     ok\n");
+    }
     out.push_str(&format!(
         "last ack    {} up to seq {} (latency {} ms), last sent seq {}, {} ack timeouts\n",
         ago(&l["last_ack_ms"]),
@@ -225,9 +250,34 @@ mod tests {
         assert_eq!(g.state, "backoff");
         assert_eq!(g.backoff_ms, Some(1500));
         assert_eq!(g.last_disconnect.as_deref(), Some("reset"));
-        let doc = document("dev-1", &BufferStats::default(), &g, crate::now_ms());
+        let doc = document(
+            "dev-1",
+            &BufferStats::default(),
+            Ok(()),
+            &g,
+            crate::now_ms(),
+        );
         let text = render(&doc);
+        assert!(text.contains("storage     ok"), "{text}");
         assert!(text.contains("backoff since"), "{text}");
+        let failing = StorageFailing {
+            error: "No space left on device (os error 28)".into(),
+            since: std::time::Instant::now(),
+            reopen_attempts: 3,
+        };
+        let doc = document(
+            "dev-1",
+            &BufferStats::default(),
+            Err(failing),
+            &g,
+            crate::now_ms(),
+        );
+        assert_eq!(doc["buffer"]["storage"], "failing");
+        let text = render(&doc);
+        assert!(
+            text.contains("storage     FAILING") && text.contains("No space left"),
+            "{text}"
+        );
         assert!(text.contains("up to seq 40"), "{text}");
         assert!(text.contains("credit      8"), "{text}");
     }

@@ -384,6 +384,9 @@ async fn the_agent_binary_answers_clearly_while_the_disk_is_full_and_recovers() 
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(saw("READY=1") && saw("WATCHDOG=1"));
+    // So does `breakwater-agent status` (GET /status).
+    let st = http_get(metrics, "/status");
+    assert!(st.contains("\"storage\":\"failing\""), "{st}");
     let m = http_get(metrics, "/metrics");
     assert!(
         m.contains("breakwater_agent_buffer_storage_failing 1"),
@@ -410,6 +413,8 @@ async fn the_agent_binary_answers_clearly_while_the_disk_is_full_and_recovers() 
         m.contains("breakwater_agent_buffer_storage_failing 0"),
         "metrics must show the recovery:\n{m}"
     );
+    let st = http_get(metrics, "/status");
+    assert!(st.contains("\"storage\":\"ok\""), "{st}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !saw("STATUS=running") {
         assert!(

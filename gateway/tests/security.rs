@@ -711,3 +711,128 @@ fn mosquitto_pub_sees_connack_codes() {
     let bad = run("dev-a", "dev-a", "wrong");
     assert!(bad.contains("bad user name or password"), "{bad}");
 }
+
+/// SIGHUP reloads the credentials file and the TLS certificates: a device added to the file can
+/// connect, a device removed from it cannot, a client trusting only the new CA gets in, and the
+/// connected device stays connected and acked throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_credentials_and_certificates_without_dropping_connections() {
+    crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = Pki::new(d);
+    let tls_port = breakwater_testkit::free_port();
+    let creds = credentials(d, &[("dev-a", "secret-a"), ("dev-old", "s-old")]);
+    let extra = format!(
+        "{}[auth]\nmode = \"file\"\ncredentials_file = \"{}\"\n",
+        pki.tls_section(tls_port, false),
+        creds.display()
+    );
+    let g = GatewayProc::start(d, &extra);
+    let tls = |p: &Pki| Some(p.client_tls(None));
+    let (mut a, r) = connect(
+        tls_port,
+        "dev-a",
+        Some(("dev-a", "secret-a")),
+        tls(&pki),
+        None,
+    )
+    .await;
+    assert!(matches!(r, Connected::Ok), "{r:?}");
+    a.suback("bw/v1/dev-a/ack").await;
+    victim_sends(&mut a, "dev-a", 0, 2).await;
+    let (_, r) = connect(
+        tls_port,
+        "dev-new",
+        Some(("dev-new", "s-new")),
+        tls(&pki),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Connected::Refused(ConnectReturnCode::BadUserNamePassword)
+        ),
+        "{r:?}"
+    );
+
+    // New credentials (dev-old out, dev-new in) and a server certificate from a new CA.
+    credentials(d, &[("dev-a", "secret-a"), ("dev-new", "s-new")]);
+    let fresh = tempfile::tempdir().unwrap();
+    let new_pki = Pki::new(fresh.path());
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(fresh.path().join(f), d.join(f)).unwrap();
+    }
+    let pid = g.child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(wait_until(Duration::from_secs(10), || {
+        g.metric("breakwater_gateway_reloads_total", "result=\"ok\"") >= 2.0
+    }));
+
+    let (_, r) = connect(
+        tls_port,
+        "dev-new",
+        Some(("dev-new", "s-new")),
+        tls(&new_pki),
+        None,
+    )
+    .await;
+    assert!(matches!(r, Connected::Ok), "added device, new CA: {r:?}");
+    let (_, r) = connect(
+        tls_port,
+        "dev-old",
+        Some(("dev-old", "s-old")),
+        tls(&new_pki),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Connected::Refused(ConnectReturnCode::BadUserNamePassword)
+        ),
+        "{r:?}"
+    );
+    let (_, r) = connect(
+        tls_port,
+        "dev-new",
+        Some(("dev-new", "s-new")),
+        tls(&pki),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(r, Connected::Failed(_)),
+        "the old CA no longer verifies: {r:?}"
+    );
+    // The connection made before the reload is still up and acked.
+    victim_sends(&mut a, "dev-a", 2, 2).await;
+
+    // A reload that fails keeps what was loaded.
+    std::fs::write(&creds, "not a credentials line\n").unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(wait_until(Duration::from_secs(10), || {
+        g.metric("breakwater_gateway_reloads_total", "result=\"error\"") >= 1.0
+    }));
+    let (_, r) = connect(
+        tls_port,
+        "dev-new",
+        Some(("dev-new", "s-new")),
+        tls(&new_pki),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(r, Connected::Ok),
+        "the last good file stays in force: {r:?}"
+    );
+}

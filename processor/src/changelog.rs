@@ -25,8 +25,9 @@
 //!   device count is checked against the restored state.
 //! * Without Kafka transactions nothing fences a zombie owner: a revocation that fails to
 //!   checkpoint stops the process, but an instance that lost its group membership without
-//!   noticing could still write. With transactions (not implemented yet) the changelog records
-//!   would go into the same transaction as the outputs and offsets.
+//!   noticing could still write. With `kafka.exactly_once` the changelog records go into the
+//!   same transaction as the outputs and offsets (and the reader uses `read_committed`), so an
+//!   aborted checkpoint's records are never restored.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -22,6 +22,17 @@ use toml::{Table, Value};
 use crate::anomaly::{FleetParams, MetricParams};
 use crate::state::Params;
 
+/// Whether outputs, changelog and offsets are written in Kafka transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExactlyOnce {
+    /// Transactions if the broker supports them, else at-least-once (logged).
+    Auto,
+    /// Transactions, or refuse to start.
+    On,
+    /// At-least-once with deterministic ids.
+    Off,
+}
+
 /// Kafka settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaConfig {
@@ -34,6 +45,9 @@ pub struct KafkaConfig {
     pub windows_topic: Option<String>,
     /// Readings beyond their device's allowed lateness.
     pub late_topic: String,
+    pub exactly_once: ExactlyOnce,
+    /// `transactional.id` of the output producer (default: group id + instance id or host).
+    pub transactional_id: Option<String>,
     /// State changelog (compacted; one partition per input partition).
     pub changelog_topic: String,
     /// Give up restoring a partition from the changelog after this long.
@@ -368,6 +382,20 @@ impl Config {
         let anomalies_topic = s.string("anomalies_topic", "breakwater.anomalies");
         let windows_topic = s.opt_string("windows_topic");
         let late_topic = s.string("late_topic", "breakwater.late");
+        // Default off until the transactional path is verified end to end (README).
+        let exactly_once = match s.string("exactly_once", "off").as_str() {
+            "auto" => ExactlyOnce::Auto,
+            "on" => ExactlyOnce::On,
+            "off" => ExactlyOnce::Off,
+            other => {
+                s.err(
+                    "exactly_once",
+                    format!("{other:?}: must be \"auto\", \"on\" or \"off\""),
+                );
+                ExactlyOnce::Auto
+            }
+        };
+        let transactional_id = s.opt_string("transactional_id");
         let changelog_topic = s.string("changelog_topic", "breakwater.processor-changelog");
         let restore_timeout = s.duration("restore_timeout", Duration::from_secs(300));
         let restore_quiet = s.duration("restore_quiet", Duration::from_millis(300));
@@ -543,6 +571,8 @@ impl Config {
                     anomalies_topic,
                     windows_topic,
                     late_topic,
+                    exactly_once,
+                    transactional_id,
                     changelog_topic,
                     restore_timeout,
                     restore_quiet,

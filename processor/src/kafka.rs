@@ -90,6 +90,19 @@ pub type OutputProducer = ThreadedProducer<OutputContext>;
 pub fn producer(
     cfg: &KafkaConfig,
 ) -> rdkafka::error::KafkaResult<(OutputProducer, Arc<Deliveries>)> {
+    producer_with(cfg, None)
+}
+
+/// [`producer`], transactional when `transactional` (id, transaction timeout) is set (then call
+/// `init_transactions`). The timeout must cover a whole checkpoint interval: the transaction is
+/// open from one checkpoint to the next.
+///
+/// # Errors
+/// If librdkafka rejects the configuration.
+pub fn producer_with(
+    cfg: &KafkaConfig,
+    transactional: Option<(&str, Duration)>,
+) -> rdkafka::error::KafkaResult<(OutputProducer, Arc<Deliveries>)> {
     let ctx = OutputContext::default();
     let d = ctx.0.clone();
     let mut c = ClientConfig::new();
@@ -101,6 +114,10 @@ pub fn producer(
             "message.timeout.ms",
             cfg.flush_timeout.as_millis().to_string(),
         );
+    if let Some((id, timeout)) = transactional {
+        c.set("transactional.id", id)
+            .set("transaction.timeout.ms", timeout.as_millis().to_string());
+    }
     for (k, v) in &cfg.producer {
         c.set(k, v);
     }

@@ -31,6 +31,8 @@ pub const DEVICES: &str = "breakwater_processor_devices";
 pub const CHANGELOG_RESTORES: &str = "breakwater_processor_changelog_restores_total";
 pub const BELOW_LOG_START: &str = "breakwater_processor_offsets_below_log_start_records_total";
 pub const CHANGELOG_RECORDS: &str = "breakwater_processor_changelog_records_total";
+pub const TRANSACTIONS: &str = "breakwater_processor_transactions_total";
+pub const TRANSACTION_ABORTS: &str = "breakwater_processor_transaction_aborts_total";
 pub const OFFSET_COMMITS: &str = "breakwater_processor_offset_commits_total";
 pub const OFFSET_COMMIT_ERRORS: &str = "breakwater_processor_offset_commit_errors_total";
 
@@ -83,6 +85,14 @@ pub fn describe() {
     describe_counter!(
         CHANGELOG_RECORDS,
         "Changelog records written (device states, tombstones, markers)."
+    );
+    describe_counter!(
+        TRANSACTIONS,
+        "Kafka transactions committed (exactly-once mode: one per checkpoint)."
+    );
+    describe_counter!(
+        TRANSACTION_ABORTS,
+        "Kafka transactions aborted (the processor then stops; a restart replays)."
     );
     describe_counter!(
         OFFSET_COMMITS,

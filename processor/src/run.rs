@@ -14,22 +14,21 @@
 //!   first copy (ids are derived from the input, never from time or randomness), so consumers
 //!   drop repeats by `id`.
 //!
-//! # On a Kafka cluster with transactions (tansu 0.6 has none)
-//! The output producer would be transactional (`transactional.id` per input partition set, or
-//! one per instance with the consumer-group generation fencing zombies, KIP-447). Each
-//! checkpoint interval becomes one Kafka transaction: produce the outputs, then
-//! `send_offsets_to_transaction` with the input offsets, then commit; consumers of the outputs
-//! read with `isolation.level=read_committed`. The redb commit would follow the Kafka commit and
-//! store the same offsets; on restart, the offsets committed to Kafka win if they are ahead, and
-//! the local state is rebuilt by replaying from the checkpoint while producing nothing until
-//! the committed offset is reached. Outputs would then be exactly-once, not just deduplicable.
+//! # With Kafka transactions (`kafka.exactly_once`)
+//! The output producer is transactional. Each checkpoint interval is one Kafka transaction:
+//! the outputs, the changelog records, then `send_offsets_to_transaction` with the input
+//! offsets and the consumer's group metadata (KIP-447 fencing), then commit; only then does
+//! redb commit. A crash before the Kafka commit aborts everything of the interval (a restart
+//! with the same `transactional.id` fences the old one); a crash between the Kafka commit and
+//! redb leaves redb behind the changelog, and the restore takes the changelog's marker.
+//! Consumers of the outputs read with `isolation.level=read_committed`. Not verified end to
+//! end yet (README), hence off by default.
 //!
 //! # Partitions moving between instances
-//! State is local to an instance. A partition assigned to an instance that has no checkpoint
-//! for it is rebuilt from the beginning of the retained input (outputs repeat with the same ids);
-//! one with an older checkpoint of it replays from there. Static membership
-//! (`group_instance_id`) keeps assignments stable across restarts. A compacted state changelog
-//! topic, so that any instance could restore any partition quickly, is not implemented.
+//! See [`crate::changelog`]: each checkpoint also goes to a Kafka changelog, and a partition
+//! assigned to an instance without a current local copy is restored from it, then resumes at
+//! the checkpointed offsets. Static membership (`group_instance_id`) still saves a restart the
+//! restore.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,11 +52,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::changelog;
 use crate::checkpoint::Store;
-use crate::config::Config;
+use crate::config::{Config, ExactlyOnce};
 use crate::kafka::{self, Deliveries, OutputProducer};
 use crate::metrics as m;
 use crate::output::Output;
 use crate::state::{Partition, Stats};
+use rdkafka::consumer::ConsumerGroupMetadata;
 
 const LATE_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -70,6 +70,8 @@ pub struct Summary {
     pub decode_errors: u64,
     pub outputs: u64,
     pub checkpoints: u64,
+    /// Ran with Kafka transactions (`kafka.exactly_once`).
+    pub transactional: bool,
 }
 
 /// Input records applied so far, readable while the processor runs (tests, diagnostics).
@@ -160,6 +162,8 @@ struct Worker {
     progress: Arc<Progress>,
     /// Reads the changelog and the input topics' log starts (no group membership).
     reader: BaseConsumer,
+    /// Outputs, changelog and offsets of a checkpoint interval are one Kafka transaction.
+    transactional: bool,
 }
 
 /// Hands one record to the producer, retrying while its queue is full until `timeout`.
@@ -531,7 +535,9 @@ impl Worker {
         Ok(())
     }
 
-    fn checkpoint(&mut self) -> anyhow::Result<()> {
+    /// A checkpoint: outputs and changelog acknowledged (in transactional mode: committed in one
+    /// Kafka transaction with the input offsets, KIP-447 fencing by `group`), then redb.
+    fn checkpoint(&mut self, group: Option<&ConsumerGroupMetadata>) -> anyhow::Result<()> {
         let t0 = Instant::now();
         self.produce_outputs()?;
         self.deliveries
@@ -541,9 +547,27 @@ impl Worker {
             .clear();
         self.produce_changelog()?;
         let deadline = Instant::now() + self.cfg.kafka.flush_timeout;
-        self.producer
-            .flush(self.cfg.kafka.flush_timeout)
-            .context("outputs not acknowledged within kafka.flush_timeout; not checkpointing")?;
+        let timeout = self.cfg.kafka.flush_timeout;
+        if self.transactional {
+            let offsets = self.checkpointed_offsets()?;
+            let group =
+                group.ok_or_else(|| anyhow!("no consumer group metadata for the transaction"))?;
+            let committed = self
+                .producer
+                .send_offsets_to_transaction(&offsets, group, timeout)
+                .and_then(|()| self.producer.commit_transaction(timeout));
+            if let Err(e) = committed {
+                let _ = self.producer.abort_transaction(timeout);
+                self.send_failed = Some(format!("transaction not committed: {e}"));
+                counter!(m::TRANSACTION_ABORTS).increment(1);
+                bail!("committing the Kafka transaction: {e}; aborted, stopping without a checkpoint so a restart replays it");
+            }
+            counter!(m::TRANSACTIONS).increment(1);
+        } else {
+            self.producer.flush(timeout).context(
+                "outputs not acknowledged within kafka.flush_timeout; not checkpointing",
+            )?;
+        }
         // flush() returns when librdkafka's queue is empty; the delivery callbacks run on the
         // producer's own thread and may not have run yet. Wait for every report.
         while self.deliveries.outstanding() > 0 {
@@ -607,17 +631,22 @@ impl Worker {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.summary.checkpoints += 1;
+        if self.transactional {
+            self.producer
+                .begin_transaction()
+                .context("beginning the next Kafka transaction")?;
+        }
         Ok(())
     }
 
     /// Checkpoints if due; true if it did.
-    fn maybe_checkpoint(&mut self) -> anyhow::Result<bool> {
+    fn maybe_checkpoint(&mut self, group: Option<&ConsumerGroupMetadata>) -> anyhow::Result<bool> {
         let st = &self.cfg.state;
         if self.since_checkpoint >= st.checkpoint_records
             || (self.since_checkpoint > 0
                 && self.last_checkpoint.elapsed() >= st.checkpoint_interval)
         {
-            self.checkpoint()?;
+            self.checkpoint(group)?;
             return Ok(true);
         }
         Ok(false)
@@ -752,9 +781,9 @@ impl ConsumerContext for Ctx {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Flush outputs and checkpoint before another member may take these partitions.
-                if let Err(e) = w.checkpoint() {
+                if let Err(e) = w.checkpoint(consumer.group_metadata().as_ref()) {
                     w.fatal = Some(e.context("checkpoint on revocation"));
-                } else {
+                } else if !w.transactional {
                     commit_to_group(consumer, &w, CommitMode::Sync);
                 }
                 for id in &ids {
@@ -822,7 +851,7 @@ pub fn run_blocking(
 ) -> anyhow::Result<Summary> {
     let t0 = Instant::now();
     let store = Store::open(&cfg.state.path)?;
-    let (producer, deliveries) = kafka::producer(&cfg.kafka).context("creating the producer")?;
+    let (producer, deliveries, transactional) = output_producer(cfg)?;
     let worker = Arc::new(Mutex::new(Worker {
         cfg: cfg.clone(),
         store,
@@ -842,6 +871,7 @@ pub fn run_blocking(
         limits: Limits::DEFAULT,
         progress,
         reader: kafka::reader(&cfg.kafka).context("creating the changelog reader")?,
+        transactional,
     }));
     // Assign-only: never joins the group (no static membership id either).
     let events: Arc<BaseConsumer> = Arc::new(
@@ -873,9 +903,12 @@ pub fn run_blocking(
             }
             let mut w = lock(&worker);
             w.load_partitions(ids)?;
-            let (tel, ev) = w.positions(ids)?;
+            // No group decides anything here: one consumer for both topics.
+            let (mut tel, ev) = w.positions(ids)?;
+            for e in ev.elements() {
+                tel.add_partition_offset(e.topic(), e.partition(), e.offset())?;
+            }
             consumer.assign(&tel).context("assigning partitions")?;
-            events.assign(&ev).context("assigning events partitions")?;
             tracing::info!(partitions = ?ids, startup_ms = t0.elapsed().as_millis(), "explicit assignment");
         }
         None => {
@@ -905,11 +938,15 @@ pub fn run_blocking(
     let mut w = lock(&worker);
     // On error, no final checkpoint: the last good one stands.
     result?;
-    w.checkpoint().context("final checkpoint")?;
-    commit_to_group(&consumer, &w, CommitMode::Sync);
+    w.checkpoint(consumer.group_metadata().as_ref())
+        .context("final checkpoint")?;
+    if !w.transactional {
+        commit_to_group(&consumer, &w, CommitMode::Sync);
+    }
     w.report();
     let summary = Summary {
         stats: w.stats,
+        transactional: w.transactional,
         ..w.summary
     };
     // Revocation on close finds nothing dirty.
@@ -918,6 +955,59 @@ pub fn run_blocking(
     drop(events);
     tracing::info!(?summary, "stopped after a final checkpoint");
     Ok(summary)
+}
+
+/// The output producer per `kafka.exactly_once`; true if transactional (a transaction is open).
+fn output_producer(cfg: &Config) -> anyhow::Result<(OutputProducer, Arc<Deliveries>, bool)> {
+    let k = &cfg.kafka;
+    if k.exactly_once == ExactlyOnce::Off {
+        let (p, d) = kafka::producer(k).context("creating the producer")?;
+        return Ok((p, d, false));
+    }
+    // Stable across restarts where possible: a restarted instance with the same id fences its
+    // previous incarnation and aborts its open transaction at once (otherwise that transaction
+    // holds read_committed consumers back until it times out).
+    let id = k.transactional_id.clone().unwrap_or_else(|| {
+        let who = match (&k.group_instance_id, &k.assign) {
+            (Some(i), _) => i.clone(),
+            (None, Some(ids)) => {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                format!("assign-{}", ids.join("-"))
+            }
+            (None, None) => {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "processor".to_owned());
+                format!("{host}-{}", std::process::id())
+            }
+        };
+        format!("{}-{who}", k.group_id)
+    });
+    // The transaction spans a checkpoint interval, plus the time to commit it.
+    let tx_timeout = cfg
+        .state
+        .checkpoint_interval
+        .saturating_add(k.flush_timeout.saturating_mul(2));
+    let (p, d) = kafka::producer_with(k, Some((&id, tx_timeout)))
+        .context("creating the transactional producer")?;
+    let init_timeout = match k.exactly_once {
+        ExactlyOnce::On => k.flush_timeout,
+        _ => Duration::from_secs(10),
+    };
+    match p
+        .init_transactions(init_timeout)
+        .and_then(|()| p.begin_transaction())
+    {
+        Ok(()) => {
+            tracing::info!(transactional_id = %id, "exactly-once: outputs, changelog and offsets commit in Kafka transactions (read outputs with isolation.level=read_committed)");
+            Ok((p, d, true))
+        }
+        Err(e) if k.exactly_once == ExactlyOnce::Auto => {
+            tracing::warn!(error = %e, "exactly_once = \"auto\": the broker has no usable transactions; outputs are at-least-once with deterministic ids");
+            drop(p);
+            let (p, d) = kafka::producer(k).context("creating the producer")?;
+            Ok((p, d, false))
+        }
+        Err(e) => bail!("exactly_once = \"on\", but the broker's transactions are not usable: {e}"),
+    }
 }
 
 /// The input topics must exist and have the same partition count: a device's batches and
@@ -1022,7 +1112,7 @@ fn consume(
             counter!(m::OUTPUT_ERRORS).increment(failed);
             bail!("{failed} output records were not acknowledged; stopping without a checkpoint so a restart replays them");
         }
-        if w.maybe_checkpoint()? {
+        if w.maybe_checkpoint(consumer.group_metadata().as_ref())? && !w.transactional {
             commit_to_group(consumer, &w, CommitMode::Async);
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -1151,6 +1241,7 @@ mod tests {
             limits: Limits::DEFAULT,
             progress: Arc::default(),
             reader: kafka::reader(&cfg.kafka).unwrap(),
+            transactional: false,
         };
         let mut part = Partition::new(0);
         part.telemetry_next = Some(42);
@@ -1164,7 +1255,7 @@ mod tests {
         w.out.push(session(9));
         assert!(w.produce_outputs().is_err());
         assert_eq!(w.out.len(), 3);
-        assert!(w.checkpoint().is_err());
+        assert!(w.checkpoint(None).is_err());
         let loaded = w
             .store
             .load(0, "breakwater.telemetry", "breakwater.events")

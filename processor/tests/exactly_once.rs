@@ -1,0 +1,202 @@
+//! `exactly_once = "on"` against rdkafka's mock cluster (librdkafka's in-process broker, real
+//! TCP sockets, with transactions; tansu has none): the real binary, SIGKILL mid-stream and a
+//! restart. Read with `isolation.level=read_committed`, every output exists exactly once, not
+//! just once per id: the killed instance's open transaction is aborted (fenced by the restarted
+//! one with the same `transactional.id`), and its committed ones match its checkpoints.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
+use breakwater_protocol::Reading;
+use common::{batch, event, In, Topics};
+use rdkafka::mocking::MockCluster;
+use serde_json::Value;
+
+const T: u64 = 1_700_000_000_000;
+
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-processor"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(common::strip_ansi(&line));
+            }
+        });
+        Self { child, log }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn dump(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    async fn wait_for(&self, needle: &str, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.count(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {n}× {needle:?}:\n{}",
+                self.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn phases() -> (Vec<In>, Vec<In>) {
+    let dev = |d: usize| format!("tx-{d:02}");
+    let n = 10;
+    let mut one: Vec<In> = (0..n).map(|d| event(&dev(d), 4, Birth, T)).collect();
+    let mut two = Vec::new();
+    for b in 0..40u64 {
+        let phase = if b < 25 { &mut one } else { &mut two };
+        for d in 0..n {
+            let rs: Vec<Reading> = (0..10u64)
+                .map(|j| {
+                    let i = b * 10 + j;
+                    let v = if i == 300 {
+                        70.0
+                    } else {
+                        20.0 + ((i + d as u64) % 5) as f64 * 0.1
+                    };
+                    Reading::new("temp", v, T + i * 1_000)
+                })
+                .collect();
+            phase.push(batch(&dev(d), 4, b * 10 + 1, rs));
+        }
+    }
+    for d in (0..n).step_by(2) {
+        two.push(event(&dev(d), 4, Death, T + 420_000));
+    }
+    two.extend(common::clocks(T + 10_000_000));
+    (one, two)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "against the mock cluster the processor's fetch of some input partitions stalls (a request stuck in librdkafka's out-queue, REQTMOUT) after the first transactional checkpoint, so the input is never fully consumed; not resolved, see the crate README"]
+async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
+    // One broker: with three, one of the mock's broker connections stalled in our runs (a
+    // request stuck in its out-queue) and the partitions it led were never fetched.
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let name = |s: &str| breakwater_testkit::kafka::unique_topic(s);
+    let t = Topics {
+        telemetry: name("tx-tel"),
+        events: name("tx-ev"),
+        sessions: name("tx-sess"),
+        anomalies: name("tx-anom"),
+        windows: name("tx-win"),
+        late: name("tx-late"),
+        changelog: name("tx-chg"),
+    };
+    for (topic, n) in [
+        (&t.telemetry, common::PARTITIONS),
+        (&t.events, common::PARTITIONS),
+        (&t.changelog, common::PARTITIONS),
+        (&t.sessions, 1),
+        (&t.anomalies, 1),
+        (&t.windows, 1),
+        (&t.late, 1),
+    ] {
+        mock.create_topic(topic, n, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text_with(
+        &bootstrap,
+        &t,
+        &dir.path().join("s.redb"),
+        "checkpoint_interval = \"1h\"\ncheckpoint_records = 60",
+        "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\n[anomaly]\nwarmup = 30\n",
+    )
+    .replace("[kafka]\n", "[kafka]\nexactly_once = \"on\"\n")
+    .replace("device_ttl = \"60s\"", "device_ttl = \"300s\"");
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let (one, two) = phases();
+    let all: Vec<In> = one.iter().chain(two.iter()).cloned().collect();
+    let want = common::oracle(&text, &all);
+    assert_eq!(want["anomalies"].len(), 10);
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    common::produce(&producer, &t, &one).await;
+    let p = Proc::start(&cfg);
+    p.wait_for(
+        "exactly-once: outputs, changelog and offsets commit in Kafka transactions",
+        1,
+        60,
+    )
+    .await;
+    p.wait_for("checkpoint committed", 2, 60).await;
+    // Mid-stream: outputs after the last checkpoint are in an open transaction.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut p = p;
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    common::produce(&producer, &t, &two).await;
+    let p2 = Proc::start(&cfg);
+    let mut got = BTreeMap::new();
+    for (name, topic) in [
+        ("sessions", &t.sessions),
+        ("windows", &t.windows),
+        ("anomalies", &t.anomalies),
+    ] {
+        let n = want.get(name).map_or(0, BTreeMap::len);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let v: Vec<Value> =
+                common::read_json(&bootstrap, topic, n, Duration::from_secs(10)).await;
+            if common::by_id(&v).len() >= n || Instant::now() > deadline {
+                got.insert(name, v);
+                break;
+            }
+        }
+    }
+    assert!(p2.count("exactly-once: outputs") == 1, "{}", p2.dump());
+    let dedup = common::dedup(&got);
+    common::assert_same("exactly-once run with a SIGKILL vs core", &dedup, &want);
+    // Exactly once, not just once per id: no record repeats in what read_committed sees.
+    for (name, records) in &got {
+        assert_eq!(
+            records.len(),
+            dedup[name].len(),
+            "{name}: repeated records under read_committed"
+        );
+    }
+}

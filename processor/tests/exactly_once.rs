@@ -111,7 +111,7 @@ fn phases() -> (Vec<In>, Vec<In>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "against the mock cluster the processor's fetch of some input partitions stalls (a request stuck in librdkafka's out-queue, REQTMOUT) after the first transactional checkpoint, so the input is never fully consumed; not resolved, see the crate README"]
+#[ignore = "against the mock cluster the processor's fetch of one input partition stalls after its first records (REQTMOUT, a request stuck in librdkafka's out-queue), with exactly_once on and off alike, so the input is never fully consumed; not resolved, see the crate README"]
 async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
     // One broker: with three, one of the mock's broker connections stalled in our runs (a
     // request stuck in its out-queue) and the partitions it led were never fetched.

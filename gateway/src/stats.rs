@@ -126,6 +126,10 @@ pub fn zero() {
     for reason in ["queue_full", "wait_exceeded"] {
         counter!("breakwater_gateway_connects_refused_total", "reason" => reason).increment(0);
     }
+    for action in ["publish", "subscribe", "will"] {
+        counter!(AUTHZ_DENIED, "action" => action, "reason" => "foreign_topic").increment(0);
+    }
+    counter!(ADDRESS_CONNECTIONS_REFUSED).increment(0);
     metrics::gauge!("breakwater_gateway_connects_waiting").increment(0.0);
     metrics::gauge!(PRESSURE).set(0.0);
     metrics::gauge!(KAFKA_IN_FLIGHT).increment(0.0);

@@ -221,6 +221,7 @@ pub fn status_json(st: &Status) -> Value {
             "waiting": adm.waiting,
             "abandoned_total": adm.abandoned,
             "refused": scrape.by_label("breakwater_gateway_connects_refused_total", "reason"),
+            "address_refused_total": scrape.sum(m::ADDRESS_CONNECTIONS_REFUSED),
             "denials": denials,
         },
         "burst": {

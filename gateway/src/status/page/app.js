@@ -111,6 +111,7 @@ function render(s) {
 
   const ref = [];
   for (const [reason, n] of Object.entries(s.connects.refused)) if (n > 0) ref.push(row([["connect refused"], [reason], [fmt(n), "n"]]));
+  if (s.connects.address_refused_total > 0) ref.push(row([["connection refused"], ["per-address cap"], [fmt(s.connects.address_refused_total), "n"]]));
   for (const [name, by] of Object.entries(s.connects.denials)) for (const [reason, n] of Object.entries(by)) if (n > 0) ref.push(row([[name], [reason], [fmt(n), "n"]]));
   for (const [reason, n] of Object.entries(s.readings.dropped_batches)) if (n > 0) ref.push(row([["batch dropped"], [reason], [fmt(n), "n"]]));
   for (const [reason, n] of Object.entries(s.readings.invalid_payloads)) if (n > 0) ref.push(row([["invalid payload"], [reason], [fmt(n), "n"]]));

@@ -249,6 +249,14 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// Breakwater patch 21: most persistent sessions kept for clients that have gone; saving
+    /// one more drops the oldest. Default (`None`): 10,000.
+    #[serde(default)]
+    pub max_saved_sessions: Option<usize>,
+    /// Breakwater patch 21: seconds a persistent session is kept after its client has gone.
+    /// Default (`None`): 3,600.
+    #[serde(default)]
+    pub saved_session_expiry_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -20,6 +20,10 @@ pub enum Error {
     Protocol(#[from] protocol::Error),
     #[error["Keep alive timeout"]]
     KeepAlive(#[from] Elapsed),
+    /// Breakwater patch 19: the peer did not take what the broker wrote to it within the write
+    /// timeout (see [`Network::set_keepalive`]).
+    #[error("Write timeout: the peer has not read for {0:?}")]
+    WriteTimeout(Duration),
 }
 
 /// Network transforms packets <-> frames efficiently. It takes
@@ -38,12 +42,23 @@ pub struct Network<P> {
     max_connection_buffer_len: usize,
     /// Keep alive timeout
     keepalive: Duration,
+    /// Breakwater patch 19: the longest a write may wait for the peer to read.
+    write_timeout: Duration,
     /// Protocol
     protocol: P,
 }
 
 /// Breakwater patch 13: initial capacity of a connection's write buffer, bytes.
 const WRITE_BUFFER_INITIAL_CAPACITY: usize = 1024;
+
+/// Breakwater patch 19: the write timeout of a connection without a keepalive (before its
+/// CONNECT, or with keepalive 0).
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Breakwater patch 19: counter of connections closed because their peer stopped reading,
+/// with a `reason` label (`write_timeout`), through the `metrics` facade: an embedding
+/// application's recorder exports it.
+pub const SLOW_CLIENT_DISCONNECTS: &str = "rumqttd_slow_client_disconnects_total";
 
 impl<P: Protocol> Network<P> {
     pub fn new(
@@ -65,10 +80,14 @@ impl<P: Protocol> Network<P> {
             // would wait indefinitely until we get a packet / network error
             // when we call read.
             keepalive: Duration::MAX,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             protocol,
         }
     }
 
+    /// Also sets the write timeout (Breakwater patch 19) to the same 1.5 x keepalive: a client
+    /// that has not read what it was sent for that long is as gone as one that has sent
+    /// nothing. Keepalive 0 leaves the default write timeout (60 s).
     pub fn set_keepalive(&mut self, keepalive: u16) {
         // Breakwater patch 17: keep alive 0 turns the mechanism off (MQTT 3.1.1, 3.1.2.10).
         if keepalive == 0 {
@@ -77,6 +96,27 @@ impl<P: Protocol> Network<P> {
         }
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);
+        if !keepalive.is_zero() {
+            self.write_timeout = self.keepalive;
+        }
+    }
+
+    /// Breakwater patch 19: writes the write buffer out, waiting at most the write timeout for
+    /// the peer to take it. A peer that does not read its socket fills the kernel's buffers,
+    /// and then a write waits: the connection's link writes and reads in turn, so it stops
+    /// reading from that peer meanwhile (backpressure). Past the timeout the connection ends,
+    /// counted in [`SLOW_CLIENT_DISCONNECTS`].
+    async fn flush_write_buffer(&mut self) -> Result<(), Error> {
+        match timeout(self.write_timeout, self.socket.write_all(&self.write)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                metrics::counter!(SLOW_CLIENT_DISCONNECTS, "reason" => "write_timeout")
+                    .increment(1);
+                return Err(Error::WriteTimeout(self.write_timeout));
+            }
+        }
+        self.write.clear();
+        Ok(())
     }
 
     /// Reads more than 'required' bytes to frame a packet into self.read buffer
@@ -164,18 +204,16 @@ impl<P: Protocol> Network<P> {
 
     pub async fn write(&mut self, packet: Packet) -> Result<(), Error> {
         Protocol::write(&self.protocol, packet, &mut self.write)?;
-        self.socket.write_all(&self.write).await?;
-        self.write.clear();
-        Ok(())
+        // Breakwater patch 19: bounded in time.
+        self.flush_write_buffer().await
     }
 
     pub async fn writev(&mut self, packets: VecDeque<Packet>) -> Result<(), Error> {
         for packet in packets {
             Protocol::write(&self.protocol, packet, &mut self.write)?;
         }
-        self.socket.write_all(&self.write).await?;
-        self.write.clear();
-        Ok(())
+        // Breakwater patch 19: bounded in time.
+        self.flush_write_buffer().await
     }
 }
 

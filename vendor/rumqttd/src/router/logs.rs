@@ -162,12 +162,35 @@ impl DataLog {
                     .collect();
 
                 if !v.is_empty() {
+                    // Breakwater patch 20: a cache, bounded. Every topic ever published to had
+                    // an entry for good (a device's telemetry topic, matched by a wildcard
+                    // filter, is never forgotten by `forget_if_unused`): memory per client id.
+                    // Past the bound it starts over; entries are cheap to compute again.
+                    if self.publish_filters.len() >= self.publish_filters_cap() {
+                        self.publish_filters.clear();
+                    }
                     self.publish_filters.insert(topic.to_owned(), v.clone());
                 }
 
                 Some(v)
             }
         }
+    }
+
+    /// Breakwater patch 20: most topics in the `publish_filters` cache.
+    fn publish_filters_cap(&self) -> usize {
+        (2 * self.config.max_connections).max(1024)
+    }
+
+    /// Breakwater patch 20: sizes of the tables that hold something per filter or per topic
+    /// (filters, filter index, cached topic matches).
+    #[cfg(test)]
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        (
+            self.native.len(),
+            self.filter_indexes.len(),
+            self.publish_filters.len(),
+        )
     }
 
     pub fn next_native_offset(&mut self, filter: &str) -> (FilterIdx, Offset) {
@@ -287,10 +310,42 @@ impl DataLog {
     }
 
     /// Breakwater patch 11: see [`Data::remove_reader`].
-    pub fn remove_reader(&mut self, filter_idx: FilterIdx) {
+    pub fn remove_reader(&mut self, filter_idx: FilterIdx, rereads: bool) {
         if let Some(data) = self.native.get_mut(filter_idx) {
-            data.remove_reader();
+            data.remove_reader(rereads);
         }
+    }
+
+    /// Breakwater patch 20: forgets a filter nobody reads any more, so that a client id that
+    /// subscribed to a topic of its own (a device's command or ack topic) leaves nothing behind
+    /// when its clean session ends: its log, waiters, meter, index entry and cached topic
+    /// match. Only a filter without readers, parked or not, not pinned, without wildcards
+    /// (those are shared by many topics; see `publish_filters`) and not configured in
+    /// `initialized_filters`. A later subscription creates it again, starting at offset 0:
+    /// nobody can hold a cursor into the forgotten log. Loses the filter's `shadow` (its last
+    /// entry). Returns whether it was forgotten.
+    pub fn forget_if_unused(&mut self, filter_idx: FilterIdx) -> bool {
+        let Some(data) = self.native.get(filter_idx) else {
+            return false;
+        };
+        let initialized = self
+            .config
+            .initialized_filters
+            .as_ref()
+            .is_some_and(|filters| filters.contains(&data.filter));
+        if data.readers > 0
+            || data.pinned > 0
+            || !data.waiters.waiters().is_empty()
+            || is_wildcard(&data.filter)
+            || initialized
+        {
+            return false;
+        }
+        let data = self.native.remove(filter_idx);
+        self.filter_indexes.remove(&data.filter);
+        // An exact filter is in the cached matches of one topic only: itself (patch 7).
+        self.publish_filters.remove(&data.filter);
+        true
     }
 
     /// Breakwater patch 11: see [`Data::release_consumed`].
@@ -374,7 +429,9 @@ pub struct Data<T> {
     /// Breakwater patch 11: a reader may come back for entries it has already read (a
     /// persistent session, whose unacked QoS 1/2 messages are read again from its saved
     /// cursor) or shares a cursor (a shared subscription): this log is never released.
-    pinned: bool,
+    /// Breakwater patch 21: how many such readers there are (a count, not a flag: a persistent
+    /// session that expires stops pinning the log).
+    pinned: usize,
 }
 
 impl<T> Data<T>
@@ -407,7 +464,7 @@ where
             waiters,
             meter: metrics,
             readers: 0,
-            pinned: false,
+            pinned: 0,
         }
     }
 
@@ -415,12 +472,17 @@ where
     /// may read entries again after reading them (persistent session, shared subscription).
     pub fn add_reader(&mut self, rereads: bool) {
         self.readers += 1;
-        self.pinned |= rereads;
+        self.pinned += usize::from(rereads);
     }
 
-    /// Breakwater patch 11: a data request of a clean session went (disconnect, unsubscribe).
-    pub fn remove_reader(&mut self) {
+    /// Breakwater patch 11: a data request went (a clean session's on disconnect or
+    /// unsubscribe; patch 21: also a persistent session's on unsubscribe, or when its saved
+    /// session is dropped). `rereads` as it was given to `add_reader`.
+    pub fn remove_reader(&mut self, rereads: bool) {
         self.readers = self.readers.saturating_sub(1);
+        if rereads {
+            self.pinned = self.pinned.saturating_sub(1);
+        }
         self.release_consumed();
     }
 
@@ -434,7 +496,7 @@ where
     /// through their payloads the connections' 10 KiB read buffers. Returns whether anything
     /// was dropped.
     pub fn release_consumed(&mut self) -> bool {
-        if self.pinned || self.waiters.waiters().len() != self.readers {
+        if self.pinned > 0 || self.waiters.waiters().len() != self.readers {
             return false;
         }
         self.log.keep_last_only()
@@ -548,6 +610,8 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            max_saved_sessions: None,
+            saved_session_expiry_secs: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -568,6 +632,8 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            max_saved_sessions: None,
+            saved_session_expiry_secs: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");
@@ -589,6 +655,8 @@ mod test {
             custom_segment: None,
             initialized_filters: Some(vec!["a/+/c".to_owned(), "x/y".to_owned()]),
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            max_saved_sessions: None,
+            saved_session_expiry_secs: None,
         };
         let filters = ["a/b/c", "a/#", "#", "+/b/+", "$SYS/up", "d/e", "a/b", ""];
         let topics = ["a/b/c", "a/b", "a/x/c", "d/e", "$SYS/up", "x/y", "q", "", "a/b/c/d"];
@@ -633,6 +701,8 @@ mod test {
                 custom_segment: None,
                 initialized_filters: None,
                 shared_subscriptions_strategy: Strategy::RoundRobin,
+                max_saved_sessions: None,
+                saved_session_expiry_secs: None,
             })
             .unwrap()
         }
@@ -726,7 +796,7 @@ mod test {
             append(&mut log, idx, 100);
             // The reader goes (a clean session disconnects) without having read it all.
             let full = held(&log, idx);
-            log.remove_reader(idx);
+            log.remove_reader(idx, false);
             assert!(held(&log, idx) < full / 10);
             // Appends with nobody subscribed are not kept (only the last, for `shadow`).
             append(&mut log, idx, 100);
@@ -744,7 +814,6 @@ mod test {
             let (_, end) = read_all(&log, idx, start);
             log.park(1, request(idx, end));
             assert!(!log.release_consumed(idx));
-            log.remove_reader(idx);
             append(&mut log, idx, 1);
             assert!(held(&log, idx) > full);
         }

@@ -14,7 +14,7 @@ use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
@@ -58,6 +58,11 @@ const TOPIC_ALIAS_MAX: u16 = 4096;
 /// Breakwater patch 12: the capacity (packets, ~200 bytes each) the router's exchange buffer
 /// keeps between two connections' batches; see `handle_device_payload`.
 const CACHE_CAPACITY_KEPT: usize = 8;
+
+/// Breakwater patch 21: defaults of `RouterConfig::max_saved_sessions` and
+/// `RouterConfig::saved_session_expiry_secs`.
+pub const DEFAULT_MAX_SAVED_SESSIONS: usize = 10_000;
+pub const DEFAULT_SAVED_SESSION_EXPIRY_SECS: u64 = 3_600;
 
 pub struct Router {
     id: RouterId,
@@ -128,7 +133,17 @@ impl Router {
         Router {
             id: router_id,
             config: config.clone(),
-            graveyard: Graveyard::new(),
+            // Breakwater patch 21: a cap and an expiry on saved persistent sessions.
+            graveyard: Graveyard::new(
+                config
+                    .max_saved_sessions
+                    .unwrap_or(DEFAULT_MAX_SAVED_SESSIONS),
+                Duration::from_secs(
+                    config
+                        .saved_session_expiry_secs
+                        .unwrap_or(DEFAULT_SAVED_SESSION_EXPIRY_SECS),
+                ),
+            ),
             meters,
             alerts,
             connections,
@@ -304,6 +319,10 @@ impl Router {
             return;
         }
 
+        // Breakwater patch 21: expired saved sessions go first, so none is resumed.
+        for session in self.graveyard.evict() {
+            self.release_saved_session(session);
+        }
         // Retrieve previous connection state from graveyard
         let saved = self.graveyard.retrieve(&client_id);
         let clean_session = connection.clean;
@@ -333,7 +352,14 @@ impl Router {
             )
         } else {
             // Only retrieve metrics in clean session
-            connection.events = saved.map_or_else(ConnectionEvents::default, |s| s.metrics);
+            // Breakwater patch 21: a saved persistent session the clean one discards releases
+            // what its subscriptions held.
+            connection.events = saved.map_or_else(ConnectionEvents::default, |s| {
+                if let Some(session) = s.session_state {
+                    self.release_saved_session(session);
+                }
+                s.metrics
+            });
             Tracker::new(client_id.clone())
         };
 
@@ -506,6 +532,10 @@ impl Router {
         for filter in connection.subscriptions.iter() {
             if let Some(connections) = self.subscription_map.get_mut(filter) {
                 connections.remove(&id);
+                // Breakwater patch 20: no empty entry per filter ever subscribed.
+                if connections.is_empty() {
+                    self.subscription_map.remove(filter);
+                }
             }
         }
 
@@ -543,27 +573,41 @@ impl Router {
                 }
             }
 
-            self.graveyard.save_state(
+            let dropped = self.graveyard.save_state(
                 tracker,
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
             );
+            // Breakwater patch 21: sessions dropped beyond the cap or expired.
+            for session in dropped {
+                self.release_saved_session(session);
+            }
         } else {
             // Breakwater patch 11: this session's data requests are gone (parked ones were
             // removed from the waiters by `clean` above, the others are in its tracker).
+            // Breakwater patch 20: a filter nobody reads any more is forgotten, and nothing is
+            // saved for a clean session (upstream saved its metrics for good).
             for request in inflight_data_requests
                 .iter()
                 .chain(tracker.data_requests.iter())
             {
-                self.datalog.remove_reader(request.filter_idx);
+                self.datalog
+                    .remove_reader(request.filter_idx, request.group.is_some());
+                self.datalog.forget_if_unused(request.filter_idx);
             }
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
         }
         self.router_meters.total_connections -= 1;
+    }
+
+    /// Breakwater patch 21: a saved persistent session is dropped (cap, expiry, or a clean
+    /// session with its client id): its data requests stop pinning their logs, and filters
+    /// nobody reads any more are forgotten.
+    fn release_saved_session(&mut self, session: super::graveyard::SessionState) {
+        for request in session.tracker.data_requests.iter() {
+            self.datalog.remove_reader(request.filter_idx, true);
+            self.datalog.forget_if_unused(request.filter_idx);
+        }
     }
 
     /// Handles new incoming data on a topic
@@ -792,14 +836,19 @@ impl Router {
                             ackslog.unsuback(unsuback);
                             let untracked = self.scheduler.untrack(id, filter);
                             let parked = self.datalog.remove_waiters_for_id(id, filter);
-                            // Breakwater patch 11: the request is gone (a persistent session's
-                            // filter stays pinned: it counts only clean sessions' requests).
-                            if connection.clean {
-                                if let Some(filter_idx) =
-                                    untracked.or(parked.map(|request| request.filter_idx))
-                                {
-                                    self.datalog.remove_reader(filter_idx);
-                                }
+                            // Breakwater patch 11: the request is gone. Patch 21: a persistent
+                            // session's too (it pinned the log; see `add_reader`). Patch 20: a
+                            // filter nobody reads any more is forgotten.
+                            if let Some(filter_idx) =
+                                untracked.or(parked.map(|request| request.filter_idx))
+                            {
+                                let rereads =
+                                    !connection.clean || extract_group(filter).is_some();
+                                self.datalog.remove_reader(filter_idx, rereads);
+                                self.datalog.forget_if_unused(filter_idx);
+                            }
+                            if connection_ids.is_empty() {
+                                self.subscription_map.remove(filter);
                             }
                             force_ack = true;
                         }
@@ -934,8 +983,14 @@ impl Router {
 
         // Prepare AcksRequest in tracker if router is operating in a
         // single node mode or force ack request for subscriptions
+        //
+        // Breakwater patch 18: `PendingAcks`, not `FreshData`, which woke only a caught-up
+        // connection. One whose forwards wait for a full inflight window (a client that does
+        // not ack what it is sent) never got the acks of what it published: they piled up in
+        // its ack log, without bound, and nothing was written to it, so its link never blocked
+        // and kept reading.
         if force_ack {
-            self.scheduler.reschedule(id, ScheduleReason::FreshData);
+            self.scheduler.reschedule(id, ScheduleReason::PendingAcks);
         }
 
         // Notify waiting consumers only if there is publish data. During
@@ -2472,6 +2527,8 @@ mod stale_disconnect_tests {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            max_saved_sessions: None,
+            saved_session_expiry_secs: None,
         };
         Router::new(0, config).spawn()
     }
@@ -2552,6 +2609,8 @@ mod release_tests {
                 custom_segment: None,
                 initialized_filters: None,
                 shared_subscriptions_strategy: Strategy::RoundRobin,
+                max_saved_sessions: None,
+                saved_session_expiry_secs: None,
             },
         )
     }
@@ -2649,11 +2708,10 @@ mod release_tests {
         router.handle_disconnection(slow_id, None);
         assert!(held(&mut router, "d/1/ack") < 64);
 
-        // Published with no subscriber left: not kept.
+        // No subscriber left: patch 20 forgets the filter, log and all.
         fast.unsubscribe("d/1/ack").unwrap();
         settle(&mut router);
-        publish(&mut router, &mut gw, 300);
-        assert!(held(&mut router, "d/1/ack") < 64);
+        assert_eq!(router.datalog.matches("d/1/ack"), Some(vec![]));
     }
 
     #[test]
@@ -2666,5 +2724,273 @@ mod release_tests {
         publish(&mut router, &mut gw, 300);
         assert_eq!(read(&mut router, &mut device_rx).len(), 300);
         assert!(held(&mut router, "d/1/ack") > 8 * 1024);
+    }
+}
+
+/// Breakwater patch 18: a connection whose inflight window is full still gets the acks of what
+/// it publishes. Drives the router on the test thread, like `release_tests`.
+#[cfg(test)]
+mod pending_ack_tests {
+    use super::{Event, Router};
+    use crate::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+    use crate::protocol::{Filter, Packet, Publish, QoS, RetainForwardRule, Subscribe};
+    use crate::router::shared_subs::Strategy;
+    use crate::router::{Ack, Notification};
+    use crate::RouterConfig;
+    use std::time::Instant;
+
+    fn router() -> Router {
+        Router::new(
+            0,
+            RouterConfig {
+                max_connections: 10,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 64 * 1024,
+                max_segment_count: 10,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Strategy::RoundRobin,
+                max_saved_sessions: None,
+                saved_session_expiry_secs: None,
+            },
+        )
+    }
+
+    fn settle(router: &mut Router) {
+        while !router.router_rx.is_empty() || !router.scheduler.readyqueue.is_empty() {
+            router.run_inner().unwrap();
+        }
+    }
+
+    fn connect(router: &mut Router, client_id: &'static str) -> (LinkTx, LinkRx) {
+        let tx = router.link();
+        let builder = std::thread::spawn(move || LinkBuilder::new(client_id, tx).build().unwrap());
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !builder.is_finished() {
+            assert!(Instant::now() < deadline, "no CONNACK for {client_id}");
+            settle(router);
+            std::thread::yield_now();
+        }
+        let (tx, rx, _) = builder.join().unwrap();
+        (tx, rx)
+    }
+
+    /// Hands `packet` to the router as if a remote link had read it from the network.
+    fn send(router: &mut Router, tx: &mut LinkTx, packet: Packet) {
+        tx.buffer().push_back(packet);
+        router
+            .router_tx
+            .send((tx.connection_id, Event::DeviceData))
+            .unwrap();
+        settle(router);
+    }
+
+    /// Everything the link has been sent, calling `ready` like a well-behaved link (but never
+    /// acking a forward).
+    fn read(router: &mut Router, rx: &mut LinkRx) -> Vec<Notification> {
+        let mut got = Vec::new();
+        loop {
+            settle(router);
+            match rx.recv_deadline(Instant::now()) {
+                Ok(Some(Notification::Unschedule)) => rx.ready().unwrap(),
+                Ok(Some(n)) => got.push(n),
+                Ok(None) => {}
+                Err(LinkError::RecvTimeout(_)) => return got,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_inflight_window_does_not_hold_back_pubacks() {
+        let mut router = router();
+        let (mut gw, _gw_rx) = connect(&mut router, "gateway");
+        gw.subscribe("d/1/telemetry").unwrap();
+        let (mut device, mut device_rx) = connect(&mut router, "device");
+        let filter = Filter {
+            path: "d/1/ack".to_owned(),
+            qos: QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::Never,
+        };
+        let subscribe = Subscribe {
+            pkid: 1,
+            filters: vec![filter],
+        };
+        send(&mut router, &mut device, Packet::Subscribe(subscribe, None));
+        read(&mut router, &mut device_rx);
+
+        // 150 acks for the device, which takes them and never PUBACKs any: its inflight
+        // window (100) fills up.
+        for i in 0..150 {
+            gw.publish("d/1/ack", format!("ack {i}")).unwrap();
+        }
+        settle(&mut router);
+        let forwards = read(&mut router, &mut device_rx)
+            .into_iter()
+            .filter(|n| matches!(n, Notification::Forward(_)))
+            .count();
+        assert_eq!(forwards, 100);
+
+        // The device publishes at QoS 1: it gets its PUBACK all the same.
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "d/1/telemetry".into(),
+            pkid: 7,
+            payload: "batch".into(),
+        };
+        send(&mut router, &mut device, Packet::Publish(publish, None));
+        let got = read(&mut router, &mut device_rx);
+        assert!(
+            got.iter().any(|n| matches!(
+                n,
+                Notification::DeviceAck(Ack::PubAck(ack)) if ack.pkid == 7
+            )),
+            "no PUBACK for pkid 7: {got:?}"
+        );
+        // The router holds no ack back for it either.
+        let id = device_rx.id();
+        assert!(router.ackslog[id].readv().is_empty());
+    }
+}
+
+/// Breakwater patches 20 and 21: client ids that come and go leave nothing in the router's
+/// tables (clean sessions), or at most the cap's worth of saved sessions (persistent ones).
+#[cfg(test)]
+mod per_id_tests {
+    use super::Router;
+    use crate::local::{LinkBuilder, LinkTx};
+    use crate::router::shared_subs::Strategy;
+    use crate::RouterConfig;
+    use std::time::Instant;
+
+    fn router(max_saved_sessions: Option<usize>) -> Router {
+        Router::new(
+            0,
+            RouterConfig {
+                max_connections: 100,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1024,
+                max_segment_count: 10,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Strategy::RoundRobin,
+                max_saved_sessions,
+                saved_session_expiry_secs: None,
+            },
+        )
+    }
+
+    fn settle(router: &mut Router) {
+        while !router.router_rx.is_empty() || !router.scheduler.readyqueue.is_empty() {
+            router.run_inner().unwrap();
+        }
+    }
+
+    fn connect(router: &mut Router, client_id: String, clean: bool) -> LinkTx {
+        let tx = router.link();
+        let builder = std::thread::spawn(move || {
+            LinkBuilder::new(&client_id, tx)
+                .clean_session(clean)
+                .build()
+                .unwrap()
+        });
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !builder.is_finished() {
+            assert!(Instant::now() < deadline, "no CONNACK");
+            settle(router);
+            std::thread::yield_now();
+        }
+        builder.join().unwrap().0
+    }
+
+    /// What the router holds per client id, filter or topic.
+    fn tables(router: &Router) -> [usize; 7] {
+        let (filters, indexes, topics) = router.datalog.table_sizes();
+        [
+            router.graveyard.len(),
+            filters,
+            indexes,
+            topics,
+            router.subscription_map.len(),
+            router.connection_map.len(),
+            router.last_wills.len(),
+        ]
+    }
+
+    /// A device's life: connects, subscribes to its own ack topic, gets an ack, publishes
+    /// telemetry (matched by the gateway's wildcard filter), leaves.
+    fn device_lifetime(router: &mut Router, gateway: &mut LinkTx, i: usize, clean: bool) {
+        let mut device = connect(router, format!("device-{i}"), clean);
+        device.subscribe(format!("d/{i}/ack")).unwrap();
+        settle(router);
+        gateway.publish(format!("d/{i}/ack"), "ack").unwrap();
+        device.publish(format!("d/{i}/telemetry"), "batch").unwrap();
+        settle(router);
+        let id = router.connection_map[&format!("device-{i}")];
+        router.handle_disconnection(id, None);
+        drop(device);
+        // An ack published after the device has gone.
+        gateway.publish(format!("d/{i}/ack"), "late ack").unwrap();
+        settle(router);
+    }
+
+    #[test]
+    fn clean_sessions_leave_nothing_per_client_id() {
+        let mut router = router(None);
+        let mut gateway = connect(&mut router, "gateway".to_owned(), true);
+        gateway.subscribe("d/+/telemetry").unwrap();
+        gateway.subscribe("d/+/ack").unwrap();
+        settle(&mut router);
+        // The first device's life allocates what any would (the topic cache's entries).
+        device_lifetime(&mut router, &mut gateway, 0, true);
+        let before = tables(&router);
+        for i in 1..=300 {
+            device_lifetime(&mut router, &mut gateway, i, true);
+        }
+        let after = tables(&router);
+        // Only the cache of topic matches may hold entries, up to its bound; the rest is
+        // exactly as before.
+        assert_eq!(after[0], 0, "graveyard: {after:?}");
+        assert_eq!(after[1..3], before[1..3], "filters: {before:?} -> {after:?}");
+        assert!(after[3] <= 1024, "topic cache: {after:?}");
+        assert_eq!(after[4..], before[4..], "{before:?} -> {after:?}");
+
+        // Past its bound the topic cache starts over instead of growing.
+        for i in 301..=1400 {
+            device_lifetime(&mut router, &mut gateway, i, true);
+        }
+        assert!(tables(&router)[3] <= 1024, "{:?}", tables(&router));
+        assert_eq!(tables(&router)[..3], [0, before[1], before[2]]);
+    }
+
+    #[test]
+    fn persistent_sessions_are_capped_and_a_dropped_one_leaves_nothing() {
+        let mut router = router(Some(5));
+        let mut gateway = connect(&mut router, "gateway".to_owned(), true);
+        gateway.subscribe("d/+/telemetry").unwrap();
+        gateway.subscribe("d/+/ack").unwrap();
+        settle(&mut router);
+        let (filters_before, _, _) = router.datalog.table_sizes();
+        for i in 0..50 {
+            device_lifetime(&mut router, &mut gateway, i, false);
+        }
+        assert_eq!(router.graveyard.len(), 5);
+        // The five saved sessions keep their own filters, nothing else does.
+        let (filters, indexes, _) = router.datalog.table_sizes();
+        assert_eq!(filters, filters_before + 5);
+        assert_eq!(indexes, filters_before + 5);
+
+        // A saved session resumes; a clean session with a saved one's id discards it.
+        let _resumed = connect(&mut router, "device-49".to_owned(), false);
+        assert_eq!(router.graveyard.len(), 4);
+        let _clean = connect(&mut router, "device-48".to_owned(), true);
+        assert_eq!(router.graveyard.len(), 3);
+        let (filters, _, _) = router.datalog.table_sizes();
+        // device-49's filter is in use again, device-48's is gone.
+        assert_eq!(filters, filters_before + 4);
     }
 }

@@ -108,6 +108,10 @@ pub enum ScheduleReason {
     FreshData,
     IncomingAck,
     Ready,
+    /// Breakwater patch 18: the connection has acks to send (PUBACK, SUBACK, PINGRESP, ...).
+    /// Acks are not forwards: no inflight window holds them back, only a link that has not
+    /// taken its last buffer yet (`Busy`; it asks again with `Ready`).
+    PendingAcks,
 }
 
 #[derive(Debug, Copy, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +169,11 @@ impl Tracker {
             // In case of QoS2, we need to send back PubRel ASAP,
             // So we set status to Ready in case of IncomingAck unless reason in Busy
             ScheduleReason::IncomingAck if previous != PauseReason::Busy => {
+                self.status = Status::Ready;
+                Some(previous)
+            }
+            // Breakwater patch 18: see `ScheduleReason::PendingAcks`.
+            ScheduleReason::PendingAcks if previous != PauseReason::Busy => {
                 self.status = Status::Ready;
                 Some(previous)
             }

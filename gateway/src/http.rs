@@ -1,6 +1,6 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the link consumer and the spool
 //! writer are alive), `/readyz` (start-up finished: the MQTT listener accepts and the spool is
-//! open; false again once shutdown begins), and whatever routes the caller adds (the status page
+//! open; false again once shutdown begins, and while the spool's disk fails), and whatever routes the caller adds (the status page
 //! and `/api/v1/`, see [`crate::status`]). Kafka health is not part of readiness: the gateway
 //! keeps accepting on its spool while Kafka is away; watch `breakwater_gateway_kafka_*`.
 
@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Health {
     pub ready: AtomicBool,
     pub alive: AtomicBool,
+    /// The spool's disk fails (see `spool`, "A failing disk"): not ready meanwhile.
+    pub storage_failing: AtomicBool,
     /// Cancelled when a stage the gateway cannot run without has failed for good (a broker
     /// link lost): `main` then shuts down and exits non-zero, so systemd restarts it.
     pub fatal: CancellationToken,
@@ -106,7 +108,12 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.ready.load(Ordering::Relaxed) {
+    if s.health.storage_failing.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: spool storage failing\n",
+        )
+    } else if s.health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

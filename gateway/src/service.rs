@@ -273,6 +273,7 @@ impl Gateway {
                 committed: committed.clone(),
                 max_batches_per_commit: cfg.spool.max_batches_per_commit,
                 bypass: bypass_tx,
+                health: health.clone(),
             };
             let done = writer_done.clone();
             let health = health.clone();

@@ -29,6 +29,10 @@ pub const SPOOL_WRITTEN_BATCHES: &str = "breakwater_gateway_spool_written_batche
 pub const DIRECT_BATCHES: &str = "breakwater_gateway_direct_batches_total";
 pub const SPOOL_DELETED_BATCHES: &str = "breakwater_gateway_spool_deleted_batches_total";
 pub const SPOOL_COMMIT_SECONDS: &str = "breakwater_gateway_spool_commit_seconds";
+/// 1 while the spool's disk fails (the last commit failed, none succeeded since), else 0.
+pub const SPOOL_FAILING: &str = "breakwater_gateway_spool_failing";
+/// Times the spool was closed and opened again after an error.
+pub const SPOOL_REOPENS: &str = "breakwater_gateway_spool_reopens_total";
 pub const KAFKA_DELIVERED_BATCHES: &str = "breakwater_gateway_kafka_delivered_batches_total";
 pub const KAFKA_ERRORS: &str = "breakwater_gateway_kafka_errors_total";
 pub const KAFKA_IN_FLIGHT: &str = "breakwater_gateway_kafka_in_flight_records";
@@ -177,6 +181,14 @@ pub fn describe() {
         "Batches deleted after Kafka delivery"
     );
     describe_histogram!(SPOOL_COMMIT_SECONDS, Unit::Seconds, "Spool commit time");
+    describe_gauge!(
+        SPOOL_FAILING,
+        "1 while spool commits fail (disk full or failing), else 0"
+    );
+    describe_counter!(
+        SPOOL_REOPENS,
+        "Times the spool database was reopened after an error"
+    );
     describe_counter!(KAFKA_DELIVERED_BATCHES, "Batches Kafka confirmed");
     describe_counter!(KAFKA_ERRORS, "Kafka produce or delivery errors");
     describe_gauge!(

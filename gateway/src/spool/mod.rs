@@ -36,6 +36,17 @@
 //!   records are sent to Kafka again after restart: duplicates, which consumers drop by
 //!   `(device, epoch, seq)`).
 //!
+//! # A failing disk
+//!
+//! After an I/O error (ENOSPC, EIO) redb refuses every later operation until the database is
+//! closed and opened again. The writer then marks the spool failing (`is_failing`: the
+//! `breakwater_gateway_spool_failing` gauge, `/readyz` answers 503, an ERROR log line), refuses
+//! the batches of the failed commit (not acked: the devices keep and resend them), and
+//! [`Spool::reopen`]s it with backoff (100 ms doubling to 5 s) until a commit succeeds again.
+//! A failed commit may still have become durable (redb: "may already have become durable"), so
+//! the writer reads the next key again after a reopen, and the device's resend is a duplicate
+//! at worst. Nothing is acked that is not committed.
+//!
 //! # Bounds
 //!
 //! `max_bytes` bounds the sum of the stored record sizes (not the file, which redb grows and
@@ -47,10 +58,11 @@ pub mod writer;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use breakwater_protocol::{envelope, Batch, DeviceId, Limits};
+use parking_lot::RwLock;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -141,12 +153,24 @@ pub enum SpoolError {
          not lost: the newer version's `spool export` reads them)"
     )]
     NewerFormat { path: PathBuf, found: u64 },
+    /// Between closing and reopening the database after an error ([`Spool::reopen`]).
+    #[error("spool database is closed, being reopened after an error")]
+    Closed,
 }
 
 macro_rules! db_err {
     ($e:expr) => {
         $e.map_err(|e| SpoolError::Db(Box::new(e.into())))
     };
+}
+
+/// Opens (or creates) the database, checks its format, makes sure both tables exist.
+fn open_db(path: &Path) -> Result<Database, SpoolError> {
+    // redb's default cache is 1 GiB; the spool is written once and read once, so a small
+    // cache keeps the gateway's RSS bounded.
+    let db = db_err!(Database::builder().set_cache_size(CACHE_BYTES).create(path))?;
+    Spool::check_format(&db, path)?;
+    Ok(db)
 }
 
 /// What the spool held at start-up, to seed the sequencer.
@@ -162,7 +186,10 @@ pub struct Recovery {
 /// The open spool, shared by the writer (the only one writing) and the readers.
 #[derive(Debug)]
 pub struct Spool {
-    db: Database,
+    /// `None` only while [`Spool::reopen`] replaces it.
+    db: RwLock<Option<Database>>,
+    /// The last commit failed and no commit has succeeded since (see "A failing disk").
+    failing: AtomicBool,
     path: PathBuf,
     bytes: AtomicU64,
     records: AtomicU64,
@@ -208,14 +235,10 @@ impl Spool {
         // Device data: owner-only whatever the umask (a directory we create is 0700; the file
         // is created 0600 before redb opens it, and an existing one is tightened to 0600).
         owner_only(dir, &path, created).map_err(dir_err)?;
-        // redb's default cache is 1 GiB; the spool is written once and read once, so a small
-        // cache keeps the gateway's RSS bounded.
-        let db = db_err!(Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path))?;
-        Self::check_format(&db, &path)?;
+        let db = open_db(&path)?;
         let spool = Self {
-            db,
+            db: RwLock::new(Some(db)),
+            failing: AtomicBool::new(false),
             path,
             bytes: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -260,9 +283,35 @@ impl Spool {
         db_err!(txn.commit())
     }
 
+    /// Closes the database and opens it again (redb's recovery runs if the last commit broke
+    /// off). Readers meanwhile get [`SpoolError::Closed`].
+    ///
+    /// # Errors
+    /// The database cannot be opened again (the disk still fails); it stays closed, call again.
+    pub fn reopen(&self) -> Result<(), SpoolError> {
+        let mut db = self.db.write();
+        // redb holds a lock on the file: the old handle must be gone before the new one opens.
+        drop(db.take());
+        *db = Some(open_db(&self.path)?);
+        Ok(())
+    }
+
+    /// Whether the last commit failed (and none succeeded since).
+    #[must_use]
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Set by the writer after each commit.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
     fn scan(&self) -> Result<Recovery, SpoolError> {
         let mut rec = Recovery::default();
-        let txn = db_err!(self.db.begin_read())?;
+        let db = self.db.read();
+        let db = db.as_ref().ok_or(SpoolError::Closed)?;
+        let txn = db_err!(db.begin_read())?;
         let cursors = db_err!(txn.open_table(CURSORS))?;
         for item in db_err!(cursors.iter())? {
             let (k, v) = db_err!(item)?;
@@ -340,7 +389,9 @@ impl Spool {
     /// # Errors
     /// Database errors.
     pub fn next_key(&self) -> Result<u64, SpoolError> {
-        let txn = db_err!(self.db.begin_read())?;
+        let db = self.db.read();
+        let db = db.as_ref().ok_or(SpoolError::Closed)?;
+        let txn = db_err!(db.begin_read())?;
         let t = db_err!(txn.open_table(BATCHES))?;
         let last = db_err!(t.last())?.map(|(k, _)| k.value());
         Ok(last.map_or(0, |k| k + 1))
@@ -353,7 +404,9 @@ impl Spool {
     /// Database errors. On error nothing of this call is durable; the records stay reserved
     /// (the caller releases them).
     pub fn commit(&self, insert: &[(u64, &SpoolRecord)], delete: &[u64]) -> Result<(), SpoolError> {
-        let mut txn = db_err!(self.db.begin_write())?;
+        let db = self.db.read();
+        let db = db.as_ref().ok_or(SpoolError::Closed)?;
+        let mut txn = db_err!(db.begin_write())?;
         txn.set_durability(Durability::Immediate);
         let mut freed = 0;
         let mut removed = 0;
@@ -388,7 +441,9 @@ impl Spool {
     /// # Errors
     /// Database errors or a corrupt record.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, SpoolRecord)>, SpoolError> {
-        let txn = db_err!(self.db.begin_read())?;
+        let db = self.db.read();
+        let db = db.as_ref().ok_or(SpoolError::Closed)?;
+        let txn = db_err!(db.begin_read())?;
         let t = db_err!(txn.open_table(BATCHES))?;
         let mut out = Vec::new();
         for item in db_err!(t.range(from..))? {
@@ -406,7 +461,9 @@ impl Spool {
     /// # Errors
     /// Database errors.
     pub fn count(&self) -> Result<u64, SpoolError> {
-        let txn = db_err!(self.db.begin_read())?;
+        let db = self.db.read();
+        let db = db.as_ref().ok_or(SpoolError::Closed)?;
+        let txn = db_err!(db.begin_read())?;
         let t = db_err!(txn.open_table(BATCHES))?;
         db_err!(t.len())
     }

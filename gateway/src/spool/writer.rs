@@ -118,7 +118,13 @@ pub struct Writer {
     pub max_batches_per_commit: usize,
     /// `Some` in ack mode `kafka` with Kafka configured and `direct_max_in_flight_records > 0`.
     pub bypass: Option<BypassTx>,
+    /// `storage_failing` follows [`Spool::is_failing`] (for `/readyz`).
+    pub health: Arc<crate::http::Health>,
 }
+
+/// Backoff between reopens of a failing spool (see "A failing disk" in [`super`]).
+const REOPEN_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Writer {
     /// Runs until the queue is closed (the link consumer stopped) and drained, and no deletes
@@ -134,9 +140,11 @@ impl Writer {
         if let Some(b) = &self.bypass {
             b.shared.committed_upto.store(next_key, Ordering::Release);
         }
+        metrics::gauge!(m::SPOOL_FAILING).set(0.0);
         let mut buf = Vec::with_capacity(self.max_batches_per_commit);
         let mut open = true;
         let mut flush_at = Instant::now() + DELETE_FLUSH;
+        let mut backoff = REOPEN_BACKOFF_FIRST;
         while open {
             buf.clear();
             // Deletes ride along with the next insert commit; alone they are committed at most
@@ -160,6 +168,11 @@ impl Writer {
             next_key = self
                 .commit(std::mem::take(&mut buf), &deletes, next_key)
                 .await;
+            if self.spool.is_failing() {
+                next_key = self.reopen(&mut backoff, next_key).await;
+            } else {
+                backoff = REOPEN_BACKOFF_FIRST;
+            }
         }
         let deletes = self.deletes.take();
         if !deletes.is_empty() {
@@ -204,6 +217,53 @@ impl Writer {
         buf.is_empty()
     }
 
+    /// After a failed commit: waits `backoff` (then doubles it, up to 5 s), closes and reopens
+    /// the spool, and returns the next key read again (the failed commit may have become
+    /// durable). The spool stays failing until a commit succeeds. Batches keep waiting in the
+    /// bounded queue meanwhile (when it is full the link refuses and counts them).
+    async fn reopen(&self, backoff: &mut Duration, next_key: u64) -> u64 {
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(REOPEN_BACKOFF_MAX);
+        let spool = self.spool.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            spool.reopen()?;
+            spool.next_key()
+        })
+        .await;
+        metrics::counter!(m::SPOOL_REOPENS).increment(1);
+        match res {
+            Ok(Ok(k)) => {
+                info!(next_key = k, "spool reopened after an error; the next commit tells whether the disk works again");
+                k
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, retry_in = ?*backoff, "spool: reopening failed");
+                next_key
+            }
+            Err(e) => {
+                error!(error = %e, "spool reopen task panicked");
+                next_key
+            }
+        }
+    }
+
+    /// Marks the spool failing or healthy after a commit: gauge, `/readyz`, a log line when it
+    /// changes.
+    fn set_failing(&self, failing: bool) {
+        if self.spool.is_failing() != failing {
+            if failing {
+                error!("spool: the disk fails; batches are refused (not acked, devices keep them) until a commit succeeds");
+            } else {
+                info!("spool: commits succeed again");
+            }
+        }
+        self.spool.set_failing(failing);
+        self.health
+            .storage_failing
+            .store(failing, Ordering::Relaxed);
+        metrics::gauge!(m::SPOOL_FAILING).set(if failing { 1.0 } else { 0.0 });
+    }
+
     async fn commit(&self, batch: Vec<Accepted>, deletes: &[u64], next_key: u64) -> u64 {
         let spool = self.spool.clone();
         let n = batch.len() as u64;
@@ -229,6 +289,7 @@ impl Writer {
         metrics::histogram!(m::SPOOL_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         match res {
             Ok(()) => {
+                self.set_failing(false);
                 metrics::counter!(m::SPOOL_WRITTEN_BATCHES).increment(n);
                 metrics::counter!(m::SPOOL_DELETED_BATCHES).increment(deletes.len() as u64);
                 if let Some(acker) = &self.acker {
@@ -253,7 +314,14 @@ impl Writer {
                 next_key + n
             }
             Err(e) => {
-                error!(error = %e, batches = n, "spool commit failed; batches refused (devices resend)");
+                // The first failure at ERROR (in `set_failing`), the retries' at debug: a full
+                // disk must not flood the log.
+                if self.spool.is_failing() {
+                    tracing::debug!(error = %e, batches = n, "spool commit failed again; batches refused (devices resend)");
+                } else {
+                    error!(error = %e, batches = n, "spool commit failed; batches refused (devices resend)");
+                }
+                self.set_failing(true);
                 metrics::counter!(m::DROPPED_BATCHES, "reason" => "spool_error").increment(n);
                 for a in &batch {
                     self.spool.release(a.size);

@@ -55,11 +55,6 @@ const WRITE_BUFFER_INITIAL_CAPACITY: usize = 1024;
 /// CONNECT, or with keepalive 0).
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Breakwater patch 19: counter of connections closed because their peer stopped reading,
-/// with a `reason` label (`write_timeout`), through the `metrics` facade: an embedding
-/// application's recorder exports it.
-pub const SLOW_CLIENT_DISCONNECTS: &str = "rumqttd_slow_client_disconnects_total";
-
 impl<P: Protocol> Network<P> {
     pub fn new(
         socket: Box<dyn N>,
@@ -96,24 +91,19 @@ impl<P: Protocol> Network<P> {
         }
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);
-        if !keepalive.is_zero() {
-            self.write_timeout = self.keepalive;
-        }
+        self.write_timeout = self.keepalive;
     }
 
     /// Breakwater patch 19: writes the write buffer out, waiting at most the write timeout for
     /// the peer to take it. A peer that does not read its socket fills the kernel's buffers,
     /// and then a write waits: the connection's link writes and reads in turn, so it stops
-    /// reading from that peer meanwhile (backpressure). Past the timeout the connection ends,
-    /// counted in [`SLOW_CLIENT_DISCONNECTS`].
+    /// reading from that peer meanwhile (backpressure). Past the timeout the connection ends
+    /// ([`Error::WriteTimeout`], counted as `rumqttd_connections_closed_total{reason=
+    /// "write_timeout"}`, patch 17).
     async fn flush_write_buffer(&mut self) -> Result<(), Error> {
         match timeout(self.write_timeout, self.socket.write_all(&self.write)).await {
             Ok(written) => written?,
-            Err(_) => {
-                metrics::counter!(SLOW_CLIENT_DISCONNECTS, "reason" => "write_timeout")
-                    .increment(1);
-                return Err(Error::WriteTimeout(self.write_timeout));
-            }
+            Err(_) => return Err(Error::WriteTimeout(self.write_timeout)),
         }
         self.write.clear();
         Ok(())

@@ -609,6 +609,8 @@ fn link_error_reason(e: &remote::Error) -> &'static str {
         remote::Error::PublishDenied { .. } => "publish_denied",
         remote::Error::SecondConnect => "second_connect",
         remote::Error::Network(network::Error::KeepAlive(_)) => "keepalive_timeout",
+        // Breakwater patch 19: the client stopped reading what it is sent.
+        remote::Error::Network(network::Error::WriteTimeout(_)) => "write_timeout",
         remote::Error::Network(network::Error::Protocol(_)) => "protocol_error",
         remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err)
             if err.kind() == io::ErrorKind::InvalidData =>

@@ -493,6 +493,33 @@ mod tests {
         );
     }
 
+    /// A local copy that lost its last commits (redb commits without fsync) is brought forward
+    /// by the changelog's later markers.
+    #[test]
+    fn a_stale_local_copy_is_brought_forward_by_later_markers() {
+        let mut s1 = state_with(&["a", "b"]);
+        s1.clear_dirty();
+        let s2 = state_with(&["a", "b", "c"]);
+        let k = |d: &str| device_key(3, d).into_bytes();
+        let m = marker_key(3).into_bytes();
+        let mut rb = Rebuild::from_local(s1, 1, 2);
+        rb.apply(3, &k("c"), Some(&dev(&s2, "c"))).unwrap();
+        rb.apply(4, &k("b"), None).unwrap();
+        let mut s3 = state_with(&["a", "c"]);
+        s3.devices.insert("c".to_owned(), s2.devices["c"].clone());
+        rb.apply(5, &m, Some(&marker(&s3, 2))).unwrap();
+        let r = rb.finish();
+        assert_eq!((r.markers, r.repaired), (1, 0));
+        let mut keys: Vec<&String> = r.partition.devices.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "c"]);
+        assert_eq!(dev(&r.partition, "c"), dev(&s2, "c"));
+        assert_eq!(
+            (r.partition.changelog_seq, r.partition.changelog_offset, r.partition.telemetry_next),
+            (2, Some(5), Some(20))
+        );
+    }
+
     #[test]
     fn a_marker_that_disagrees_with_the_state_and_foreign_keys_are_errors() {
         let s1 = state_with(&["a", "b"]);

@@ -515,7 +515,11 @@ mod tests {
         assert_eq!(keys, ["a", "c"]);
         assert_eq!(dev(&r.partition, "c"), dev(&s2, "c"));
         assert_eq!(
-            (r.partition.changelog_seq, r.partition.changelog_offset, r.partition.telemetry_next),
+            (
+                r.partition.changelog_seq,
+                r.partition.changelog_offset,
+                r.partition.telemetry_next
+            ),
             (2, Some(5), Some(20))
         );
     }

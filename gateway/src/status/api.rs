@@ -355,20 +355,26 @@ pub fn devices_json(st: &Status, q: &DevicesQuery) -> Result<Value, String> {
     let mut ids: Vec<&DeviceId> = seqs.iter().map(|s| &s.device).collect();
     ids.extend(seen.keys().filter(|d| !by_id.contains_key(d)));
     let total = ids.len();
-    let mut rows: Vec<DeviceRow> = ids
-        .into_iter()
-        .filter(|d| needle.is_empty() || d.as_str().to_ascii_lowercase().contains(&needle))
-        .map(|d| row(d, by_id.get(d).copied(), seen.get(d), credit))
-        .filter(|r| match state {
-            "connected" => r.connected == Some(true),
-            "disconnected" => r.connected != Some(true),
-            "unacked" => r.unacked_batches > 0,
+    // Filter and sort the ids, then build rows for the page only.
+    ids.retain(|d| needle.is_empty() || d.as_str().to_ascii_lowercase().contains(&needle));
+    let keep = |d: &DeviceId| {
+        let connected = seen.get(d).map(|s| s.connected);
+        match state {
+            "connected" => connected == Some(true),
+            "disconnected" => connected != Some(true),
+            "unacked" => by_id.get(d).is_some_and(|s| s.pending > 0),
             _ => true,
-        })
+        }
+    };
+    ids.retain(|d| keep(d));
+    ids.sort_unstable();
+    let matched = ids.len();
+    let page: Vec<DeviceRow> = ids
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|d| row(d, by_id.get(d).copied(), seen.get(d), credit))
         .collect();
-    rows.sort_by(|a, b| a.id.cmp(&b.id));
-    let matched = rows.len();
-    let page: Vec<DeviceRow> = rows.into_iter().skip(offset).take(limit).collect();
     Ok(json!({
         "total": total,
         "matched": matched,

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,11 +28,41 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
 }
 
-/// `[gateway]`: where the MQTT broker of the gateway is and how to log in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatewayConfig {
+/// One configured gateway, `host:port`. A host name that resolves to several addresses
+/// counts as several gateways (without TLS, see [`crate::sender::failover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GatewayAddress {
     pub host: String,
     pub port: u16,
+}
+
+impl GatewayAddress {
+    #[must_use]
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for GatewayAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[gateway]`: where the gateways' MQTT brokers are and how to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// `address` (one gateway) or `addresses` (several, in order); never empty.
+    pub addresses: Vec<GatewayAddress>,
+    /// Failed connects in a row to the current gateway before the agent moves to the next.
+    pub failover_after: NonZeroU32,
     pub keep_alive: Duration,
     pub connect_timeout: Duration,
     pub username: Option<String>,
@@ -42,8 +73,8 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
-            host: "127.0.0.1".into(),
-            port: 1883,
+            addresses: vec![GatewayAddress::new("127.0.0.1", 1883)],
+            failover_after: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
             keep_alive: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             username: None,
@@ -388,6 +419,29 @@ fn host_port(v: &Value) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
+/// A non-empty array of `host:port` strings without duplicates.
+fn host_port_list(v: &Value) -> Result<Vec<GatewayAddress>, String> {
+    let arr = v.as_array().ok_or_else(|| {
+        format!(
+            "expected an array of \"host:port\" strings, found {}",
+            v.type_str()
+        )
+    })?;
+    if arr.is_empty() {
+        return Err("must list at least one gateway".into());
+    }
+    let mut out: Vec<GatewayAddress> = Vec::with_capacity(arr.len());
+    for (i, item) in arr.iter().enumerate() {
+        let (host, port) = host_port(item).map_err(|e| format!("entry {i}: {e}"))?;
+        let a = GatewayAddress::new(host, port);
+        if out.contains(&a) {
+            return Err(format!("entry {i}: {a} is listed twice"));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
 impl AgentConfig {
     /// Reads and validates a configuration file.
     ///
@@ -444,9 +498,25 @@ impl AgentConfig {
         {
             let mut t = w.section(&mut root, "gateway");
             let p = "gateway";
+            let had_address = t.contains_key("address");
             if let Some((h, port)) = w.take(&mut t, p, "address", host_port) {
-                gateway.host = h;
-                gateway.port = port;
+                gateway.addresses = vec![GatewayAddress::new(h, port)];
+            }
+            if let Some(list) = w.take(&mut t, p, "addresses", host_port_list) {
+                if had_address {
+                    w.err(
+                        "gateway.addresses",
+                        "set either address (one gateway) or addresses (several), not both",
+                    );
+                } else {
+                    gateway.addresses = list;
+                }
+            }
+            if let Some(n) = w.take(&mut t, p, "failover_after", |v| int_in(v, 1, 1000)) {
+                gateway.failover_after = u32::try_from(n)
+                    .ok()
+                    .and_then(NonZeroU32::new)
+                    .unwrap_or(NonZeroU32::MIN);
             }
             if let Some(d) = w.take(&mut t, p, "keep_alive", duration) {
                 if d < Duration::from_secs(5) || d > Duration::from_secs(65_535) {
@@ -745,8 +815,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (c.gateway.host.as_str(), c.gateway.port),
-            ("gw.local", 8883)
+            c.gateway.addresses,
+            vec![GatewayAddress::new("gw.local", 8883)]
         );
         assert_eq!(c.gateway.password.as_deref(), Some("p"));
         assert_eq!(c.buffer.max_bytes, 64 << 20);
@@ -844,5 +914,57 @@ mod tests {
         assert!(e.has("gateway.tls.ca_file"), "{e}");
         assert!(e.has("gateway.tls.client_key_file"), "{e}");
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn several_gateways_parse_in_order() {
+        let c = AgentConfig::from_toml(
+            r#"
+            device_id = "d"
+            [gateway]
+            addresses = ["gw-a:8883", "[::1]:8883", "10.0.0.7:1883"]
+            failover_after = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.gateway.addresses,
+            vec![
+                GatewayAddress::new("gw-a", 8883),
+                GatewayAddress::new("::1", 8883),
+                GatewayAddress::new("10.0.0.7", 1883),
+            ]
+        );
+        assert_eq!(c.gateway.failover_after.get(), 5);
+        assert_eq!(c.gateway.addresses[1].to_string(), "[::1]:8883");
+    }
+
+    #[test]
+    fn bad_gateway_lists_are_reported_with_their_key() {
+        let both = AgentConfig::from_toml(
+            "device_id = \"d\"\n[gateway]\naddress = \"a:1\"\naddresses = [\"b:1\"]\n",
+        )
+        .unwrap_err();
+        assert!(both.has("gateway.addresses"), "{both}");
+        assert!(both.to_string().contains("not both"), "{both}");
+        for (text, needle) in [
+            ("addresses = []", "at least one"),
+            ("addresses = \"a:1\"", "expected an array"),
+            ("addresses = [\"a:1\", \"nohostport\"]", "entry 1"),
+            ("addresses = [\"a:1\", \"a:1\"]", "listed twice"),
+            ("addresses = [\"a:0\"]", "port 0"),
+        ] {
+            let e = AgentConfig::from_toml(&format!("device_id = \"d\"\n[gateway]\n{text}\n"))
+                .unwrap_err();
+            assert!(e.has("gateway.addresses"), "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+        for bad in ["0", "1001", "\"3\""] {
+            let e = AgentConfig::from_toml(&format!(
+                "device_id = \"d\"\n[gateway]\nfailover_after = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(e.has("gateway.failover_after"), "{bad}: {e}");
+        }
     }
 }

@@ -218,7 +218,7 @@ impl Agent {
             device = %config.device_id,
             epoch = s.epoch,
             buffered = s.readings,
-            gateway = %format!("{}:{}", config.gateway.host, config.gateway.port),
+            gateways = %config.gateway.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             "agent started"
         );
         Ok(Self {

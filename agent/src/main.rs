@@ -90,11 +90,10 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match AgentConfig::load(&config) {
             Ok(c) => {
                 println!(
-                    "{}: ok (device {}, gateway {}:{}{}, buffer {} max {} bytes {}, ingest {})",
+                    "{}: ok (device {}, gateway {}{}, buffer {} max {} bytes {}, ingest {})",
                     config.display(),
                     c.device_id,
-                    c.gateway.host,
-                    c.gateway.port,
+                    gateways_text(&c.gateway),
                     if c.gateway.tls.is_some() { " tls" } else { "" },
                     c.buffer.dir.display(),
                     c.buffer.max_bytes,
@@ -291,4 +290,22 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// `host:port`, or `a:1, b:2 (failover after 3 failed connects)` for several gateways.
+fn gateways_text(g: &breakwater_agent::config::GatewayConfig) -> String {
+    let list = g
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if g.addresses.len() > 1 {
+        format!(
+            "{list} (failover after {} failed connects)",
+            g.failover_after
+        )
+    } else {
+        list
+    }
 }

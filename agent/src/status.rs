@@ -29,6 +29,9 @@ pub struct LinkState {
     pub backoff_ms: Option<u64>,
     pub last_sent_seq: Option<u64>,
     pub ack_timeouts: u64,
+    /// Gateway failovers since start, and the gateway the last one moved to.
+    pub failovers: u64,
+    pub failed_over_to: Option<String>,
 }
 
 /// Shared link state, updated by the sender's events.
@@ -108,6 +111,10 @@ impl LinkStatus {
             }
             SenderEvent::AckTimeout { .. } => s.ack_timeouts += 1,
             SenderEvent::FloorSent { .. } => {}
+            SenderEvent::FailedOver { to, .. } => {
+                s.failovers += 1;
+                s.failed_over_to = Some(to.clone());
+            }
         }
     }
 

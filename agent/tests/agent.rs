@@ -20,7 +20,10 @@ async fn record_flush_shutdown() {
     };
     let gw = TestGateway::start(broker.port()).await;
     let mut cfg = AgentConfig::with_defaults("lib-agent".parse().unwrap());
-    cfg.gateway.port = broker.port();
+    cfg.gateway.addresses = vec![breakwater_agent::config::GatewayAddress::new(
+        "127.0.0.1",
+        broker.port(),
+    )];
     cfg.ingest.enabled = false;
     cfg.sender.batch_max_delay = Duration::from_secs(3600);
     let buffer = Arc::new(MemoryBuffer::new(1 << 20, FullPolicy::Block));

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use breakwater_agent::buffer::{Buffer, FullPolicy, MemoryBuffer};
-use breakwater_agent::config::{GatewayConfig, SenderConfig};
+use breakwater_agent::config::{GatewayAddress, GatewayConfig, SenderConfig};
 use breakwater_agent::sender::{DeviceSender, DisconnectReason, LinkOptions, SenderEvent};
 use common::wait_until;
 use tokio_util::sync::CancellationToken;
@@ -79,8 +79,7 @@ async fn login_with_the_right_password_only() {
 
     let run = |password: &str| {
         let g = GatewayConfig {
-            host: "127.0.0.1".into(),
-            port,
+            addresses: vec![GatewayAddress::new("127.0.0.1", port)],
             username: Some("press-01".into()),
             password: Some(password.into()),
             ..GatewayConfig::default()

@@ -42,7 +42,10 @@ async fn malformed_lines_get_errors_and_never_disturb_other_clients() {
     cfg.ingest.max_line_bytes = 256;
     cfg.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     // No gateway: nothing is acked, everything stays buffered.
-    cfg.gateway.port = breakwater_testkit::free_port();
+    cfg.gateway.addresses = vec![breakwater_agent::config::GatewayAddress::new(
+        "127.0.0.1",
+        breakwater_testkit::free_port(),
+    )];
     let agent = Agent::start(cfg).await.unwrap();
     let addr = agent.ingest_addr().unwrap();
 
@@ -146,7 +149,10 @@ async fn with_the_block_policy_a_full_buffer_holds_the_reply_until_an_ack_frees_
 
     let mut cfg = AgentConfig::with_defaults("ingest-block".parse().unwrap());
     cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.gateway.port = breakwater_testkit::free_port(); // no gateway: only our ack frees room
+    cfg.gateway.addresses = vec![breakwater_agent::config::GatewayAddress::new(
+        "127.0.0.1",
+        breakwater_testkit::free_port(),
+    )]; // no gateway: only our ack frees room
     let one = record_size(&Reading::new("t", Value::I64(0), 0));
     let buffer = Arc::new(MemoryBuffer::new(one * 10, FullPolicy::Block));
     let agent = Agent::start_with(cfg, buffer.clone(), None).await.unwrap();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breakwater_agent::buffer::{Buffer, FullPolicy, MemoryBuffer};
-use breakwater_agent::config::{GatewayConfig, SenderConfig, TlsConfig};
+use breakwater_agent::config::{GatewayAddress, GatewayConfig, SenderConfig, TlsConfig};
 use breakwater_agent::sender::{DeviceSender, LinkOptions, SenderEvent};
 use common::wait_until;
 use tokio_util::sync::CancellationToken;
@@ -93,8 +93,7 @@ async fn mutual_tls_connects_and_a_wrong_ca_is_refused() {
         return;
     };
     let gateway = |ca: PathBuf| GatewayConfig {
-        host: "127.0.0.1".into(),
-        port: broker.port,
+        addresses: vec![GatewayAddress::new("127.0.0.1", broker.port)],
         tls: Some(TlsConfig {
             ca_file: ca,
             client_cert_file: Some(fixture("client.pem")),

@@ -18,14 +18,19 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use crate::config::GatewayConfig;
+use std::num::NonZeroU32;
+
+use crate::config::{GatewayAddress, GatewayConfig};
 use crate::sender::tls::{self, TlsError};
 
-/// How to reach the gateway's MQTT broker. Cheap to clone; share one `Arc` across a fleet.
+/// How to reach the gateways' MQTT brokers. Cheap to clone; share one `Arc` across a fleet.
 #[derive(Clone)]
 pub struct LinkOptions {
-    pub host: String,
-    pub port: u16,
+    /// The gateways, in order; a sender with an empty list never connects.
+    /// See [`crate::sender::failover`] for how one is chosen.
+    pub addresses: Vec<GatewayAddress>,
+    /// Failed connects in a row before moving to the next gateway.
+    pub failover_after: NonZeroU32,
     pub keep_alive: Duration,
     pub connect_timeout: Duration,
     pub credentials: Option<(String, String)>,
@@ -35,8 +40,8 @@ pub struct LinkOptions {
 impl std::fmt::Debug for LinkOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkOptions")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("addresses", &self.addresses)
+            .field("failover_after", &self.failover_after)
             .field("keep_alive", &self.keep_alive)
             .field("connect_timeout", &self.connect_timeout)
             .field("username", &self.credentials.as_ref().map(|c| &c.0))
@@ -49,10 +54,16 @@ impl LinkOptions {
     /// Plain TCP to `host:port`, anonymous.
     #[must_use]
     pub fn plain(host: impl Into<String>, port: u16) -> Self {
+        Self::plain_many(vec![GatewayAddress::new(host, port)])
+    }
+
+    /// Plain TCP to several gateways, anonymous, default `failover_after`.
+    #[must_use]
+    pub fn plain_many(addresses: Vec<GatewayAddress>) -> Self {
         let d = GatewayConfig::default();
         Self {
-            host: host.into(),
-            port,
+            addresses,
+            failover_after: d.failover_after,
             keep_alive: d.keep_alive,
             connect_timeout: d.connect_timeout,
             credentials: None,
@@ -67,8 +78,8 @@ impl LinkOptions {
     pub fn from_config(g: &GatewayConfig) -> Result<Self, TlsError> {
         let tls = g.tls.as_ref().map(tls::client_config).transpose()?;
         Ok(Self {
-            host: g.host.clone(),
-            port: g.port,
+            addresses: g.addresses.clone(),
+            failover_after: g.failover_after,
             keep_alive: g.keep_alive,
             connect_timeout: g.connect_timeout,
             credentials: g
@@ -79,16 +90,17 @@ impl LinkOptions {
         })
     }
 
-    /// rumqttc options for one connection of `device`: client id = device id, clean session,
-    /// last will = a `Lost` status stamped `now_ms`.
+    /// rumqttc options for one connection of `device` to `gateway`: client id = device id,
+    /// clean session, last will = a `Lost` status stamped `now_ms`.
     pub(crate) fn mqtt_options(
         &self,
+        gateway: &GatewayAddress,
         device: &DeviceId,
         epoch: u64,
         now_ms: u64,
         max_in_flight: u16,
     ) -> MqttOptions {
-        let mut o = MqttOptions::new(device.as_str(), self.host.clone(), self.port);
+        let mut o = MqttOptions::new(device.as_str(), gateway.host.clone(), gateway.port);
         o.set_keep_alive(self.keep_alive);
         o.set_clean_session(true);
         o.set_max_packet_size(64 * 1024, Limits::DEFAULT.max_payload_bytes + 1024);

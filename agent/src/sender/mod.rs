@@ -76,8 +76,14 @@
 //! `retry_after_ms` adds a floor. On connect: subscribe to `bw/v1/{device}/ack`, publish a
 //! `Birth` status; the last will is a `Lost` status. A graceful shutdown publishes `Death` and
 //! sends an MQTT DISCONNECT (so the will is not fired).
+//!
+//! With several gateways ([`failover`]) the device prefers its current one and moves to the
+//! next after `failover_after` failed connects in a row (`breakwater_agent_gateway_failovers_total`,
+//! a warning log line, gauge `breakwater_agent_gateway_index`); the backoff keeps running, and
+//! the new connection, like every connection, starts from the oldest unacked reading.
 
 pub mod backoff;
+pub mod failover;
 pub mod link;
 mod session;
 pub mod tls;
@@ -118,6 +124,13 @@ pub enum SenderEvent {
         upto_seq: u64,
         latency: Option<Duration>,
         credit: u32,
+    },
+    /// `failover_after` connects in a row failed: the next attempt goes to gateway `to`
+    /// (`to_index` in the expanded list).
+    FailedOver {
+        from: String,
+        to: String,
+        to_index: usize,
     },
     /// No ack within `ack_timeout`: sending restarts from `from_seq`.
     AckTimeout { from_seq: u64 },

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::failover::Gateways;
 use super::link::{self, LinkEvent, LinkOptions};
 use super::{Backoff, Control, DisconnectReason, EventSink, SenderEvent, SenderExit};
 use crate::buffer::{AckOutcome, Buffer, ReadError};
@@ -46,6 +47,8 @@ pub(crate) struct Session {
     device: DeviceId,
     buffer: Arc<dyn Buffer>,
     link: Arc<LinkOptions>,
+    /// Which gateway to connect to ([`super::failover`]).
+    gateways: Gateways,
     cfg: SenderConfig,
     events: Option<EventSink>,
     backoff: Backoff,
@@ -112,6 +115,12 @@ impl Session {
             telemetry_topic: Topic::telemetry(&device),
             status_topic: Topic::status(&device),
             ack_topic: Topic::ack(&device),
+            gateways: Gateways::new(
+                link.addresses.clone(),
+                link.tls.is_none(),
+                link.failover_after,
+                link.connect_timeout,
+            ),
             device,
             buffer,
             link,
@@ -186,6 +195,8 @@ impl Session {
     /// gateway does.
     pub(crate) async fn run(mut self) -> SenderExit {
         let mut delay = Duration::ZERO;
+        self.gateways.start(&self.device).await;
+        self.set_gateway_gauge();
         loop {
             if self.drain_over() {
                 tracing::info!(device = %self.device, "drain deadline reached while disconnected; the rest stays buffered");
@@ -247,6 +258,24 @@ impl Session {
                         tracing::warn!(device = %self.device, %reason, retry_in = ?delay, "connection lost");
                     } else {
                         tracing::info!(device = %self.device, %reason, retry_in = ?delay, "connect failed");
+                        if let Some(m) = self.gateways.connect_failed().await {
+                            metrics::counter!("breakwater_agent_gateway_failovers_total")
+                                .increment(1);
+                            self.set_gateway_gauge();
+                            tracing::warn!(
+                                device = %self.device,
+                                from = %m.from,
+                                to = %m.to,
+                                failed_connects = self.link.failover_after.get(),
+                                unacked = self.buffer.stats().readings,
+                                "failing over to the next gateway; everything unacked is resent there"
+                            );
+                            self.emit(&SenderEvent::FailedOver {
+                                from: m.from.to_string(),
+                                to: m.to.to_string(),
+                                to_index: m.to_index,
+                            });
+                        }
                     }
                     self.emit(&SenderEvent::Disconnected {
                         reason: DisconnectReason::Error(reason),
@@ -257,10 +286,22 @@ impl Session {
         }
     }
 
+    fn set_gateway_gauge(&self) {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("breakwater_agent_gateway_index").set(self.gateways.position().0 as f64);
+    }
+
     /// One connection, from CONNECT to its end.
     async fn connection(&mut self) -> End {
         let cap = usize::try_from(self.cfg.max_in_flight).unwrap_or(64) + 8;
+        let Some(gateway) = self.gateways.current().cloned() else {
+            return End::Lost {
+                reason: "no gateway configured".into(),
+                connected_for: None,
+            };
+        };
         let options = self.link.mqtt_options(
+            &gateway,
             &self.device,
             self.epoch,
             now_ms(),
@@ -314,7 +355,8 @@ impl Session {
         let connected_at = Instant::now();
         self.connected_tx.send_replace(true);
         metrics::counter!("breakwater_agent_connects_total").increment(1);
-        tracing::info!(device = %self.device, host = %self.link.host, port = self.link.port, "connected");
+        self.gateways.connected();
+        tracing::info!(device = %self.device, %gateway, "connected");
         self.emit(&SenderEvent::Connected);
 
         // Every connection restarts from the oldest unacked reading.

@@ -1,0 +1,262 @@
+//! Issue 15: a real agent (redb buffer, sender) with two real gateway processes (ack mode
+//! `spool`, no Kafka, so each gateway's spool holds exactly what it acked). Gateway A is
+//! killed with SIGKILL while readings are in flight; the agent fails over to B and resends
+//! everything unacked; then A returns and nothing breaks (the agent stays on B, which works).
+//! Afterwards both spools are exported: every reading the agent had confirmed is in A's or
+//! B's spool, at least once, and after dedupe on (device, epoch, seq) exactly once; the
+//! duplicates are bounded by what was in flight when A died.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use breakwater_agent::buffer::{Buffer, RedbBuffer, RedbOptions};
+use breakwater_agent::config::AgentConfig;
+use breakwater_agent::sender::failover::start_index;
+use breakwater_agent::sender::SenderEvent;
+use breakwater_agent::Agent;
+use breakwater_protocol::{DeviceId, Reading, Value};
+use common::*;
+
+const BATCH: u64 = 20;
+const MAX_IN_FLIGHT: u64 = 8;
+
+fn reading(i: u64) -> Reading {
+    Reading::new("temp", Value::I64(i as i64), 1_764_115_200_000 + i)
+}
+
+/// (epoch, seq) of every spooled reading of `device`, in export order.
+fn spooled(spool_dir: &std::path::Path, device: &str) -> Vec<(u64, u64)> {
+    let out = std::process::Command::new(BIN)
+        .args(["spool", "export", "--dir"])
+        .arg(spool_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let b = breakwater_protocol::json::decode_batch(
+            v["batch"].to_string().as_bytes(),
+            &breakwater_protocol::Limits::DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(b.device.as_str(), device);
+        got.extend((b.first_seq..=b.last_seq()).map(|s| (b.epoch, s)));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_fails_over_when_gateway_a_is_killed_and_loses_nothing() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut a = GatewayProc::start(dir_a.path(), "");
+    let mut b = GatewayProc::start(dir_b.path(), "");
+
+    // Order the list so that this device's hash start is A.
+    let device: DeviceId = "failover-01".parse().unwrap();
+    let (first, second) = if start_index(&device, 2) == 0 {
+        (a.mqtt_port, b.mqtt_port)
+    } else {
+        (b.mqtt_port, a.mqtt_port)
+    };
+    let agent_dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+device_id = "{device}"
+[gateway]
+addresses = ["127.0.0.1:{first}", "127.0.0.1:{second}"]
+failover_after = 2
+connect_timeout = "2s"
+[buffer]
+dir = "{buffer}"
+[ingest]
+enabled = false
+[sender]
+batch_max_readings = {BATCH}
+batch_max_delay = "10ms"
+max_in_flight = {MAX_IN_FLIGHT}
+[sender.backoff]
+initial = "100ms"
+max = "400ms"
+"#,
+        buffer = agent_dir.path().display()
+    );
+    let config = AgentConfig::from_toml(&toml).unwrap();
+    let buffer: Arc<dyn Buffer> =
+        Arc::new(RedbBuffer::open(agent_dir.path(), RedbOptions::default()).unwrap());
+    let events: Arc<Mutex<Vec<SenderEvent>>> = Arc::default();
+    let ev = events.clone();
+    let agent = Agent::start_with(
+        config,
+        buffer,
+        Some(Arc::new(move |_, e| ev.lock().unwrap().push(e.clone()))),
+    )
+    .await
+    .unwrap();
+
+    // Phase 1: on A, everything acked.
+    agent
+        .record_many((1..=300).map(reading).collect())
+        .await
+        .unwrap();
+    assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), 300);
+    let on_a = a.metric("breakwater_gateway_accepted_readings_total", "");
+    assert!(on_a >= 300.0, "A accepted {on_a}");
+    assert_eq!(
+        b.metric("breakwater_gateway_accepted_readings_total", ""),
+        0.0
+    );
+
+    // Phase 2: A hangs (SIGSTOP) with a backlog to send: batches go out and stay unacked
+    // (in flight); then A is killed with SIGKILL and stays down. Recording continues.
+    let pid = a.child.as_ref().unwrap().id().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let total = 1_500;
+    agent
+        .record_many((301..=1_000).map(reading).collect())
+        .await
+        .unwrap();
+    let sent_unacked = || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, SenderEvent::Sent { last_seq, .. } if *last_seq > 300))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), sent_unacked),
+        "nothing sent to the stopped gateway"
+    );
+    let acked_at_kill = agent.sender().acked_upto();
+    a.kill9();
+    agent
+        .record_many((1_001..=total).map(reading).collect())
+        .await
+        .unwrap();
+
+    // Everything reaches B and is acked there.
+    assert_eq!(
+        agent.flush(Duration::from_secs(60)).await.unwrap(),
+        total,
+        "events: {:?}",
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+    );
+    let failovers: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            SenderEvent::FailedOver { from, to, .. } => Some((from.clone(), to.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failovers,
+        vec![(
+            format!("127.0.0.1:{}", a.mqtt_port),
+            format!("127.0.0.1:{}", b.mqtt_port)
+        )]
+    );
+    // Acked readings are deleted from the buffer (asynchronously, right after the ack).
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.stats().readings == 0),
+        "buffer not drained: {:?}",
+        agent.stats()
+    );
+
+    // Phase 3: A returns (same spool, same port); the agent stays on B, which keeps working.
+    a.spawn();
+    agent
+        .record_many((total + 1..=total + 200).map(reading).collect())
+        .await
+        .unwrap();
+    let total = total + 200;
+    assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), total);
+    assert_eq!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, SenderEvent::FailedOver { .. }))
+            .count(),
+        1,
+        "prefers its current gateway"
+    );
+    let _report = agent.shutdown().await;
+
+    // Both spools: what each gateway acked (no Kafka, nothing was delivered or deleted).
+    a.kill9();
+    b.kill9();
+    let in_a = spooled(&dir_a.path().join("spool"), device.as_str());
+    let in_b = spooled(&dir_b.path().join("spool"), device.as_str());
+    let mut count: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+    for k in in_a.iter().chain(&in_b) {
+        *count.entry(*k).or_default() += 1;
+    }
+    let epochs: std::collections::BTreeSet<u64> = count.keys().map(|k| k.0).collect();
+    assert_eq!(epochs.len(), 1, "one epoch: {epochs:?}");
+    let seqs: Vec<u64> = count.keys().map(|k| k.1).collect();
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "after dedupe every confirmed reading exactly once"
+    );
+    // Each gateway dedupes its own stream; duplicates only across the two, and only what was
+    // in flight when A died (at most max_in_flight batches).
+    let dups: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.iter().all(|(_, n)| **n == 2), "{dups:?}");
+    assert!(
+        dups.len() as u64 <= MAX_IN_FLIGHT * BATCH,
+        "{} duplicates",
+        dups.len()
+    );
+    // A holds a prefix (everything it acked, maybe more it stored but could not ack);
+    // B starts where the agent's acks from A ended.
+    let max_a = in_a.iter().map(|k| k.1).max().unwrap();
+    assert!(
+        max_a >= acked_at_kill,
+        "A acked {acked_at_kill} but spooled {max_a}"
+    );
+    assert_eq!(
+        in_a.iter().map(|k| k.1).collect::<Vec<_>>(),
+        (1..=max_a).collect::<Vec<_>>()
+    );
+    // B got everything unacked, from the first reading A never acked: resent, not new.
+    let min_b = in_b.iter().map(|k| k.1).min().unwrap();
+    assert_eq!(min_b, acked_at_kill + 1);
+    let evs = events.lock().unwrap().clone();
+    let moved = evs
+        .iter()
+        .position(|e| matches!(e, SenderEvent::FailedOver { .. }))
+        .unwrap();
+    assert!(
+        evs[moved..].iter().any(|e| matches!(
+            e,
+            SenderEvent::Sent { first_seq, resend: true, .. } if *first_seq == acked_at_kill + 1
+        )),
+        "the in-flight readings were resent to B"
+    );
+    eprintln!(
+        "A spooled 1..={max_a}, B from {min_b}, {} duplicates, failovers {failovers:?}",
+        dups.len()
+    );
+}

@@ -1,10 +1,13 @@
-//! Issue 15: a real agent (redb buffer, sender) with two real gateway processes (ack mode
-//! `spool`, no Kafka, so each gateway's spool holds exactly what it acked). Gateway A is
+//! Issue 15: a real agent (redb buffer, sender) with two real gateway processes. Gateway A is
 //! killed with SIGKILL while readings are in flight; the agent fails over to B and resends
 //! everything unacked; then A returns and nothing breaks (the agent stays on B, which works).
-//! Afterwards both spools are exported: every reading the agent had confirmed is in A's or
-//! B's spool, at least once, and after dedupe on (device, epoch, seq) exactly once; the
-//! duplicates are bounded by what was in flight when A died.
+//!
+//! * ack mode `spool`, no Kafka, so each gateway's spool holds exactly what it acked: both
+//!   spools are exported afterwards; every reading the agent had confirmed is in A's or B's
+//!   spool, at least once, and after dedupe on (device, epoch, seq) exactly once; the
+//!   duplicates are bounded by what was in flight when A died.
+//! * ack mode `kafka` (tansu, `BREAKWATER_TEST_KAFKA`): both gateways produce to one topic;
+//!   Kafka holds every reading, first appearances in order, duplicates bounded the same way.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -18,15 +21,11 @@ use breakwater_agent::config::AgentConfig;
 use breakwater_agent::sender::failover::start_index;
 use breakwater_agent::sender::SenderEvent;
 use breakwater_agent::Agent;
-use breakwater_protocol::{DeviceId, Reading, Value};
+use breakwater_protocol::DeviceId;
 use common::*;
 
 const BATCH: u64 = 20;
 const MAX_IN_FLIGHT: u64 = 8;
-
-fn reading(i: u64) -> Reading {
-    Reading::new("temp", Value::I64(i as i64), 1_764_115_200_000 + i)
-}
 
 /// (epoch, seq) of every spooled reading of `device`, in export order.
 fn spooled(spool_dir: &std::path::Path, device: &str) -> Vec<(u64, u64)> {
@@ -55,11 +54,33 @@ fn spooled(spool_dir: &std::path::Path, device: &str) -> Vec<(u64, u64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_fails_over_when_gateway_a_is_killed_and_loses_nothing() {
+async fn agent_fails_over_when_gateway_a_is_killed_ack_mode_spool() {
+    fail_over(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_fails_over_when_gateway_a_is_killed_ack_mode_kafka() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    fail_over(Some(bootstrap)).await;
+}
+
+/// `kafka`: None = ack mode `spool` without Kafka; Some(bootstrap) = ack mode `kafka`.
+async fn fail_over(kafka: Option<String>) {
+    let topic = breakwater_testkit::kafka::unique_topic("gw-failover");
+    let events_topic = breakwater_testkit::kafka::unique_topic("gw-failover-ev");
+    let (spool_extra, extra) = match &kafka {
+        None => (String::new(), String::new()),
+        Some(bootstrap) => (
+            "ack_mode = \"kafka\"".to_owned(),
+            format!(
+                "[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"{topic}\"\nevents_topic = \"{events_topic}\"\npartitions = 2\n"
+            ),
+        ),
+    };
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    let mut a = GatewayProc::start(dir_a.path(), "");
-    let mut b = GatewayProc::start(dir_b.path(), "");
+    let mut a = GatewayProc::start_with(dir_a.path(), &spool_extra, &extra);
+    let mut b = GatewayProc::start_with(dir_b.path(), &spool_extra, &extra);
 
     // Order the list so that this device's hash start is A.
     let device: DeviceId = "failover-01".parse().unwrap();
@@ -202,6 +223,24 @@ max = "400ms"
         "prefers its current gateway"
     );
     let _report = agent.shutdown().await;
+
+    if let Some(bootstrap) = kafka {
+        // Kafka: every reading, first appearances in order, duplicates only the in-flight
+        // window (resent to B, and delivered by A from its spool after the restart).
+        let devices = vec![device.to_string()];
+        let by = read_until_complete(&bootstrap, &topic, 2, &devices, total).await;
+        assert_complete_in_order(&by, &devices, total);
+        let got = &by[device.as_str()];
+        let dups = got.len() as u64 - total;
+        assert!(dups <= MAX_IN_FLIGHT * BATCH, "{dups} duplicates");
+        eprintln!(
+            "kafka: {} readings (with duplicates) for {total}",
+            got.len()
+        );
+        a.terminate();
+        b.terminate();
+        return;
+    }
 
     // Both spools: what each gateway acked (no Kafka, nothing was delivered or deleted).
     a.kill9();

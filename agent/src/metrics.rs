@@ -12,7 +12,9 @@
 //! `breakwater_agent_acks_retry_after_capped_total`,
 //! `breakwater_agent_acks_rejected_total{reason}`, `breakwater_agent_resends_total`,
 //! `breakwater_agent_connects_total`, `breakwater_agent_reconnects_total`,
-//! `breakwater_agent_disconnects_total{reason}`,
+//! `breakwater_agent_disconnects_total{reason}`, `breakwater_agent_gateway_failovers_total`
+//! (with gauge `breakwater_agent_gateway_index`, the current gateway's index in the expanded
+//! `[gateway]` list; meaningful for one device per process),
 //! `breakwater_agent_ingest_accepted_lines_total`,
 //! `breakwater_agent_ingest_rejected_lines_total{reason}`,
 //! `breakwater_agent_ingest_rejected_clients_total`. Histograms:
@@ -61,6 +63,7 @@ pub fn zero() {
         "breakwater_agent_resends_total",
         "breakwater_agent_connects_total",
         "breakwater_agent_reconnects_total",
+        "breakwater_agent_gateway_failovers_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use breakwater_agent::buffer::{Buffer, RedbBuffer, RedbOptions};
-use breakwater_agent::config::AgentConfig;
+use breakwater_agent::buffer::{Buffer, FullPolicy, MemoryBuffer, RedbBuffer, RedbOptions};
+use breakwater_agent::config::{AgentConfig, GatewayAddress, SenderConfig};
 use breakwater_agent::sender::failover::start_index;
-use breakwater_agent::sender::SenderEvent;
+use breakwater_agent::sender::{DeviceSender, LinkOptions, SenderEvent};
 use breakwater_agent::Agent;
 use breakwater_protocol::DeviceId;
 use common::*;
@@ -29,6 +29,13 @@ const MAX_IN_FLIGHT: u64 = 8;
 
 /// (epoch, seq) of every spooled reading of `device`, in export order.
 fn spooled(spool_dir: &std::path::Path, device: &str) -> Vec<(u64, u64)> {
+    spooled_by_device(spool_dir)
+        .remove(device)
+        .unwrap_or_default()
+}
+
+/// (epoch, seq) of every spooled reading, per device, in export order.
+fn spooled_by_device(spool_dir: &std::path::Path) -> BTreeMap<String, Vec<(u64, u64)>> {
     let out = std::process::Command::new(BIN)
         .args(["spool", "export", "--dir"])
         .arg(spool_dir)
@@ -39,7 +46,7 @@ fn spooled(spool_dir: &std::path::Path, device: &str) -> Vec<(u64, u64)> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut got = Vec::new();
+    let mut got: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let b = breakwater_protocol::json::decode_batch(
@@ -47,8 +54,9 @@ fn spooled(spool_dir: &std::path::Path, device: &str) -> Vec<(u64, u64)> {
             &breakwater_protocol::Limits::DEFAULT,
         )
         .unwrap();
-        assert_eq!(b.device.as_str(), device);
-        got.extend((b.first_seq..=b.last_seq()).map(|s| (b.epoch, s)));
+        got.entry(b.device.as_str().to_owned())
+            .or_default()
+            .extend((b.first_seq..=b.last_seq()).map(|s| (b.epoch, s)));
     }
     got
 }
@@ -298,4 +306,96 @@ max = "400ms"
         "A spooled 1..={max_a}, B from {min_b}, {} duplicates, failovers {failovers:?}",
         dups.len()
     );
+}
+
+/// A small fleet spreads over A and B by the hash of each device id; when A is killed only
+/// A's devices fail over (once each), B's never move, and every device's readings are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_spreads_by_device_hash_and_only_the_dead_gateways_devices_move() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut a = GatewayProc::start(dir_a.path(), "");
+    let mut b = GatewayProc::start(dir_b.path(), "");
+    let mut link = LinkOptions::plain_many(vec![
+        GatewayAddress::new("127.0.0.1", a.mqtt_port),
+        GatewayAddress::new("127.0.0.1", b.mqtt_port),
+    ]);
+    link.failover_after = std::num::NonZeroU32::new(2).unwrap();
+    let link = Arc::new(link);
+    let mut cfg = SenderConfig {
+        batch_max_readings: 20,
+        batch_max_delay: Duration::from_millis(10),
+        ..SenderConfig::default()
+    };
+    cfg.backoff.initial = Duration::from_millis(100);
+    cfg.backoff.max = Duration::from_millis(400);
+
+    let devices: Vec<DeviceId> = (0..8)
+        .map(|i| format!("fleet-{i:02}").parse().unwrap())
+        .collect();
+    let on_a: Vec<bool> = devices.iter().map(|d| start_index(d, 2) == 0).collect();
+    let n_a = on_a.iter().filter(|x| **x).count();
+    assert!(
+        n_a > 0 && n_a < devices.len(),
+        "both gateways get devices: {on_a:?}"
+    );
+
+    let mut fleet = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let buffer: Arc<dyn Buffer> = Arc::new(MemoryBuffer::new(1 << 22, FullPolicy::Block));
+        buffer
+            .append((1..=200).map(reading).collect())
+            .await
+            .unwrap();
+        let events: Arc<Mutex<Vec<SenderEvent>>> = Arc::default();
+        let ev = events.clone();
+        let handle = DeviceSender::new(d.clone(), buffer.clone(), link.clone(), cfg.clone())
+            .with_seed(i as u64)
+            .with_events(Arc::new(move |_, e| ev.lock().unwrap().push(e.clone())))
+            .spawn(tokio_util::sync::CancellationToken::new());
+        fleet.push((buffer, handle, events));
+    }
+    let all_acked = |upto: u64| fleet.iter().all(|(_, h, _)| h.acked_upto() >= upto);
+    assert!(
+        wait_until(Duration::from_secs(60), || all_acked(200)),
+        "not all acked 200"
+    );
+    // Each device went to its hash start.
+    let accepted = |g: &GatewayProc| g.metric("breakwater_gateway_accepted_readings_total", "");
+    assert_eq!(accepted(&a), 200.0 * n_a as f64);
+    assert_eq!(accepted(&b), 200.0 * (devices.len() - n_a) as f64);
+
+    a.kill9();
+    for (buffer, h, _) in &fleet {
+        buffer
+            .append((201..=400).map(reading).collect())
+            .await
+            .unwrap();
+        h.flush_now();
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || all_acked(400)),
+        "not all acked 400"
+    );
+    for (i, (_, _, events)) in fleet.iter().enumerate() {
+        let moves = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, SenderEvent::FailedOver { .. }))
+            .count();
+        assert_eq!(moves, usize::from(on_a[i]), "device {}", devices[i]);
+    }
+    for (_, h, _) in fleet {
+        let exit = h.shutdown(Duration::from_secs(2)).await;
+        assert!(exit.drained);
+    }
+    b.kill9();
+    // B's spool: B's devices complete, A's devices from where A's acks ended (201) on.
+    let in_b = spooled_by_device(&dir_b.path().join("spool"));
+    for (i, d) in devices.iter().enumerate() {
+        let seqs: Vec<u64> = in_b[d.as_str()].iter().map(|k| k.1).collect();
+        let from = if on_a[i] { 201 } else { 1 };
+        assert_eq!(seqs, (from..=400).collect::<Vec<_>>(), "device {d}");
+    }
 }

@@ -47,6 +47,38 @@ fn check_config_reports_every_error_with_its_key_and_fails() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
+#[test]
+fn check_config_lists_several_gateways_and_refuses_both_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |text: &str| {
+        let f = dir.path().join("agent.toml");
+        std::fs::write(&f, text).unwrap();
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&f)
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        "device_id = \"d\"\n[gateway]\naddresses = [\"gw-a:8883\", \"gw-b:8883\"]\nfailover_after = 4\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("gateway gw-a:8883, gw-b:8883 (failover after 4 failed connects)"),
+        "{text}"
+    );
+    let out =
+        run("device_id = \"d\"\n[gateway]\naddress = \"gw-a:8883\"\naddresses = [\"gw-b:8883\"]\n");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.addresses:"), "{err}");
+}
+
 #[tokio::test]
 async fn sigterm_drains_publishes_death_and_exits_cleanly() {
     let Some(broker) = Mosquitto::start() else {

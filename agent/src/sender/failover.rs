@@ -88,7 +88,7 @@ impl Gateways {
     }
 
     /// Resolves the list and picks the device's start gateway. Bounded by `resolve_timeout`
-    /// per name.
+    /// per name. Cancel-safe (dropped, nothing changes).
     pub(crate) async fn start(&mut self, device: &DeviceId) {
         self.targets = expand(&self.configured, self.expand, self.resolve_timeout).await;
         self.current = start_index(device, self.targets.len());
@@ -112,6 +112,9 @@ impl Gateways {
 
     /// A connect failed. After `failover_after` in a row (and with more than one gateway)
     /// the list is resolved again and the next gateway becomes current.
+    ///
+    /// Cancel-safe in the sense the session needs: dropped while resolving, the count of
+    /// failures is reset and the current gateway is kept (the session then stops anyway).
     pub(crate) async fn connect_failed(&mut self) -> Option<Moved> {
         self.fails_in_row = self.fails_in_row.saturating_add(1);
         if self.fails_in_row < self.failover_after.get() {

@@ -195,7 +195,11 @@ impl Session {
     /// gateway does.
     pub(crate) async fn run(mut self) -> SenderExit {
         let mut delay = Duration::ZERO;
-        self.gateways.start(&self.device).await;
+        // Resolving is bounded (connect_timeout per name) and given up on cancel.
+        tokio::select! {
+            () = self.gateways.start(&self.device) => {}
+            () = self.cancel.cancelled() => return self.exit(),
+        }
         self.set_gateway_gauge();
         loop {
             if self.drain_over() {
@@ -258,7 +262,11 @@ impl Session {
                         tracing::warn!(device = %self.device, %reason, retry_in = ?delay, "connection lost");
                     } else {
                         tracing::info!(device = %self.device, %reason, retry_in = ?delay, "connect failed");
-                        if let Some(m) = self.gateways.connect_failed().await {
+                        let moved = tokio::select! {
+                            m = self.gateways.connect_failed() => m,
+                            () = self.cancel.cancelled() => return self.exit(),
+                        };
+                        if let Some(m) = moved {
                             metrics::counter!("breakwater_agent_gateway_failovers_total")
                                 .increment(1);
                             self.set_gateway_gauge();

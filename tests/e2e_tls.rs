@@ -14,61 +14,19 @@ use breakwater_agent::Agent;
 use breakwater_gateway::{Config, Gateway};
 use breakwater_protocol::Reading;
 use breakwater_testkit::free_port;
+use breakwater_testkit::pki::Pki;
 
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Self {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "breakwater e2e CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = p.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        let pki = Self { ca, ca_key };
-        pki.issue(dir, "server", "localhost", false);
-        pki
-    }
-
-    /// Writes `{name}.pem` and `{name}.key`.
-    fn issue(&self, dir: &Path, name: &str, cn: &str, client: bool) {
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        p.subject_alt_names
-            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
-}
-
-async fn gateway(dir: &Path, tls_port: u16, auth: &str, client_ca: bool) -> Gateway {
+/// A gateway over TLS only, with `pki`'s server certificate.
+async fn gateway(pki: &Pki, tls_port: u16, auth: &str, client_ca: bool) -> Gateway {
+    let dir = pki.dir.as_path();
     let d = dir.display();
-    let ca = if client_ca {
-        format!("client_ca_file = \"{d}/ca.pem\"")
-    } else {
-        String::new()
-    };
+    let tls = pki.gateway_tls_section(tls_port, client_ca);
     let toml = format!(
         r#"
 [mqtt]
 listen = "127.0.0.1:{plain}"
 plaintext = false
-[mqtt.tls]
-listen = "127.0.0.1:{tls_port}"
-cert_file = "{d}/server.pem"
-key_file = "{d}/server.key"
-{ca}
+{tls}
 [spool]
 dir = "{d}/spool"
 [metrics]
@@ -130,10 +88,10 @@ async fn agents_over_mtls_deliver_everything_and_a_wrong_certificate_gets_nothin
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = Pki::new(d);
-    pki.issue(d, "press-01", "press-01", true);
-    pki.issue(d, "press-02", "press-02", true);
+    pki.issue_files("press-01", "press-01");
+    pki.issue_files("press-02", "press-02");
     let port = free_port();
-    let gw = gateway(d, port, "[auth]\nmode = \"mtls\"", true).await;
+    let gw = gateway(&pki, port, "[auth]\nmode = \"mtls\"", true).await;
 
     let cert = |name: &str| {
         format!(
@@ -175,7 +133,7 @@ async fn agents_over_mtls_deliver_everything_and_a_wrong_certificate_gets_nothin
 async fn an_agent_with_a_password_over_tls_delivers_everything() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    Pki::new(d);
+    let pki = Pki::new(d);
     let creds = d.join("credentials");
     std::fs::write(
         &creds,
@@ -190,7 +148,7 @@ async fn an_agent_with_a_password_over_tls_delivers_everything() {
         "[auth]\nmode = \"file\"\ncredentials_file = \"{}\"",
         creds.display()
     );
-    let gw = gateway(d, port, &auth, false).await;
+    let gw = gateway(&pki, port, &auth, false).await;
     let login = "username = \"press-01\"\npassword = \"tok-7f3a9c2e\"";
     let agent = Agent::start(agent_config(d, "press-01", port, login, ""))
         .await

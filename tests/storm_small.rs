@@ -74,19 +74,7 @@ async fn small_storm_over_tls_with_passwords_loses_nothing() {
     let bootstrap = require_kafka!();
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let mut server = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    server
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
-    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(d.join("server.pem"), server.pem()).unwrap();
-    std::fs::write(d.join("server.key"), server_key.serialize_pem()).unwrap();
+    let pki = breakwater_testkit::pki::Pki::new(d);
 
     let args = |extra: &[&str], gateway: &str, topic: &str| {
         let mut a = vec![
@@ -113,8 +101,8 @@ async fn small_storm_over_tls_with_passwords_loses_nothing() {
         .unwrap();
     let tls_port = breakwater_testkit::free_port();
     let extra = format!(
-        "[mqtt.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\n[auth]\nmode = \"file\"\ncredentials_file = \"{1}\"\n",
-        d.display(),
+        "{}[auth]\nmode = \"file\"\ncredentials_file = \"{}\"\n",
+        pki.gateway_tls_section(tls_port, false),
         creds.display()
     );
     let gw = common::start_gateway(&bootstrap, "storm-tls", 4, &extra).await;

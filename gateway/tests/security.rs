@@ -23,68 +23,16 @@ use rumqttc::{
 
 // --- test PKI ---------------------------------------------------------------------------------
 
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
+use breakwater_testkit::pki::Pki;
 
-impl Pki {
-    fn new(dir: &Path) -> Self {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "breakwater test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = p.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        let pki = Self {
-            dir: dir.to_owned(),
-            ca,
-            ca_key,
-        };
-        let (cert, key) = pki.issue("localhost", false);
-        std::fs::write(dir.join("server.pem"), cert).unwrap();
-        std::fs::write(dir.join("server.key"), key).unwrap();
-        pki
-    }
-
-    /// (certificate PEM, key PEM) for `cn`: a client certificate, or the server's.
-    fn issue(&self, cn: &str, client: bool) -> (String, String) {
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        p.subject_alt_names
-            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn tls_section(&self, port: u16, client_ca: bool) -> String {
-        let d = self.dir.display();
-        let ca = if client_ca {
-            format!("client_ca_file = \"{d}/ca.pem\"\n")
-        } else {
-            String::new()
-        };
-        format!(
-            "[mqtt.tls]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n{ca}"
-        )
-    }
-
-    fn client_tls(&self, cert: Option<(String, String)>) -> Transport {
-        let ca = std::fs::read(self.dir.join("ca.pem")).unwrap();
-        Transport::Tls(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth: cert.map(|(c, k)| (c.into_bytes(), k.into_bytes())),
-        })
-    }
+/// A rumqttc TLS transport trusting `pki`'s CA, with an optional client certificate.
+fn client_tls(pki: &Pki, cert: Option<(String, String)>) -> Transport {
+    let ca = std::fs::read(pki.dir.join("ca.pem")).unwrap();
+    Transport::Tls(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth: cert.map(|(c, k)| (c.into_bytes(), k.into_bytes())),
+    })
 }
 
 fn crypto() {
@@ -491,7 +439,7 @@ async fn mtls_identity_is_the_certificate() {
     let tls_port = breakwater_testkit::free_port();
     let extra = format!(
         "{}\n[auth]\nmode = \"mtls\"\n",
-        pki.tls_section(tls_port, true)
+        pki.gateway_tls_section(tls_port, true)
     );
     let g = GatewayProc::start_full(dir.path(), "plaintext = false", "", &extra);
 
@@ -501,7 +449,7 @@ async fn mtls_identity_is_the_certificate() {
     let (_, r) = connect(tls_port, "dev-a", None, None, None).await;
     assert!(matches!(r, Connected::Failed(_)), "{r:?}");
     // TLS without a client certificate: the handshake is refused.
-    let (_, r) = connect(tls_port, "dev-a", None, Some(pki.client_tls(None)), None).await;
+    let (_, r) = connect(tls_port, "dev-a", None, Some(client_tls(&pki, None)), None).await;
     assert!(matches!(r, Connected::Failed(_)), "{r:?}");
     // A certificate for dev-a used with the id dev-b: not authorized.
     let cert_a = pki.issue("dev-a", true);
@@ -509,7 +457,7 @@ async fn mtls_identity_is_the_certificate() {
         tls_port,
         "dev-b",
         None,
-        Some(pki.client_tls(Some(cert_a.clone()))),
+        Some(client_tls(&pki, Some(cert_a.clone()))),
         None,
     )
     .await;
@@ -522,7 +470,7 @@ async fn mtls_identity_is_the_certificate() {
         tls_port,
         "dev-a",
         None,
-        Some(pki.client_tls(Some(cert_a))),
+        Some(client_tls(&pki, Some(cert_a))),
         None,
     )
     .await;
@@ -548,7 +496,7 @@ async fn a_stalled_tls_handshake_does_not_block_other_connects() {
     let tls_port = breakwater_testkit::free_port();
     let extra = format!(
         "{}handshake_timeout_ms = 60000\n[admission]\nper_address_max_connections = 100\n",
-        pki.tls_section(tls_port, false)
+        pki.gateway_tls_section(tls_port, false)
     );
     let g = GatewayProc::start_full(dir.path(), "connection_timeout_ms = 60000", "", &extra);
     // 20 stalled handshakes: a partial ClientHello each, then silence.
@@ -563,7 +511,7 @@ async fn a_stalled_tls_handshake_does_not_block_other_connects() {
     // well within the 15 s `connect` allows.
     for i in 0..3 {
         let id = format!("dev-{i}");
-        let (_, r) = connect(tls_port, &id, None, Some(pki.client_tls(None)), None).await;
+        let (_, r) = connect(tls_port, &id, None, Some(client_tls(&pki, None)), None).await;
         assert!(matches!(r, Connected::Ok), "{id}: {r:?}");
     }
     drop(stalled);
@@ -725,11 +673,11 @@ async fn sighup_reloads_credentials_and_certificates_without_dropping_connection
     let creds = credentials(d, &[("dev-a", "secret-a"), ("dev-old", "s-old")]);
     let extra = format!(
         "{}[auth]\nmode = \"file\"\ncredentials_file = \"{}\"\n",
-        pki.tls_section(tls_port, false),
+        pki.gateway_tls_section(tls_port, false),
         creds.display()
     );
     let g = GatewayProc::start(d, &extra);
-    let tls = |p: &Pki| Some(p.client_tls(None));
+    let tls = |p: &Pki| Some(client_tls(p, None));
     let (mut a, r) = connect(
         tls_port,
         "dev-a",
@@ -765,11 +713,14 @@ async fn sighup_reloads_credentials_and_certificates_without_dropping_connection
         std::fs::copy(fresh.path().join(f), d.join(f)).unwrap();
     }
     let pid = g.child.as_ref().unwrap().id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let hup = || {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    hup();
     assert!(wait_until(Duration::from_secs(10), || {
         g.metric("breakwater_gateway_reloads_total", "result=\"ok\"") >= 2.0
     }));
@@ -815,11 +766,7 @@ async fn sighup_reloads_credentials_and_certificates_without_dropping_connection
 
     // A reload that fails keeps what was loaded.
     std::fs::write(&creds, "not a credentials line\n").unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    hup();
     assert!(wait_until(Duration::from_secs(10), || {
         g.metric("breakwater_gateway_reloads_total", "result=\"error\"") >= 1.0
     }));

@@ -10,6 +10,7 @@
 
 pub mod kafka;
 pub mod mosquitto;
+pub mod pki;
 
 use std::net::TcpListener;
 

@@ -118,6 +118,16 @@ async fn sigterm_drains_publishes_death_and_exits_cleanly() {
         assert!(Instant::now() < deadline, "agent did not listen");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Connected first (its Birth seen): readings buffered before the connection is up are sent
+    // at once when it comes up, whatever batch_max_delay says.
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log()
+            .statuses
+            .iter()
+            .any(|s| s.kind == StatusKind::Birth))
+        .await
+    );
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     for i in 0..7 {
@@ -127,14 +137,6 @@ async fn sigterm_drains_publishes_death_and_exits_cleanly() {
         assert!(line.contains("\"ok\":true"), "{line}");
     }
     // batch_max_delay is 1h: only the shutdown drain sends these.
-    assert!(
-        wait_until(Duration::from_secs(20), || gw
-            .log()
-            .statuses
-            .iter()
-            .any(|s| s.kind == StatusKind::Birth))
-        .await
-    );
     assert!(gw.log().batches.is_empty());
     let pid = child.id().to_string();
     assert!(Command::new("kill")

@@ -276,6 +276,12 @@ fn main() {
             connect_rate_per_sec: 1_000_000,
             connect_burst: u32::try_from(clients).unwrap(),
             max_waiting: clients,
+            // Every simulated client comes from 127.0.0.1: the per-address limits (made for a
+            // plant, where one host must not starve the others) get the global ones here.
+            per_address_max_connections: clients,
+            per_address_max_waiting: clients,
+            per_address_connect_rate_per_sec: 1_000_000,
+            per_address_connect_burst: u32::try_from(clients).unwrap(),
             ..Default::default()
         };
         for round in 0..rounds {

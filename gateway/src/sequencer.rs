@@ -257,6 +257,22 @@ impl Sequencer {
         state.accepted = state.accepted.min(first_seq - 1).max(state.durable);
     }
 
+    /// Whether `first..=last` of `(device, epoch)` is still an accepted, not yet durable batch.
+    /// `false` once a [`Sequencer::reject`] of it or of an earlier batch forgot it: such a batch
+    /// must not be written anywhere (it would land ahead of the device's resend of the earlier
+    /// one, and again after it).
+    #[must_use]
+    pub fn is_pending(&self, device: &DeviceId, epoch: u64, first: u64, last: u64) -> bool {
+        let shard = self.shard(device).lock();
+        shard.get(device).is_some_and(|s| {
+            s.epoch == epoch
+                && s
+                    .pending
+                    .iter()
+                    .any(|p| !p.dropped && !p.done && p.first == first && p.last == last)
+        })
+    }
+
     /// Marks `first..=last` of `(device, epoch)` durable. Returns the device's new durable seq
     /// when it advanced (the ack to send), `None` otherwise (stale epoch, unknown batch, or a
     /// hole before it still in flight).
@@ -471,6 +487,22 @@ mod tests {
         assert!(matches!(s.admit(batch(1, 6, 5)), Admit::Accept(_)));
         assert_eq!(s.durable(&dev(), 1, 1, 5), Some(5));
         assert_eq!(s.durable(&dev(), 1, 6, 10), Some(10));
+    }
+
+    #[test]
+    fn a_reject_forgets_the_later_batches_still_queued() {
+        let s = Sequencer::new();
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert!(matches!(s.admit(batch(1, 6, 5)), Admit::Accept(_)));
+        assert!(s.is_pending(&dev(), 1, 6, 10));
+        s.reject(&dev(), 1, 1);
+        assert!(!s.is_pending(&dev(), 1, 1, 5));
+        assert!(!s.is_pending(&dev(), 1, 6, 10));
+        assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
+        assert!(s.is_pending(&dev(), 1, 1, 5));
+        assert_eq!(s.durable(&dev(), 1, 1, 5), Some(5));
+        assert!(!s.is_pending(&dev(), 1, 1, 5), "durable is no longer pending");
+        assert!(!s.is_pending(&dev(), 2, 1, 5), "another epoch");
     }
 
     #[test]

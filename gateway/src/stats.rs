@@ -114,6 +114,7 @@ pub fn zero() {
         "queue_full",
         "spool_full",
         "spool_error",
+        "after_refused",
     ] {
         counter!(DROPPED_BATCHES, "reason" => reason).increment(0);
     }

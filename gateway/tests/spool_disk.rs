@@ -51,12 +51,11 @@ fn fill(path: &Path) -> u64 {
     n
 }
 
-// Failed in a clean-clone `CI=true .ci/run` (2026-12-01): after recovery the spool export held
-// readings 501..=2000 twice, the first copy ahead of 1..=500 (a failed commit that became
-// durable, then keys out of order?). Nothing acked was missing, but per-device order in the spool
-// broke. Open bug, see the issue 17 note; run by hand with `cargo test -p breakwater-gateway
-// --test spool_disk -- --ignored` (root, tmpfs).
-#[ignore = "open bug: after a full disk the spool held 501..=2000 twice, ahead of 1..=500 (issue 17 note)"]
+// This found a bug (2026-12-01): after the disk recovered the spool held readings 501..=2000
+// twice, the first copy ahead of 1..=500. A failed commit forgot the device's later batches in
+// the sequencer, but those already queued were still written (spool::writer::drop_forgotten
+// now drops them), and a commit reported as failed can have become durable (the reopen now
+// deletes its records).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_disk_is_visible_acks_nothing_unstored_and_recovers() {
     let dir = tempfile::tempdir().unwrap();

@@ -456,6 +456,21 @@ impl Spool {
         Ok(out)
     }
 
+    /// Counts the records with key `>= from` into [`Self::bytes`] and [`Self::records`]: the
+    /// records of a commit that was reported as failed (its reservations were released) but
+    /// became durable, found after a [`Self::reopen`]. Their deletion later subtracts them again.
+    ///
+    /// # Errors
+    /// Database errors or a corrupt record.
+    pub fn adopt_from(&self, from: u64) -> Result<u64, SpoolError> {
+        let found = self.read_from(from, usize::MAX)?;
+        let bytes: u64 = found.iter().map(|(_, r)| r.size()).sum();
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.records
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        Ok(found.len() as u64)
+    }
+
     /// Number of stored records, read from the database.
     ///
     /// # Errors

@@ -157,6 +157,7 @@ impl Writer {
                 () = self.deletes.notify.notified() => {}
             }
             self.depth.fetch_sub(buf.len(), Ordering::Relaxed);
+            self.drop_forgotten(&mut buf);
             if !buf.is_empty() && self.bypass(&mut buf, next_key) && Instant::now() < flush_at {
                 continue;
             }
@@ -179,6 +180,26 @@ impl Writer {
             self.commit(Vec::new(), &deletes, next_key).await;
         }
         info!("spool writer stopped");
+    }
+
+    /// Drops the batches of `buf` the sequencer no longer holds as pending: a refusal of an
+    /// earlier batch of the same device (a failed commit, a refused produce) forgot them after
+    /// they were queued. Written, they would sit in the spool ahead of the device's resend of
+    /// that earlier batch, and then again after it. Not acked; the device resends them.
+    fn drop_forgotten(&self, buf: &mut Vec<Accepted>) {
+        buf.retain(|a| {
+            let r = &a.record;
+            let keep = self
+                .sequencer
+                .is_pending(&a.device, r.epoch, r.first_seq, r.last_seq);
+            if !keep {
+                self.spool.release(a.size);
+                metrics::counter!(m::DROPPED_BATCHES, "reason" => "after_refused").increment(1);
+                tracing::debug!(device = %a.device, epoch = r.epoch, first_seq = r.first_seq,
+                    "batch queued after a refused one of its device: not written, the device resends it");
+            }
+            keep
+        });
     }
 
     /// Hands the oldest batches of `buf` to the Kafka drain past the spool, as many as the
@@ -227,13 +248,26 @@ impl Writer {
         let spool = self.spool.clone();
         let res = tokio::task::spawn_blocking(move || {
             spool.reopen()?;
-            spool.next_key()
+            let k = spool.next_key()?;
+            if k > next_key {
+                spool.adopt_from(next_key)?;
+            }
+            Ok::<_, super::SpoolError>(k)
         })
         .await;
         metrics::counter!(m::SPOOL_REOPENS).increment(1);
         match res {
             Ok(Ok(k)) => {
                 info!(next_key = k, "spool reopened after an error; the next commit tells whether the disk works again");
+                if k > next_key {
+                    // A commit reported as failed became durable after all (the error came
+                    // after its data reached the disk). Its batches were refused and the
+                    // devices resend them: delete these copies with the next commit, so the
+                    // spool holds each batch once and in order.
+                    warn!(records = k - next_key, from_key = next_key,
+                        "spool: a failed commit became durable after all; its records are deleted (the devices resend them)");
+                    self.deletes.push(next_key..k);
+                }
                 k
             }
             Ok(Err(e)) => {

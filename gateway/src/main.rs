@@ -1,5 +1,5 @@
 //! `breakwater-gateway`: run the gateway, check or print its configuration, print a running
-//! gateway's status, export the spool.
+//! gateway's status, export or drain the spool.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +72,22 @@ enum SpoolCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Produce every spooled batch to Kafka and delete it once delivered, until the spool is
+    /// empty: for the spool of a gateway that died and stays down (ack mode `spool`: its
+    /// devices were acked, the batches exist only there), run on any host that can read the
+    /// directory. Refuses while a gateway runs on the spool. Safe to interrupt and run again
+    /// (records delivered but not yet deleted are produced again: duplicates with the same
+    /// device/epoch/seq headers, never a loss). Topic, encoding and producer settings come from
+    /// `[kafka]` of the configuration.
+    Drain {
+        /// Spool directory; default `[spool] dir` of the configuration.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Kafka bootstrap servers (`host:port,...`); default `[kafka] brokers` (or
+        /// `BREAKWATER_KAFKA_BROKERS`).
+        #[arg(long)]
+        kafka: Option<String>,
+    },
 }
 
 fn init_tracing() {
@@ -92,6 +108,50 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
         ConfigError::Invalid(_) => anyhow::anyhow!("{e}"),
         other => anyhow::Error::new(other),
     })
+}
+
+/// `spool drain`: see [`SpoolCommand::Drain`].
+fn spool_drain(
+    config: Option<&std::path::Path>,
+    dir: Option<PathBuf>,
+    kafka: Option<String>,
+) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let dir = dir.unwrap_or(cfg.spool.dir.clone());
+    let Some(brokers) = kafka.or(cfg.kafka.brokers.clone()) else {
+        anyhow::bail!("no Kafka to drain to: give --kafka BROKERS or set [kafka] brokers");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let res = rt.block_on(breakwater_gateway::kafka::offline::drain_dir(
+        &dir, &cfg.kafka, &brokers,
+    ));
+    match res {
+        Ok(r) => {
+            eprintln!(
+                "{} batch(es), {} reading(s) delivered to {} (topic {}) and deleted; the spool in {} is empty",
+                r.records,
+                r.readings,
+                brokers,
+                cfg.kafka.topic,
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(breakwater_gateway::kafka::offline::OfflineDrainError::Spool(
+            breakwater_gateway::spool::SpoolError::Db(e),
+        )) if matches!(*e, redb::Error::DatabaseAlreadyOpen) => anyhow::bail!(
+            "the spool in {} is in use by a running gateway: its own drain empties it into Kafka; \
+             `spool drain` is for the spool of a gateway that is down",
+            dir.display()
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "draining the spool in {} to {brokers}",
+            dir.display()
+        ))),
+    }
 }
 
 fn main() -> ExitCode {
@@ -170,6 +230,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Spool {
+            command: SpoolCommand::Drain { dir, kafka },
+        } => match spool_drain(cli.config.as_deref(), dir, kafka) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { url, json } => {
             let res = (|| -> anyhow::Result<String> {
                 let url = match url {

@@ -266,8 +266,7 @@ impl Sequencer {
         let shard = self.shard(device).lock();
         shard.get(device).is_some_and(|s| {
             s.epoch == epoch
-                && s
-                    .pending
+                && s.pending
                     .iter()
                     .any(|p| !p.dropped && !p.done && p.first == first && p.last == last)
         })
@@ -501,7 +500,10 @@ mod tests {
         assert!(matches!(s.admit(batch(1, 1, 5)), Admit::Accept(_)));
         assert!(s.is_pending(&dev(), 1, 1, 5));
         assert_eq!(s.durable(&dev(), 1, 1, 5), Some(5));
-        assert!(!s.is_pending(&dev(), 1, 1, 5), "durable is no longer pending");
+        assert!(
+            !s.is_pending(&dev(), 1, 1, 5),
+            "durable is no longer pending"
+        );
         assert!(!s.is_pending(&dev(), 2, 1, 5), "another epoch");
     }
 

@@ -130,6 +130,12 @@ async fn a_full_spool_disk_is_visible_acks_nothing_unstored_and_recovers() {
     // Nothing acked that is not stored: the spool holds every acked reading.
     assert!(gw.terminate());
     let seqs = spooled_seqs(&gw_dir.join("spool"));
-    assert_eq!(seqs, (1..=20_000).collect::<Vec<_>>());
+    let first_wrong = seqs.iter().zip(1..).position(|(s, want)| *s != want);
+    assert!(
+        seqs.len() == 20_000 && first_wrong.is_none(),
+        "spool holds {} readings (want 1..=20000 once, in order); first wrong at index {first_wrong:?}: {:?}",
+        seqs.len(),
+        first_wrong.map(|i| &seqs[i..(i + 5).min(seqs.len())])
+    );
     drop(tmpfs);
 }

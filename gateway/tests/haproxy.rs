@@ -1,0 +1,206 @@
+//! Issue 15: two gateways behind a real HAProxy (Debian package) in TCP mode, the deployment
+//! the README's guide describes for an HA pair behind one address. Real agents know only the
+//! balancer's address. Gateway A is killed with SIGKILL and stays down: HAProxy's health check
+//! takes it out, the agents on it reconnect through the balancer to B and resend everything
+//! unacked; Kafka (tansu, ack mode `kafka`) holds every reading each agent confirmed, first
+//! appearances in order, duplicates bounded by what was in flight. Then A returns and nothing
+//! breaks. Skipped without `haproxy` locally, failed without it under `CI=true`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use breakwater_agent::buffer::{Buffer, RedbBuffer, RedbOptions};
+use breakwater_agent::config::AgentConfig;
+use breakwater_agent::Agent;
+use common::*;
+
+const AGENTS: usize = 6;
+const BATCH: u64 = 20;
+const MAX_IN_FLIGHT: u64 = 8;
+
+/// HAProxy as a child process, killed on drop.
+struct Haproxy {
+    child: Child,
+    port: u16,
+}
+
+impl Haproxy {
+    /// TCP mode in front of `backends`, each checked by a TCP connect every 200 ms (down after
+    /// 2 failures), as in `deploy/haproxy/haproxy.cfg`.
+    fn start(dir: &std::path::Path, backends: &[u16]) -> Option<Self> {
+        let bin = which("haproxy")?;
+        let port = breakwater_testkit::free_port();
+        let mut servers = String::new();
+        for (i, p) in backends.iter().enumerate() {
+            servers.push_str(&format!(
+                "    server gw{i} 127.0.0.1:{p} check inter 200ms fall 2 rise 2\n"
+            ));
+        }
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 2000\n\
+                 defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 5m\n    timeout server 5m\n\
+                 frontend mqtt\n    bind 127.0.0.1:{port}\n    default_backend gateways\n\
+                 backend gateways\n    balance roundrobin\n    option redispatch\n    retries 2\n\
+                 {servers}"
+            ),
+        )
+        .unwrap();
+        let check = Command::new(&bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "haproxy -c: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let child = Command::new(&bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "haproxy not listening");
+        Some(Self { child, port })
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_agent(device: &str, port: u16, dir: &std::path::Path) -> Agent {
+    let toml = format!(
+        r#"
+device_id = "{device}"
+[gateway]
+address = "127.0.0.1:{port}"
+connect_timeout = "2s"
+[buffer]
+dir = "{buffer}"
+[ingest]
+enabled = false
+[sender]
+batch_max_readings = {BATCH}
+batch_max_delay = "10ms"
+max_in_flight = {MAX_IN_FLIGHT}
+[sender.backoff]
+initial = "100ms"
+max = "400ms"
+"#,
+        buffer = dir.display()
+    );
+    let config = AgentConfig::from_toml(&toml).unwrap();
+    let buffer: Arc<dyn Buffer> = Arc::new(RedbBuffer::open(dir, RedbOptions::default()).unwrap());
+    Agent::start_with(config, buffer, None).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let topic = breakwater_testkit::kafka::unique_topic("gw-haproxy");
+    let events = breakwater_testkit::kafka::unique_topic("gw-haproxy-ev");
+    let kafka = format!(
+        "[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"{topic}\"\nevents_topic = \"{events}\"\npartitions = 2\n"
+    );
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut a = GatewayProc::start_with(dir_a.path(), "ack_mode = \"kafka\"", &kafka);
+    let b = GatewayProc::start_with(dir_b.path(), "ack_mode = \"kafka\"", &kafka);
+    let lb_dir = tempfile::tempdir().unwrap();
+    let Some(lb) = Haproxy::start(lb_dir.path(), &[a.mqtt_port, b.mqtt_port]) else {
+        assert!(
+            !breakwater_testkit::in_ci(),
+            "haproxy is not installed (scripts/setup installs it); required under CI"
+        );
+        eprintln!("skipped: haproxy not installed");
+        return;
+    };
+
+    let devices = names("haproxy", AGENTS);
+    let agent_dirs: Vec<_> = (0..AGENTS).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut agents = Vec::new();
+    for (d, dir) in devices.iter().zip(&agent_dirs) {
+        agents.push(start_agent(d, lb.port, dir.path()).await);
+    }
+
+    // Phase 1: round robin spreads the agents over both gateways; everything acked.
+    for agent in &agents {
+        agent
+            .record_many((1..=200).map(reading).collect())
+            .await
+            .unwrap();
+    }
+    for agent in &agents {
+        assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), 200);
+    }
+    let on_a = a.metric("breakwater_gateway_connected_devices", "");
+    assert!(on_a >= 1.0, "no agent on A: {}", a.metrics());
+
+    // Phase 2: A dies with readings in flight and stays down; recording goes on.
+    for agent in &agents {
+        agent
+            .record_many((201..=600).map(reading).collect())
+            .await
+            .unwrap();
+    }
+    a.kill9();
+    for agent in &agents {
+        agent
+            .record_many((601..=1_000).map(reading).collect())
+            .await
+            .unwrap();
+    }
+    for (d, agent) in devices.iter().zip(&agents) {
+        assert_eq!(
+            agent.flush(Duration::from_secs(90)).await.unwrap(),
+            1_000,
+            "{d} not fully acked after A died"
+        );
+    }
+    assert_eq!(
+        b.metric("breakwater_gateway_connected_devices", ""),
+        AGENTS as f64,
+        "every agent is on B"
+    );
+
+    // Phase 3: A returns; the agents keep working (new connections may go to either).
+    a.spawn();
+    for agent in &agents {
+        agent
+            .record_many((1_001..=1_200).map(reading).collect())
+            .await
+            .unwrap();
+    }
+    for agent in &agents {
+        assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), 1_200);
+    }
+    for agent in agents {
+        let _ = agent.shutdown().await;
+    }
+
+    let total = 1_200;
+    let by = read_until_complete(&bootstrap, &topic, 2, &devices, total).await;
+    assert_complete_in_order(&by, &devices, total);
+    for d in &devices {
+        let dups = by[d].len() as u64 - total;
+        assert!(dups <= MAX_IN_FLIGHT * BATCH, "{d}: {dups} duplicates");
+    }
+}

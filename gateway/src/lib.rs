@@ -13,6 +13,9 @@
 //!    topic creation.
 //! 6. [`ack`] — acks with credit and retry hints once a batch is durable.
 //!
+//! Sparkplug B edge nodes take their own path in ([`sparkplug`]: payload decoding, per-edge-node
+//! sessions, the host application's STATE and Rebirth commands).
+//!
 //! Around it: [`admission`] (connect pacing and authentication), [`events`] (fleet lifecycle
 //! records), [`http`] (`/metrics`, `/healthz`, `/readyz`), [`status`] (the status page, the JSON
 //! API under `/api/v1/` and `breakwater-gateway status`), [`config`], [`service`] (wiring and
@@ -40,6 +43,7 @@ pub mod kafka;
 pub mod link;
 pub mod sequencer;
 pub mod service;
+pub mod sparkplug;
 pub mod spool;
 pub mod stats;
 pub mod status;

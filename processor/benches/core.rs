@@ -256,6 +256,11 @@ fn million() {
         );
     }
     // A partition's changelog as a fresh instance reads it: every device once, then a marker.
+    let owner = changelog::Owner {
+        group_id: "g".to_owned(),
+        telemetry_topic: "tel".to_owned(),
+        events_topic: "ev".to_owned(),
+    };
     let part = &parts[0];
     let mut records: Vec<(Vec<u8>, Vec<u8>)> = part
         .devices
@@ -275,6 +280,7 @@ fn million() {
             telemetry_next: Some(1),
             events_next: Some(1),
             devices: part.devices.len() as u64,
+            owner: owner.clone(),
         })
         .unwrap(),
     ));
@@ -282,7 +288,7 @@ fn million() {
     drop(parts);
     for attempt in 0..2 {
         let t = Instant::now();
-        let mut rb = Rebuild::empty(0);
+        let mut rb = Rebuild::empty(0, owner.clone());
         for (i, (k, v)) in records.iter().enumerate() {
             rb.apply(i as i64, k, Some(v)).unwrap();
         }

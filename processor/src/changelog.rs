@@ -6,8 +6,9 @@
 //! changelog partition `p` holds input partition `p`'s state. Keys (UTF-8):
 //! * `"{p}/d/{device}"` → postcard [`DeviceState`]; no value (tombstone): evicted.
 //! * `"{p}/m"` → postcard [`Marker`]: a checkpoint is complete. It carries the partition
-//!   metadata, the next offsets of both input topics, the number of devices the state holds and
-//!   a sequence number, one more than the last owner's.
+//!   metadata, the next offsets of both input topics, the number of devices the state holds, a
+//!   sequence number (one more than the last owner's) and the [`Owner`]: the consumer group and
+//!   the input topics those offsets belong to.
 //!
 //! # Invariants
 //! * A checkpoint produces the changed devices of a partition, then its marker, and commits the
@@ -20,6 +21,11 @@
 //!   record per key; if it ran between the incomplete checkpoint and that repair, the committed
 //!   value of such a device is gone: the topic is created with `min.compaction.lag.ms` (1 h) so
 //!   a repair has that long (a restarted owner repairs from its local redb immediately).
+//! * A changelog belongs to one [`Owner`]. A restore that meets a marker of another owner stops
+//!   with [`RestoreError::Foreign`]: the same changelog given to another group, or to the same
+//!   group pointed at new input topics, would otherwise hand out offsets of other topics, and a
+//!   processor seeking to them consumes nothing (or skips what is below them), silently. The
+//!   default topic name is per group and input (`config::default_changelog_topic`).
 //! * Restore: from the local redb if its marker (sequence and changelog offset) is still in the
 //!   changelog, plus whatever markers follow it; otherwise from the changelog alone. A marker's
 //!   device count is checked against the restored state.
@@ -38,7 +44,38 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::config::KafkaConfig;
 use crate::state::{DeviceState, Partition, PartitionMeta};
+
+/// Whose state a changelog holds: the consumer group and the input topics whose offsets its
+/// markers carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub group_id: String,
+    pub telemetry_topic: String,
+    pub events_topic: String,
+}
+
+impl Owner {
+    #[must_use]
+    pub fn of(cfg: &KafkaConfig) -> Self {
+        Self {
+            group_id: cfg.group_id.clone(),
+            telemetry_topic: cfg.telemetry_topic.clone(),
+            events_topic: cfg.events_topic.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "group {:?} reading {:?} and {:?}",
+            self.group_id, self.telemetry_topic, self.events_topic
+        )
+    }
+}
 
 /// A complete checkpoint of one partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +85,7 @@ pub struct Marker {
     pub telemetry_next: Option<i64>,
     pub events_next: Option<i64>,
     pub devices: u64,
+    pub owner: Owner,
 }
 
 #[must_use]
@@ -90,6 +128,13 @@ pub enum RestoreError {
         want: u64,
         got: usize,
     },
+    #[error("changelog partition {partition} offset {offset} holds the state of {found}, not of this processor ({want}): a changelog belongs to one group and one pair of input topics (its offsets are theirs); give this processor its own kafka.changelog_topic (by default \"<group_id>-<telemetry_topic>-changelog\")")]
+    Foreign {
+        partition: i32,
+        offset: i64,
+        found: Box<Owner>,
+        want: Box<Owner>,
+    },
     #[error("changelog partition {partition}: not read to its end within {timeout:?}")]
     Timeout { partition: i32, timeout: Duration },
 }
@@ -98,6 +143,7 @@ pub enum RestoreError {
 #[derive(Debug)]
 pub struct Rebuild {
     partition: i32,
+    owner: Owner,
     devices: HashMap<String, DeviceState>,
     /// Device records since the last marker: `None` = tombstone. Raw until a marker commits them.
     pending: HashMap<String, Option<Vec<u8>>>,
@@ -122,9 +168,10 @@ pub struct Restored {
 impl Rebuild {
     /// Starts from nothing.
     #[must_use]
-    pub fn empty(partition: i32) -> Self {
+    pub fn empty(partition: i32, owner: Owner) -> Self {
         Self {
             partition,
+            owner,
             devices: HashMap::new(),
             pending: HashMap::new(),
             marker: None,
@@ -136,16 +183,18 @@ impl Rebuild {
 
     /// Starts from a local checkpoint whose marker is `seq` at changelog `offset`.
     #[must_use]
-    pub fn from_local(p: Partition, seq: u64, offset: i64) -> Self {
+    pub fn from_local(p: Partition, seq: u64, offset: i64, owner: Owner) -> Self {
         let marker = Marker {
             seq,
             devices: p.devices.len() as u64,
             meta: p.meta,
             telemetry_next: p.telemetry_next,
             events_next: p.events_next,
+            owner: owner.clone(),
         };
         Self {
             partition: p.id,
+            owner,
             devices: p.devices,
             pending: HashMap::new(),
             marker: Some(marker),
@@ -158,8 +207,8 @@ impl Rebuild {
     /// Applies one record.
     ///
     /// # Errors
-    /// A key of another partition, an undecodable value, a marker whose device count does not
-    /// match the state it completes.
+    /// A key of another partition, an undecodable value, a marker of another [`Owner`], a
+    /// marker whose device count does not match the state it completes.
     pub fn apply(
         &mut self,
         offset: i64,
@@ -193,6 +242,14 @@ impl Rebuild {
                 what: "marker".to_owned(),
                 source,
             })?;
+        if marker.owner != self.owner {
+            return Err(RestoreError::Foreign {
+                partition: self.partition,
+                offset,
+                found: Box::new(marker.owner),
+                want: Box::new(self.owner.clone()),
+            });
+        }
         for (device, v) in self.pending.drain() {
             match v {
                 None => {
@@ -259,6 +316,7 @@ pub fn restore(
     consumer: &BaseConsumer,
     topic: &str,
     p: i32,
+    owner: &Owner,
     local: Option<(Partition, u64, i64)>,
     quiet: Duration,
     timeout: Duration,
@@ -270,7 +328,7 @@ pub fn restore(
     // Try the local copy first: valid if the record at its marker's offset is that marker.
     if let Some((local, seq, off)) = local {
         if off >= low {
-            let mut probe = Rebuild::empty(p);
+            let mut probe = Rebuild::empty(p, owner.clone());
             let mut check = |o: i64, k: &[u8], v: Option<&[u8]>| probe.apply_probe(o, k, v, seq);
             let n = read(
                 consumer,
@@ -285,7 +343,7 @@ pub fn restore(
             )
             .map_err(err)?;
             if n == 1 && probe.marker.as_ref().is_some_and(|m| m.seq == seq) {
-                let mut rb = Rebuild::from_local(local, seq, off);
+                let mut rb = Rebuild::from_local(local, seq, off, owner.clone());
                 let mut apply = |o: i64, k: &[u8], v: Option<&[u8]>| rb.apply(o, k, v);
                 read(
                     consumer,
@@ -303,7 +361,7 @@ pub fn restore(
             }
         }
     }
-    let mut rb = Rebuild::empty(p);
+    let mut rb = Rebuild::empty(p, owner.clone());
     let mut apply = |o: i64, k: &[u8], v: Option<&[u8]>| rb.apply(o, k, v);
     read(
         consumer, topic, p, low, high, quiet, timeout, None, &mut apply,
@@ -313,7 +371,7 @@ pub fn restore(
 }
 
 impl Rebuild {
-    /// Only checks that the record is the marker `seq` (the local copy's).
+    /// Only checks that the record is the marker `seq` (the local copy's) of this owner.
     fn apply_probe(
         &mut self,
         offset: i64,
@@ -326,7 +384,7 @@ impl Rebuild {
         }
         if let Some(v) = value {
             if let Ok(m) = postcard::from_bytes::<Marker>(v) {
-                if m.seq == seq {
+                if m.seq == seq && m.owner == self.owner {
                     self.marker = Some(m);
                     self.marker_offset = Some(offset);
                 }
@@ -441,8 +499,17 @@ mod tests {
             telemetry_next: Some(10 * seq as i64),
             events_next: Some(seq as i64),
             devices: p.devices.len() as u64,
+            owner: owner(),
         })
         .unwrap()
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            group_id: "g".to_owned(),
+            telemetry_topic: "tel".to_owned(),
+            events_topic: "ev".to_owned(),
+        }
     }
 
     fn dev(p: &Partition, d: &str) -> Vec<u8> {
@@ -453,7 +520,7 @@ mod tests {
     fn the_state_as_of_the_last_marker_and_repairs_after_it() {
         let s1 = state_with(&["a", "b"]);
         let s2 = state_with(&["a", "b", "c"]);
-        let mut rb = Rebuild::empty(3);
+        let mut rb = Rebuild::empty(3, owner());
         let k = |d: &str| device_key(3, d).into_bytes();
         let m = marker_key(3).into_bytes();
         rb.apply(0, &k("a"), Some(&dev(&s1, "a"))).unwrap();
@@ -502,7 +569,7 @@ mod tests {
         let s2 = state_with(&["a", "b", "c"]);
         let k = |d: &str| device_key(3, d).into_bytes();
         let m = marker_key(3).into_bytes();
-        let mut rb = Rebuild::from_local(s1, 1, 2);
+        let mut rb = Rebuild::from_local(s1, 1, 2, owner());
         rb.apply(3, &k("c"), Some(&dev(&s2, "c"))).unwrap();
         rb.apply(4, &k("b"), None).unwrap();
         let mut s3 = state_with(&["a", "c"]);
@@ -527,7 +594,7 @@ mod tests {
     #[test]
     fn a_marker_that_disagrees_with_the_state_and_foreign_keys_are_errors() {
         let s1 = state_with(&["a", "b"]);
-        let mut rb = Rebuild::empty(3);
+        let mut rb = Rebuild::empty(3, owner());
         rb.apply(0, device_key(3, "a").as_bytes(), Some(&dev(&s1, "a")))
             .unwrap();
         assert!(matches!(
@@ -546,5 +613,50 @@ mod tests {
             rb.apply(3, marker_key(3).as_bytes(), Some(b"\xff\xff")),
             Err(RestoreError::Decode { .. })
         ));
+    }
+
+    /// The same changelog topic given to a processor of other input topics (or another group):
+    /// refused at the first marker, never restored (its offsets are another topic's).
+    #[test]
+    fn a_marker_of_another_owner_is_refused() {
+        let s1 = state_with(&["a"]);
+        for other in [
+            Owner {
+                telemetry_topic: "tel2".to_owned(),
+                ..owner()
+            },
+            Owner {
+                events_topic: "ev2".to_owned(),
+                ..owner()
+            },
+            Owner {
+                group_id: "g2".to_owned(),
+                ..owner()
+            },
+        ] {
+            let mut rb = Rebuild::empty(3, other.clone());
+            rb.apply(0, device_key(3, "a").as_bytes(), Some(&dev(&s1, "a")))
+                .unwrap();
+            let e = rb
+                .apply(1, marker_key(3).as_bytes(), Some(&marker(&s1, 1)))
+                .unwrap_err();
+            assert!(
+                matches!(&e, RestoreError::Foreign { found, want, offset: 1, .. } if **found == owner() && **want == other),
+                "{e}"
+            );
+            assert!(e.to_string().contains("kafka.changelog_topic"), "{e}");
+        }
+        // A local copy's marker probe does not accept another owner's marker either.
+        let mut probe = Rebuild::empty(
+            3,
+            Owner {
+                telemetry_topic: "tel2".to_owned(),
+                ..owner()
+            },
+        );
+        probe
+            .apply_probe(5, marker_key(3).as_bytes(), Some(&marker(&s1, 1)), 1)
+            .unwrap();
+        assert!(probe.marker.is_none());
     }
 }

@@ -6,7 +6,10 @@
 //! * `offsets`: `(topic: &str, partition: i32)` → next offset to consume (`i64`).
 //! * `changelog`: `partition: i32` → `(seq, offset)` of the checkpoint's marker in the Kafka
 //!   changelog ([`crate::changelog`]): this copy is current while that marker is the last one.
-//! * `info`: `"format"` → `"2"`.
+//! * `info`: `"format"` → `"2"`; `"cache_of"` → whose state this is: group, input topics and
+//!   changelog topic ([`Store::bind`]). A copy made for another of them is discarded at
+//!   start-up (it is a cache; the changelog it came from still holds it): devices are keyed by
+//!   partition number only, so a copy of other input topics would otherwise be mixed in.
 //!
 //! # What is durable when
 //! [`Store::commit`] writes the devices changed since the last commit (and deletes the ones
@@ -33,7 +36,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
 
 use crate::state::{DeviceState, Partition, PartitionMeta};
@@ -97,6 +100,17 @@ pub enum CommitError {
 
 fn storage<E: Into<redb::Error>>(e: E) -> Box<redb::Error> {
     Box::new(e.into())
+}
+
+/// What [`Store::bind`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    /// An empty database, now bound.
+    Fresh,
+    /// Already the cache of this owner.
+    Same,
+    /// The cache of another owner (`None`: not recorded), now emptied and rebound.
+    Discarded { was: Option<String> },
 }
 
 /// What a commit wrote.
@@ -171,6 +185,64 @@ impl Store {
                 source,
             }),
         }
+    }
+
+    /// Makes this database the cache of `who` (see the module documentation): unchanged if it
+    /// already is, emptied first if it holds anything of someone else.
+    ///
+    /// # Errors
+    /// Storage errors; on error nothing changed.
+    pub fn bind(&self, who: &str) -> Result<Bind, Box<redb::Error>> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        let found = {
+            let info = tx.open_table(INFO).map_err(storage)?;
+            let v = info.get("cache_of").map_err(storage)?;
+            v.map(|v| v.value().to_owned())
+        };
+        if found.as_deref() == Some(who) {
+            tx.abort().map_err(storage)?;
+            return Ok(Bind::Same);
+        }
+        let empty = tx
+            .open_table(DEVICES)
+            .map_err(storage)?
+            .is_empty()
+            .map_err(storage)?
+            && tx
+                .open_table(PARTITIONS)
+                .map_err(storage)?
+                .is_empty()
+                .map_err(storage)?
+            && tx
+                .open_table(OFFSETS)
+                .map_err(storage)?
+                .is_empty()
+                .map_err(storage)?
+            && tx
+                .open_table(CHANGELOG)
+                .map_err(storage)?
+                .is_empty()
+                .map_err(storage)?;
+        if !empty {
+            tx.delete_table(DEVICES).map_err(storage)?;
+            tx.delete_table(PARTITIONS).map_err(storage)?;
+            tx.delete_table(OFFSETS).map_err(storage)?;
+            tx.delete_table(CHANGELOG).map_err(storage)?;
+            tx.open_table(DEVICES).map_err(storage)?;
+            tx.open_table(PARTITIONS).map_err(storage)?;
+            tx.open_table(OFFSETS).map_err(storage)?;
+            tx.open_table(CHANGELOG).map_err(storage)?;
+        }
+        tx.open_table(INFO)
+            .map_err(storage)?
+            .insert("cache_of", who)
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok(if empty {
+            Bind::Fresh
+        } else {
+            Bind::Discarded { was: found }
+        })
     }
 
     #[must_use]
@@ -485,6 +557,42 @@ mod tests {
                 .telemetry_next,
             None
         );
+    }
+
+    /// Devices are keyed by partition number only: a copy made for other input topics (or
+    /// another changelog) must not be loaded as this one's.
+    #[test]
+    fn a_copy_of_another_owner_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (p, mut st, mut out) = (Params::default(), Stats::default(), Vec::new());
+        let mut a = Partition::new(0);
+        a.on_batch(&batch("a", 1, 1_000), &p, &mut st, &mut out);
+        a.telemetry_next = Some(10);
+        a.changelog_offset = Some(4);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.bind("one").unwrap(), Bind::Fresh);
+        store.commit([&mut a], "tel", "ev").unwrap();
+        assert_eq!(store.bind("one").unwrap(), Bind::Same);
+        assert_eq!(store.load(0, "tel", "ev").unwrap().devices, 1);
+        assert_eq!(
+            store.bind("two").unwrap(),
+            Bind::Discarded {
+                was: Some("one".to_owned())
+            }
+        );
+        let l = store.load(0, "tel", "ev").unwrap();
+        assert_eq!(
+            (
+                l.devices,
+                l.partition.telemetry_next,
+                l.partition.changelog_offset
+            ),
+            (0, None, None)
+        );
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.bind("two").unwrap(), Bind::Same);
     }
 
     #[test]

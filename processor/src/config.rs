@@ -320,6 +320,22 @@ impl<'a> Section<'a> {
     }
 }
 
+/// The changelog topic of group `group_id` reading `telemetry_topic`, when none is configured.
+#[must_use]
+pub fn default_changelog_topic(group_id: &str, telemetry_topic: &str) -> String {
+    format!("{group_id}-{telemetry_topic}-changelog")
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn is_topic_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -396,10 +412,26 @@ impl Config {
             }
         };
         let transactional_id = s.opt_string("transactional_id");
-        let changelog_topic = s.string("changelog_topic", "breakwater.processor-changelog");
+        let changelog_topic = s.opt_string("changelog_topic");
         let restore_timeout = s.duration("restore_timeout", Duration::from_secs(300));
         let restore_quiet = s.duration("restore_quiet", Duration::from_millis(300));
         let group_id = s.string("group_id", "breakwater-processor");
+        // One changelog per group and input, like Kafka Streams' `<application.id>-...-changelog`:
+        // a changelog shared with other input topics would restore their offsets (changelog.rs
+        // refuses that on restore; the default never shares).
+        let changelog_topic = match changelog_topic {
+            Some(t) => t,
+            None => {
+                let t = default_changelog_topic(&group_id, &telemetry_topic);
+                if !is_topic_name(&t) {
+                    s.err(
+                        "changelog_topic",
+                        format!("the default {t:?} (from group_id and telemetry_topic) is not a valid Kafka topic name; set changelog_topic"),
+                    );
+                }
+                t
+            }
+        };
         let mut group_instance_id = s.opt_string("group_instance_id");
         let mut assign = match s.raw("assign") {
             None => None,
@@ -676,6 +708,30 @@ mod tests {
             assert!(keys.contains(&k), "{k} missing from {errs}");
         }
         assert!(!keys.contains(&"windows.allowed_lateness"), "{errs}");
+    }
+
+    /// Two processors that differ only in their input topics (or group) never share a changelog
+    /// by default: a shared one would hand one of them the other's offsets.
+    #[test]
+    fn the_default_changelog_topic_is_per_group_and_input() {
+        let c = |text: &str| Config::parse(text, &no_env).unwrap().kafka.changelog_topic;
+        assert_eq!(c(""), "breakwater-processor-breakwater.telemetry-changelog");
+        assert_eq!(
+            c("[kafka]\ntelemetry_topic = \"t2\"\n"),
+            "breakwater-processor-t2-changelog"
+        );
+        assert_eq!(
+            c("[kafka]\ngroup_id = \"g\"\n"),
+            "g-breakwater.telemetry-changelog"
+        );
+        assert_eq!(c("[kafka]\nchangelog_topic = \"mine\"\n"), "mine");
+        let errs = Config::parse("[kafka]\ngroup_id = \"a b\"\n", &no_env).unwrap_err();
+        assert_eq!(errs.0[0].key, "kafka.changelog_topic", "{errs}");
+        assert!(Config::parse(
+            "[kafka]\ngroup_id = \"a b\"\nchangelog_topic = \"c\"\n",
+            &no_env
+        )
+        .is_ok());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! # Co-partitioning
 //! The telemetry and fleet-events topics are both keyed by device id and must have the same
 //! partition count, so a device's batches and events land in partitions with the same number.
-//! The consumer uses the `range` assignor, which gives partition `p` of both topics to the same
-//! member, so one instance owns all of a device's state.
+//! Only the telemetry topic is subscribed (cooperative-sticky); the owner of telemetry `p`
+//! assigns events `p` to itself (`run.rs`), so one instance owns all of a device's state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -240,11 +240,17 @@ impl Worker {
                 &self.reader,
                 &k.changelog_topic,
                 id,
+                &changelog::Owner::of(k),
                 base,
                 k.restore_quiet,
                 k.restore_timeout,
             )
-            .with_context(|| format!("restoring partition {id} from the changelog"))?;
+            .with_context(|| {
+                format!(
+                    "restoring partition {id} from changelog topic {}",
+                    k.changelog_topic
+                )
+            })?;
             let from_local =
                 local.is_some_and(|(seq, _)| r.partition.changelog_seq == seq) && r.markers == 0;
             let mut part = r.partition;
@@ -485,6 +491,7 @@ impl Worker {
         let mut buf = Vec::with_capacity(1024);
         let mut n = 0u64;
         let mut result = Ok(());
+        let owner = changelog::Owner::of(&self.cfg.kafka);
         'parts: for p in self.parts.values() {
             for device in p.dirty_devices() {
                 let key = changelog::device_key(p.id, device);
@@ -512,6 +519,7 @@ impl Worker {
                 telemetry_next: p.telemetry_next,
                 events_next: p.events_next,
                 devices: p.devices.len() as u64,
+                owner: owner.clone(),
             };
             let value = postcard::to_stdvec(&marker).context("encoding a changelog marker")?;
             let key = changelog::marker_key(p.id);
@@ -851,6 +859,24 @@ pub fn run_blocking(
 ) -> anyhow::Result<Summary> {
     let t0 = Instant::now();
     let store = Store::open(&cfg.state.path)?;
+    let k = &cfg.kafka;
+    let cache_of = format!(
+        "{}; changelog {:?}",
+        changelog::Owner::of(k),
+        k.changelog_topic
+    );
+    match store
+        .bind(&cache_of)
+        .context("binding the local state to its changelog")?
+    {
+        crate::checkpoint::Bind::Discarded { was } => tracing::warn!(
+            path = %cfg.state.path.display(),
+            was = was.as_deref().unwrap_or("not recorded"),
+            now = %cache_of,
+            "the local state was a copy of another group, input or changelog topic: discarded (partitions are restored from this processor's changelog)"
+        ),
+        crate::checkpoint::Bind::Fresh | crate::checkpoint::Bind::Same => {}
+    }
     let (producer, deliveries, transactional) = output_producer(cfg)?;
     let worker = Arc::new(Mutex::new(Worker {
         cfg: cfg.clone(),

@@ -536,3 +536,120 @@ async fn the_changelog_topic_is_created_and_checked() {
         .unwrap_err();
     assert!(err.to_string().contains("has 2 partitions"), "{err}");
 }
+
+/// Readings of one device per partition: `batches` batches of 5, one reading a second.
+fn per_partition(prefix: &str, batches: u64) -> Vec<In> {
+    let mut v = Vec::new();
+    for p in 0..common::PARTITIONS {
+        let d = name_in(prefix, p, 0);
+        for b in 0..batches {
+            let rs = (0..5)
+                .map(|i| Reading::new("temp", 20.0, T + (b * 5 + i) * 1_000))
+                .collect();
+            v.push(batch(&d, 1, b * 5 + 1, rs));
+        }
+    }
+    v
+}
+
+/// The bug: a processor given new input topics but the changelog topic of an earlier run (the
+/// old default was one shared name) restored that run's offsets, sought past the end of its
+/// own, shorter topics and consumed nothing, silently. Now the default changelog is per group
+/// and input, so the same group on new topics consumes everything; a changelog that is
+/// nevertheless shared is refused with a message; and a state directory left by the earlier
+/// run is discarded rather than mixed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_input_topics_never_restore_an_earlier_runs_offsets() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let dir = tempfile::tempdir().unwrap();
+    let producer = breakwater_testkit::kafka::producer(&bootstrap);
+    let group = breakwater_testkit::kafka::unique_topic("proc-group");
+    // Default changelog topic, created by the processor; one group for every run.
+    let text = |t: &common::Topics, state: &str| {
+        let raw = common::config_text(&bootstrap, t, &dir.path().join(state), "");
+        let g = common::config(&raw).kafka.group_id;
+        common::config(
+            &raw.replace(&format!("changelog_topic = \"{}\"\n", t.changelog), "")
+                .replace("create_topics = false", "create_topics = true")
+                .replace(
+                    &format!("group_id = \"{g}\""),
+                    &format!("group_id = \"{group}\""),
+                ),
+        )
+    };
+    let run_until = |cfg: breakwater_processor::config::Config, tel: u64| async move {
+        let cancel = CancellationToken::new();
+        let progress = Arc::new(run::Progress::default());
+        let h = tokio::spawn(run::run_observed(cfg, cancel.clone(), progress.clone()));
+        applied(&progress, 0, tel).await;
+        stop(cancel, h).await
+    };
+
+    // The earlier run: 30 batches per partition.
+    let t1 = common::topics(&bootstrap).await;
+    let cfg1 = text(&t1, "one.redb");
+    let chg1 = cfg1.kafka.changelog_topic.clone();
+    assert_eq!(
+        chg1,
+        format!("{group}-{}-changelog", t1.telemetry),
+        "derived from group and input"
+    );
+    common::produce(&producer, &t1, &per_partition("old", 30)).await;
+    let s1 = run_until(cfg1, 60).await;
+    assert!(s1.checkpoints > 0);
+
+    // The same group on new topics with 5 batches per partition, a fresh state directory: its
+    // own changelog, so it consumes all of them (before: none).
+    let t2 = common::topics(&bootstrap).await;
+    common::produce(&producer, &t2, &per_partition("new", 5)).await;
+    let cfg2 = text(&t2, "two.redb");
+    assert_ne!(cfg2.kafka.changelog_topic, chg1);
+    let s2 = run_until(cfg2, 10).await;
+    assert_eq!((s2.telemetry_records, s2.stats.batches), (10, 10), "{s2:?}");
+
+    // The earlier run's state directory: discarded (it held "old" devices at offsets 30).
+    let cfg3 = text(&t2, "one.redb");
+    let cfg3_path = cfg3.state.path.clone();
+    let chg3 = cfg3.kafka.changelog_topic.clone();
+    let cancel = CancellationToken::new();
+    let progress = Arc::new(run::Progress::default());
+    let h = tokio::spawn(run::run_observed(cfg3, cancel.clone(), progress.clone()));
+    // It restores t2's changelog (5 batches applied) and has nothing more to do.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while progress.partitions.load(Ordering::Relaxed) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s3 = stop(cancel, h).await;
+    assert_eq!(s3.telemetry_records, 0, "{s3:?}");
+    let store = breakwater_processor::checkpoint::Store::open(&cfg3_path).unwrap();
+    for p in 0..common::PARTITIONS {
+        let l = store.load(p, &t2.telemetry, &t2.events).unwrap();
+        let devices: Vec<&String> = l.partition.devices.keys().collect();
+        assert_eq!(devices, [&name_in("new", p, 0)], "partition {p}");
+        assert_eq!(l.partition.telemetry_next, Some(5));
+    }
+    drop(store);
+    assert_eq!(chg3, format!("{group}-{}-changelog", t2.telemetry));
+
+    // The earlier run's changelog given explicitly to the new topics: refused, loudly.
+    let mut cfg4 = text(&t2, "four.redb");
+    cfg4.kafka.changelog_topic.clone_from(&chg1);
+    let cancel = CancellationToken::new();
+    let h = tokio::spawn(run::run(cfg4, cancel.clone()));
+    let err = tokio::time::timeout(Duration::from_secs(60), h)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&chg1), "{msg}");
+    assert!(
+        msg.contains(&t1.telemetry) && msg.contains(&t2.telemetry),
+        "{msg}"
+    );
+    assert!(msg.contains("kafka.changelog_topic"), "{msg}");
+}

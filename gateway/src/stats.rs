@@ -62,6 +62,10 @@ pub const AUTHZ_DENIED: &str = "breakwater_gateway_authz_denied_total";
 /// connections (`[admission] per_address_max_connections`).
 pub const ADDRESS_CONNECTIONS_REFUSED: &str =
     "breakwater_gateway_address_connections_refused_total";
+/// Connections from a trusted balancer (`[admission] proxy_protocol_from`) closed because
+/// they did not start with a valid PROXY header, by `reason` = `missing`, `bad_v1`, `bad_v2`,
+/// `io`.
+pub const PROXY_PROTOCOL_REFUSED: &str = "breakwater_gateway_proxy_protocol_refused_total";
 /// TLS handshakes that failed or timed out, by `reason` = `handshake`, `timeout`.
 pub const TLS_HANDSHAKE_FAILURES: &str = "breakwater_gateway_tls_handshake_failures_total";
 /// Reloads on SIGHUP, by `what` = `tls`, `credentials` and `result` = `ok`, `error`.
@@ -135,6 +139,7 @@ pub fn zero() {
         counter!(AUTHZ_DENIED, "action" => action, "reason" => "foreign_topic").increment(0);
     }
     counter!(ADDRESS_CONNECTIONS_REFUSED).increment(0);
+    counter!(PROXY_PROTOCOL_REFUSED, "reason" => "missing").increment(0);
     metrics::gauge!("breakwater_gateway_connects_waiting").increment(0.0);
     metrics::gauge!(PRESSURE).set(0.0);
     metrics::gauge!(KAFKA_IN_FLIGHT).increment(0.0);
@@ -234,6 +239,10 @@ pub fn describe() {
     describe_counter!(
         ADDRESS_CONNECTIONS_REFUSED,
         "Connections closed before CONNECT: their source address holds its connection cap"
+    );
+    describe_counter!(
+        PROXY_PROTOCOL_REFUSED,
+        "Connections from a PROXY protocol balancer closed without a valid PROXY header, by reason"
     );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,

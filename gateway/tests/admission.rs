@@ -391,6 +391,7 @@ fn config_validation_reports_every_error_with_its_key() {
         per_address_max_waiting: 0,
         per_address_connect_rate_per_sec: 0,
         per_address_connect_burst: 0,
+        proxy_protocol_from: Vec::new(),
     };
     let keys: Vec<String> = bad.validate().into_iter().map(|(k, _)| k).collect();
     for key in [

@@ -4,11 +4,15 @@
 //! takes it out, the agents on it reconnect through the balancer to B and resend everything
 //! unacked; Kafka (tansu, ack mode `kafka`) holds every reading each agent confirmed, first
 //! appearances in order, duplicates bounded by what was in flight. Then A returns and nothing
-//! breaks. Skipped without `haproxy` locally, failed without it under `CI=true`.
+//! breaks. And with `send-proxy-v2`: the gateway sees each device's own address through the
+//! balancer (PROXY protocol), so the per-address limits still work behind it, and nobody but
+//! the balancer can claim an address. Skipped without `haproxy` locally, failed without it
+//! under `CI=true`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +36,17 @@ impl Haproxy {
     /// TCP mode in front of `backends`, each checked by a TCP connect every 200 ms (down after
     /// 2 failures), as in `deploy/haproxy/haproxy.cfg`.
     fn start(dir: &std::path::Path, backends: &[u16]) -> Option<Self> {
+        Self::start_with(dir, backends, "check inter 200ms fall 2 rise 2")
+    }
+
+    /// Like [`Self::start`]; `server_options` follow each `server` line.
+    fn start_with(dir: &std::path::Path, backends: &[u16], server_options: &str) -> Option<Self> {
         let bin = which("haproxy")?;
         let port = breakwater_testkit::free_port();
         let mut servers = String::new();
         for (i, p) in backends.iter().enumerate() {
             servers.push_str(&format!(
-                "    server gw{i} 127.0.0.1:{p} check inter 200ms fall 2 rise 2\n"
+                "    server gw{i} 127.0.0.1:{p} {server_options}\n"
             ));
         }
         let cfg = dir.join("haproxy.cfg");
@@ -203,4 +212,102 @@ async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() 
         let dups = by[d].len() as u64 - total;
         assert!(dups <= MAX_IN_FLIGHT * BATCH, "{d}: {dups} duplicates");
     }
+}
+
+/// MQTT 3.1.1 CONNECT, clean session, no login, keep alive 30 s.
+fn connect_packet(id: &str) -> Vec<u8> {
+    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
+    var.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
+    var.extend_from_slice(id.as_bytes());
+    let mut p = vec![0x10, u8::try_from(var.len()).unwrap()];
+    p.extend(var);
+    p
+}
+
+/// Connects from `source` to `target`, sends `preamble` and a CONNECT for `id`; returns the
+/// socket and the CONNACK return code (`None`: closed without one).
+async fn mqtt_connect(
+    source: IpAddr,
+    target: SocketAddr,
+    preamble: &[u8],
+    id: &str,
+) -> (tokio::net::TcpStream, Option<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((source, 0).into()).unwrap();
+    let mut s = sock.connect(target).await.unwrap();
+    let mut bytes = preamble.to_vec();
+    bytes.extend(connect_packet(id));
+    // The gateway may close first (a refused connection); that shows in the read.
+    let _ = s.write_all(&bytes).await;
+    let mut ack = [0u8; 4];
+    let code = match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut ack)).await {
+        Ok(Ok(_)) if ack[0] == 0x20 => Some(ack[3]),
+        _ => None,
+    };
+    (s, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_gives_each_device_its_own_address_behind_haproxy() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only the balancer (127.0.0.1) may send a PROXY header; at most 3 connections per address.
+    let g = GatewayProc::start(
+        dir.path(),
+        "[admission]\nproxy_protocol_from = [\"127.0.0.1\"]\nper_address_max_connections = 3\n",
+    );
+    let lb_dir = tempfile::tempdir().unwrap();
+    let Some(lb) = Haproxy::start_with(lb_dir.path(), &[g.mqtt_port], "send-proxy-v2") else {
+        assert!(
+            !breakwater_testkit::in_ci(),
+            "haproxy is not installed (scripts/setup installs it); required under CI"
+        );
+        eprintln!("skipped: haproxy not installed");
+        return;
+    };
+    let via_lb: SocketAddr = ([127, 0, 0, 1], lb.port).into();
+    let direct: SocketAddr = ([127, 0, 0, 1], g.mqtt_port).into();
+    let host_a: IpAddr = [127, 0, 0, 2].into();
+    let host_b: IpAddr = [127, 0, 0, 3].into();
+    let intruder: IpAddr = [127, 0, 0, 4].into();
+
+    // Host A fills its own cap of 3 through the balancer; its 4th is closed.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (s, code) = mqtt_connect(host_a, via_lb, &[], &format!("a-{i}")).await;
+        assert_eq!(code, Some(0), "host A connection {i}");
+        held.push(s);
+    }
+    let (_s, code) = mqtt_connect(host_a, via_lb, &[], "a-3").await;
+    assert_eq!(code, None, "host A over its cap is closed");
+    // Host B, through the same balancer, is not lumped together with A.
+    let (s, code) = mqtt_connect(host_b, via_lb, &[], "b-0").await;
+    assert_eq!(code, Some(0), "host B has its own budget");
+    held.push(s);
+    assert!(
+        g.metric("breakwater_gateway_address_connections_refused_total", "") >= 1.0,
+        "{}",
+        g.metrics()
+    );
+
+    // A device talking to the gateway directly cannot claim host B's address: its PROXY
+    // header is not read (it is not the balancer), so its stream is broken MQTT.
+    let forged = b"PROXY TCP4 127.0.0.3 127.0.0.1 40000 1883\r\n";
+    let (_s, code) = mqtt_connect(intruder, direct, forged, "intruder").await;
+    assert_eq!(code, None, "a forged header from a device is not honoured");
+    // The balancer's own address without a header is refused and counted.
+    let (_s, code) = mqtt_connect([127, 0, 0, 1].into(), direct, &[], "no-header").await;
+    assert_eq!(code, None, "the balancer's address must send a header");
+    assert!(
+        wait_until(Duration::from_secs(5), || g.metric(
+            "breakwater_gateway_proxy_protocol_refused_total",
+            "reason=\"missing\""
+        ) >= 1.0),
+        "{}",
+        g.metrics()
+    );
+    // Host B is still served: its budget was not spent by the forgery.
+    let (_s, code) = mqtt_connect(host_b, via_lb, &[], "b-1").await;
+    assert_eq!(code, Some(0));
+    drop(held);
 }

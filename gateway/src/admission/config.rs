@@ -41,6 +41,12 @@ pub struct AdmissionConfig {
     pub per_address_connect_rate_per_sec: u32,
     /// CONNECTs one source address may make at once before its rate applies.
     pub per_address_connect_burst: u32,
+    /// Addresses of L4 load balancers that send the PROXY protocol (HAProxy `send-proxy` or
+    /// `send-proxy-v2`). A connection from one of them must start with a PROXY header, and the
+    /// client address in it is the one the per-address limits, the connect hook and the logs
+    /// see; connections from any other address are never asked for one. Empty (default): no
+    /// PROXY protocol.
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
 
 impl Default for AdmissionConfig {
@@ -59,6 +65,7 @@ impl Default for AdmissionConfig {
             per_address_max_waiting: 1_000,
             per_address_connect_rate_per_sec: 200,
             per_address_connect_burst: 1_000,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

@@ -4,9 +4,10 @@
 //! Everything runs inside the hooks the vendored rumqttd offers (vendor/PATCHES.md, patch 14),
 //! installed on each listener by [`Admission::install`]:
 //!
-//! * **transport**, per accepted socket, on its own task: the per-address connection cap
-//!   ([`peer`]), then the TLS handshake on the TLS listener ([`crate::tls`]), whose verified
-//!   client certificate names the peer.
+//! * **transport**, per accepted socket, on its own task: on a connection from a trusted load
+//!   balancer the PROXY header naming the real client ([`proxy`]), then the per-address
+//!   connection cap ([`peer`]), then the TLS handshake on the TLS listener ([`crate::tls`]),
+//!   whose verified client certificate names the peer.
 //! * **connect**, per CONNECT, awaited between reading it and registering the connection with
 //!   the router, in this order:
 //!   1. identity ([`auth::Authenticator::check`]): not a reserved id (the gateway's own links),
@@ -62,10 +63,11 @@ pub mod burst;
 mod config;
 pub mod peer;
 pub mod probe;
+pub mod proxy;
 pub mod rate;
 mod transport;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -202,6 +204,9 @@ pub struct Admission {
     auth_config: AuthConfig,
     policy: authz::Policy,
     peers: Arc<peer::Peers>,
+    /// `[admission] proxy_protocol_from`: balancers whose connections start with a PROXY
+    /// header ([`proxy`]).
+    proxies: std::collections::HashSet<IpAddr>,
     log: Mutex<LogWindow>,
     pacer: rate::Pacer,
     refused: Option<mpsc::Sender<Refused>>,
@@ -268,6 +273,7 @@ impl Admission {
                 rate_per_sec: f64::from(adm.per_address_connect_rate_per_sec),
                 burst: f64::from(adm.per_address_connect_burst),
             }),
+            proxies: adm.proxy_protocol_from.iter().copied().collect(),
             log: Mutex::new(LogWindow::default()),
             pacer: rate::Pacer::new(
                 rate,
@@ -513,6 +519,24 @@ impl Admission {
         addr: SocketAddr,
         tls: Option<&TlsAcceptor>,
     ) -> std::io::Result<rumqttd::hooks::Transport> {
+        let mut tcp = tcp;
+        let tcp_peer = addr;
+        let addr = if self.proxies.contains(&addr.ip()) {
+            match proxy::read_header(&mut tcp).await {
+                Ok(client) => client.unwrap_or(addr),
+                Err(e) => {
+                    counter!(m::PROXY_PROTOCOL_REFUSED, "reason" => e.reason()).increment(1);
+                    if let Some(unlogged) = self.log_window() {
+                        warn!(peer = %addr, error = %e, unlogged_refusals = unlogged,
+                            "connection from a PROXY protocol balancer ([admission] proxy_protocol_from) closed: no valid PROXY header");
+                    }
+                    return Err(std::io::Error::other(e));
+                }
+            }
+        } else {
+            addr
+        };
+        let proxied = (addr != tcp_peer).then_some(addr);
         let Some(guard) = self.peers.open(addr.ip()) else {
             self.counters
                 .address_connections
@@ -526,10 +550,10 @@ impl Admission {
             return Err(std::io::Error::other("address holds its connection cap"));
         };
         let Some(tls) = tls else {
-            return Ok(transport::tracked(tcp, guard, None));
+            return Ok(transport::tracked(tcp, guard, None, proxied));
         };
         match tls.accept(tcp).await {
-            Ok((stream, cn)) => Ok(transport::tracked(stream, guard, cn)),
+            Ok((stream, cn)) => Ok(transport::tracked(stream, guard, cn, proxied)),
             Err(e) => {
                 let reason = if e.kind() == std::io::ErrorKind::TimedOut {
                     "timeout"

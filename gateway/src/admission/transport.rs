@@ -19,6 +19,7 @@ pub(super) fn tracked<S>(
     stream: S,
     slot: ConnectionGuard,
     identity: Option<String>,
+    peer: Option<std::net::SocketAddr>,
 ) -> rumqttd::hooks::Transport
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -29,6 +30,7 @@ where
             _slot: slot,
         }),
         identity,
+        peer,
     }
 }
 

@@ -35,12 +35,17 @@ pub use crate::link::network::N as Stream;
 pub struct Transport {
     pub stream: Box<dyn Stream>,
     pub identity: Option<String>,
+    /// The client's address when the transport learned a better one than the TCP peer (e.g.
+    /// from a PROXY protocol header sent by a load balancer); `None`: the TCP peer. The connect
+    /// hook sees it as [`ConnectRequest::peer`].
+    pub peer: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
             .field("identity", &self.identity)
+            .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
 }

@@ -445,7 +445,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                             transport.stream,
                             protocol,
                             will_handlers,
-                            Some(addr),
+                            Some(transport.peer.unwrap_or(addr)),
                             transport.identity,
                         )
                         .await;

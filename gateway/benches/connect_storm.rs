@@ -53,6 +53,8 @@ fn start_rumqttd(max_connections: usize, adm: Option<&Arc<admission::Admission>>
             connect_handler: None,
             authz_handler: None,
             transport_handler: None,
+            max_deferred_acks: None,
+            deferred_ack_timeout_ms: None,
         },
     };
     if let Some(adm) = adm {

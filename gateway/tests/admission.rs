@@ -34,6 +34,8 @@ fn start_broker(adm: &Arc<Admission>) -> SocketAddr {
             connect_handler: None,
             authz_handler: None,
             transport_handler: None,
+            max_deferred_acks: None,
+            deferred_ack_timeout_ms: None,
         },
     };
     adm.install(&mut server.connections, None);

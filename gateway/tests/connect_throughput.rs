@@ -31,6 +31,8 @@ fn start_broker() -> SocketAddr {
             connect_handler: None,
             authz_handler: None,
             transport_handler: None,
+            max_deferred_acks: None,
+            deferred_ack_timeout_ms: None,
         },
     };
     let config = rumqttd::Config {

@@ -22,6 +22,8 @@ pub use link::alerts;
 pub use link::local;
 pub use link::meters;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
+/// Breakwater patch 22: deferred PUBACKs (see [`router::deferred`]).
+pub use router::deferred::{AckToken, DeferredPublish};
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};
 
@@ -162,6 +164,14 @@ pub struct ConnectionSettings {
     /// Breakwater patch 14: see [`hooks`]. When set, the server's `tls` setting is not used.
     #[serde(skip)]
     pub transport_handler: Option<hooks::TransportHandler>,
+    /// Breakwater patch 22: a connection stops reading once this many of its publishes wait
+    /// for a deferred PUBACK. Default (`None`): 100.
+    #[serde(default)]
+    pub max_deferred_acks: Option<usize>,
+    /// Breakwater patch 22: a connection with publishes waiting for a deferred PUBACK is closed
+    /// when none was released for this long. Default (`None`): 30,000 ms.
+    #[serde(default)]
+    pub deferred_ack_timeout_ms: Option<u64>,
 }
 
 impl ConnectionSettings {

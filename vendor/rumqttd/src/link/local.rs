@@ -2,6 +2,7 @@ use crate::protocol::{
     Filter, LastWill, LastWillProperties, Packet, Publish, QoS, RetainForwardRule, Subscribe,
     Unsubscribe,
 };
+use crate::router::deferred::{AckToken, DeferredShared};
 use crate::router::Ack;
 use crate::router::{
     iobufs::{Incoming, Outgoing},
@@ -131,6 +132,7 @@ impl<'a> LinkBuilder<'a> {
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
         let generation = connection.generation;
+        let deferred = connection.deferred_shared.clone();
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();
@@ -145,6 +147,7 @@ impl<'a> LinkBuilder<'a> {
         let registering = Registering {
             router_tx: self.router_tx,
             generation,
+            deferred,
             link_rx,
             outgoing_data_buffer,
             incoming_data_buffer,
@@ -158,6 +161,8 @@ struct Registering {
     router_tx: Sender<(ConnectionId, Event)>,
     /// Breakwater patch 9: see `LinkRx::generation`.
     generation: u64,
+    /// Breakwater patch 22: see `LinkTx::deferred`.
+    deferred: Arc<DeferredShared>,
     link_rx: Receiver<()>,
     outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
     incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
@@ -175,7 +180,8 @@ impl Registering {
             _message => return Err(LinkError::NotConnectionAck),
         };
 
-        let tx = LinkTx::new(id, self.router_tx.clone(), self.incoming_data_buffer);
+        let mut tx = LinkTx::new(id, self.router_tx.clone(), self.incoming_data_buffer);
+        tx.deferred = self.deferred;
         let mut rx = LinkRx::new(id, self.router_tx, self.link_rx, self.outgoing_data_buffer);
         rx.generation = self.generation;
         Ok((tx, rx, notification))
@@ -186,6 +192,9 @@ pub struct LinkTx {
     pub(crate) connection_id: ConnectionId,
     router_tx: Sender<(ConnectionId, Event)>,
     recv_buffer: Arc<Mutex<VecDeque<Packet>>>,
+    /// Breakwater patch 22: how many of this connection's publishes wait for a deferred PUBACK
+    /// (read by the connection's task to stop reading, see `crate::router::deferred`).
+    pub(crate) deferred: Arc<DeferredShared>,
 }
 
 impl LinkTx {
@@ -198,7 +207,46 @@ impl LinkTx {
             connection_id,
             router_tx,
             recv_buffer,
+            deferred: Arc::default(),
         }
+    }
+
+    /// Breakwater patch 22: this link becomes the owner of the PUBACKs of QoS 1 publishes on
+    /// topics matching `filter` (see [`crate::router::deferred`]); it receives them as
+    /// [`Notification::Deferred`]. The first owner of a filter keeps it; ownership ends with
+    /// the link.
+    pub fn defer_acks<S: Into<String>>(&mut self, filter: S) -> Result<(), LinkError> {
+        let event = Event::DeferAcks {
+            filter: filter.into(),
+        };
+        self.router_tx.send((self.connection_id, event))?;
+        Ok(())
+    }
+
+    /// Breakwater patch 22: sends the PUBACK of the deferred publish `token` names (after those
+    /// of its connection's earlier deferred publishes). A no-op if that connection has gone or
+    /// the token was used (counted in `rumqttd_deferred_tokens_stale_total`). Blocks while the
+    /// router's queue is full.
+    ///
+    /// # Errors
+    /// Only if the router has gone.
+    pub fn puback(&self, token: AckToken) -> Result<(), LinkError> {
+        self.router_tx
+            .send((self.connection_id, Event::DeferredAck(token)))?;
+        Ok(())
+    }
+
+    /// Breakwater patch 22: closes the connection that sent the deferred publish `token` names,
+    /// without its PUBACK (an MQTT 3.1.1 client resends unacknowledged publishes only after a
+    /// reconnect). Counted in `rumqttd_connections_closed_total{reason="deferred_refused"}`; a
+    /// no-op if that connection has gone.
+    ///
+    /// # Errors
+    /// Only if the router has gone.
+    pub fn disconnect(&self, token: AckToken) -> Result<(), LinkError> {
+        self.router_tx
+            .send((self.connection_id, Event::DeferredRefuse(token)))?;
+        Ok(())
     }
 
     pub fn buffer(&self) -> MutexGuard<RawMutex, VecDeque<Packet>> {

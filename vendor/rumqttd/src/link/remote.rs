@@ -70,6 +70,10 @@ pub enum Error {
     /// 3.1.0-2: the server must close the connection).
     #[error("second CONNECT on the connection")]
     SecondConnect,
+    /// Breakwater patch 22: publishes waited for their deferred PUBACK and none was released
+    /// within the deferred-ack timeout.
+    #[error("{pending} publishes waited too long for their deferred PUBACK")]
+    DeferredAckTimeout { pending: usize },
 }
 
 /// Orchestrates between Router and Network.
@@ -87,6 +91,10 @@ pub struct RemoteLink<P> {
     authz: Option<AuthzHandler>,
     /// Breakwater patch 14: what `authz` knows this client as.
     principal: Principal,
+    /// Breakwater patch 22: stop reading at this many publishes waiting for a deferred PUBACK.
+    pub(crate) max_deferred_acks: usize,
+    /// Breakwater patch 22: close when none of those was released for this long.
+    pub(crate) deferred_ack_timeout: Duration,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -160,17 +168,40 @@ impl<P: Protocol> RemoteLink<P> {
             will_delay_interval,
             authz,
             principal,
+            max_deferred_acks: DEFAULT_MAX_DEFERRED_ACKS,
+            deferred_ack_timeout: DEFAULT_DEFERRED_ACK_TIMEOUT,
         })
+    }
+
+    /// Breakwater patch 22: the owner of a deferred filter closed this connection.
+    pub(crate) fn deferred_refused(&self) -> bool {
+        self.link_tx.deferred.refused()
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
 
+        // Breakwater patch 22: the deferred-PUBACK bound and progress clock (see
+        // `crate::router::deferred`).
+        let deferred = self.link_tx.deferred.clone();
+        let mut seen_released = deferred.released();
+        let mut stalled_since = time::Instant::now();
+
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            let pending = deferred.pending();
+            let released = deferred.released();
+            if pending == 0 || released != seen_released {
+                seen_released = released;
+                stalled_since = time::Instant::now();
+            }
+            let reading = pending < self.max_deferred_acks;
             select! {
-                o = self.network.read() => {
+                _ = time::sleep_until(stalled_since + self.deferred_ack_timeout), if pending > 0 => {
+                    return Err(Error::DeferredAckTimeout { pending });
+                }
+                o = self.network.read(), if reading => {
                     let packet = o?;
                     let (len, screened) = {
                         let mut buffer = self.link_tx.buffer();
@@ -221,6 +252,11 @@ impl<P: Protocol> RemoteLink<P> {
         }
     }
 }
+
+/// Breakwater patch 22: defaults of `ConnectionSettings::max_deferred_acks` and
+/// `ConnectionSettings::deferred_ack_timeout_ms`.
+pub const DEFAULT_MAX_DEFERRED_ACKS: usize = 100;
+pub const DEFAULT_DEFERRED_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Breakwater patches 14 and 17: what [`screen`] decided about the packets a read brought.
 struct Screened {
@@ -484,6 +520,8 @@ mod tests {
             connect_handler: None,
             authz_handler: None,
             transport_handler: None,
+            max_deferred_acks: None,
+            deferred_ack_timeout_ms: None,
         }
     }
 

@@ -38,6 +38,10 @@ pub struct Connection {
     /// index, reused as soon as the connection is removed). A link's `Event::Disconnect` carries
     /// it, so the router can tell the connection it registered from a later one given its id.
     pub(crate) generation: u64,
+    /// Breakwater patch 22: this connection's publishes waiting for their deferred PUBACK.
+    pub(crate) deferred: super::deferred::DeferredQueue,
+    /// Breakwater patch 22: shared with the connection's link (`LinkTx::deferred`).
+    pub(crate) deferred_shared: std::sync::Arc<super::deferred::DeferredShared>,
 }
 
 /// Breakwater patch 9: the next [`Connection::generation`]. Starts at 1: 0 is never registered.
@@ -75,6 +79,8 @@ impl Connection {
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            deferred: Default::default(),
+            deferred_shared: Default::default(),
         }
     }
 

@@ -17,6 +17,8 @@ use crate::{
 
 mod alertlog;
 mod connection;
+/// Breakwater patch 22.
+pub mod deferred;
 mod graveyard;
 pub mod iobufs;
 mod logs;
@@ -70,6 +72,13 @@ pub enum Event {
     PrintStatus(Print),
     /// Publish Will message
     PublishWill((String, Option<String>)),
+    /// Breakwater patch 22: this local link owns the PUBACK of QoS 1 publishes matching the
+    /// filter (see [`deferred`]).
+    DeferAcks { filter: String },
+    /// Breakwater patch 22: the owner acks the deferred publish named by the token.
+    DeferredAck(deferred::AckToken),
+    /// Breakwater patch 22: the owner closes the connection that sent the deferred publish.
+    DeferredRefuse(deferred::AckToken),
 }
 
 /// Notification from router to connection
@@ -94,6 +103,8 @@ pub enum Notification {
     Shadow(ShadowReply),
     Unschedule,
     Disconnect(Disconnect, Option<DisconnectProperties>),
+    /// Breakwater patch 22: a publish on a filter this local link owns the PUBACKs of.
+    Deferred(Box<deferred::DeferredPublish>),
 }
 
 type MaybePacket = Option<Packet>;

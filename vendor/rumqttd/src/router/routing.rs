@@ -19,6 +19,7 @@ use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
 use super::alertlog::{Alert, AlertLog};
+use super::deferred;
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
 use super::logs::{AckLog, DataLog};
@@ -111,6 +112,8 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// Breakwater patch 22: filters whose QoS 1 PUBACKs a local link owns, with that link.
+    deferred_filters: Vec<(String, ConnectionId)>,
 }
 
 impl Router {
@@ -162,6 +165,7 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            deferred_filters: Vec::new(),
         }
     }
 
@@ -280,7 +284,69 @@ impl Router {
                 #[cfg(feature = "validate-tenant-prefix")]
                 _tenant_id,
             ),
+            Event::DeferAcks { filter } => self.handle_defer_acks(id, filter),
+            Event::DeferredAck(token) => self.handle_deferred_ack(token),
+            Event::DeferredRefuse(token) => self.handle_deferred_refuse(token),
         }
+    }
+
+    /// Breakwater patch 22: `owner` owns the PUBACKs of QoS 1 publishes matching `filter`.
+    fn handle_defer_acks(&mut self, owner: ConnectionId, filter: String) {
+        if self.connections.get(owner).is_none() {
+            return;
+        }
+        if self.deferred_filters.iter().any(|(f, _)| *f == filter) {
+            warn!(filter, "deferred-ack filter already has an owner: ignored");
+            return;
+        }
+        info!(filter, owner, "PUBACKs of QoS 1 publishes deferred to a local link");
+        self.deferred_filters.push((filter, owner));
+    }
+
+    /// Breakwater patch 22: the live connection a token names, if any.
+    fn deferred_target(&self, token: deferred::AckToken) -> Option<ConnectionId> {
+        match self.connections.get(token.connection) {
+            Some(c) if c.generation == token.generation => Some(token.connection),
+            _ => None,
+        }
+    }
+
+    /// Breakwater patch 22: the owner acks a deferred publish; its PUBACK, and those of later
+    /// ones acked before it, go out in arrival order.
+    fn handle_deferred_ack(&mut self, token: deferred::AckToken) {
+        let Some(id) = self.deferred_target(token) else {
+            deferred::stale_token_counted();
+            return;
+        };
+        let connection = &mut self.connections[id];
+        let Some(released) = connection
+            .deferred
+            .complete(token.serial, &connection.deferred_shared)
+        else {
+            deferred::stale_token_counted();
+            return;
+        };
+        if released.is_empty() {
+            return;
+        }
+        let ackslog = &mut self.ackslog[id];
+        for pkid in released {
+            ackslog.puback(PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            });
+        }
+        self.scheduler.reschedule(id, ScheduleReason::PendingAcks);
+    }
+
+    /// Breakwater patch 22: the owner closes the connection that sent a deferred publish.
+    fn handle_deferred_refuse(&mut self, token: deferred::AckToken) {
+        let Some(id) = self.deferred_target(token) else {
+            deferred::stale_token_counted();
+            return;
+        };
+        self.connections[id].deferred_shared.refuse();
+        self.handle_disconnection(id, None);
     }
 
     fn handle_new_connection(
@@ -511,6 +577,9 @@ impl Router {
         let mut tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
         self.ackslog.remove(id);
+        // Breakwater patch 22: a local link's deferred filters go with it; tokens of publishes
+        // handed to it are lost, and their publishers' connections time out (`deferred`).
+        self.deferred_filters.retain(|(_, owner)| *owner != id);
 
         // Don't remove connection id from readyqueue with index. This will
         // remove wrong connection from readyqueue. Instead just leave disconnected
@@ -643,6 +712,62 @@ impl Router {
 
                     let qos = publish.qos;
                     let pkid = publish.pkid;
+
+                    // Breakwater patch 22: a publish on a deferred filter goes to its owner; a
+                    // QoS 1 one with a token instead of its PUBACK. (A topic alias, MQTT 5, is
+                    // resolved only later: such a publish takes the usual path.)
+                    let owner = match qos {
+                        QoS::ExactlyOnce => None,
+                        _ => deferred_owner(&self.deferred_filters, &publish.topic, id),
+                    };
+                    if let Some(owner) = owner {
+                        let connection = &mut self.connections[id];
+                        let token = (qos == QoS::AtLeastOnce).then(|| deferred::AckToken {
+                            connection: id,
+                            generation: connection.generation,
+                            serial: connection
+                                .deferred
+                                .push(pkid, &connection.deferred_shared),
+                        });
+                        let handed = deferred::DeferredPublish {
+                            token,
+                            client_id: client_id.clone(),
+                            pkid,
+                            dup: publish.dup,
+                            publish: publish.clone(),
+                            properties: properties.clone(),
+                        };
+                        if let Some(outgoing) = self.obufs.get_mut(owner) {
+                            outgoing
+                                .data_buffer
+                                .lock()
+                                .push_back(Notification::Deferred(Box::new(handed)));
+                            outgoing.handle.try_send(()).ok();
+                        }
+                        self.router_meters.total_publishes += 1;
+                        // Also to the logs, for any subscriber; none is no error here.
+                        match append_to_commitlog(
+                            id,
+                            publish,
+                            properties,
+                            &mut self.datalog,
+                            &mut self.notifications,
+                            &mut self.connections,
+                        ) {
+                            Ok(_) => new_data = true,
+                            Err(RouterError::NoMatchingFilters(_)) => {}
+                            Err(e) => {
+                                error!(reason = ?e, "Failed to append to commitlog");
+                                self.router_meters.failed_publishes += 1;
+                                disconnect = true;
+                                if let RouterError::Disconnect(code) = e {
+                                    disconnect_reason = Some(code)
+                                }
+                                break;
+                            }
+                        }
+                        continue;
+                    }
 
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
@@ -1294,6 +1419,23 @@ impl Router {
             }
         }
     }
+}
+
+/// Breakwater patch 22: the local link owning the PUBACKs of a publish on `topic` by
+/// `publisher`, if any (never the publisher itself).
+fn deferred_owner(
+    filters: &[(String, ConnectionId)],
+    topic: &[u8],
+    publisher: ConnectionId,
+) -> Option<ConnectionId> {
+    if filters.is_empty() || topic.is_empty() {
+        return None;
+    }
+    let topic = std::str::from_utf8(topic).ok()?;
+    filters
+        .iter()
+        .find(|(filter, owner)| *owner != publisher && crate::protocol::matches(topic, filter))
+        .map(|&(_, owner)| owner)
 }
 
 fn append_to_commitlog(
@@ -2854,6 +2996,181 @@ mod pending_ack_tests {
         // The router holds no ack back for it either.
         let id = device_rx.id();
         assert!(router.ackslog[id].readv().is_empty());
+    }
+}
+
+/// Breakwater patch 22: the PUBACK of a publish on a deferred filter waits for its owner's
+/// `puback`, leaves in arrival order, and a token of a closed connection acks nothing.
+#[cfg(test)]
+mod deferred_ack_tests {
+    use super::{Event, Router};
+    use crate::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+    use crate::protocol::{Packet, Publish, QoS};
+    use crate::router::shared_subs::Strategy;
+    use crate::router::{Ack, Notification};
+    use crate::{AckToken, RouterConfig};
+    use flume::RecvTimeoutError;
+    use std::time::Instant;
+
+    fn router() -> Router {
+        Router::new(
+            0,
+            RouterConfig {
+                max_connections: 10,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 64 * 1024,
+                max_segment_count: 10,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Strategy::RoundRobin,
+                max_saved_sessions: None,
+                saved_session_expiry_secs: None,
+            },
+        )
+    }
+
+    fn settle(router: &mut Router) {
+        while !router.router_rx.is_empty() || !router.scheduler.readyqueue.is_empty() {
+            router.run_inner().unwrap();
+        }
+    }
+
+    fn connect(router: &mut Router, client_id: &'static str) -> (LinkTx, LinkRx) {
+        let tx = router.link();
+        let builder = std::thread::spawn(move || LinkBuilder::new(client_id, tx).build().unwrap());
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !builder.is_finished() {
+            assert!(Instant::now() < deadline, "no CONNACK for {client_id}");
+            settle(router);
+            std::thread::yield_now();
+        }
+        let (tx, rx, _) = builder.join().unwrap();
+        (tx, rx)
+    }
+
+    fn publish(router: &mut Router, tx: &mut LinkTx, topic: &str, pkid: u16, qos: QoS) {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.to_owned().into(),
+            pkid,
+            payload: format!("payload {pkid}").into(),
+        };
+        tx.buffer().push_back(Packet::Publish(publish, None));
+        router
+            .router_tx
+            .send((tx.connection_id, Event::DeviceData))
+            .unwrap();
+        settle(router);
+    }
+
+    /// Everything the link has been sent (`Err` once the router dropped it).
+    fn read(router: &mut Router, rx: &mut LinkRx) -> Result<Vec<Notification>, LinkError> {
+        let mut got = Vec::new();
+        loop {
+            settle(router);
+            match rx.recv_deadline(Instant::now()) {
+                Ok(Some(Notification::Unschedule)) => rx.ready().unwrap(),
+                Ok(Some(n)) => got.push(n),
+                Ok(None) => {}
+                Err(LinkError::RecvTimeout(RecvTimeoutError::Timeout)) => return Ok(got),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn pubacks(got: &[Notification]) -> Vec<u16> {
+        got.iter()
+            .filter_map(|n| match n {
+                Notification::DeviceAck(Ack::PubAck(ack)) => Some(ack.pkid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (token, publisher, pkid, payload) of each publish handed to the owner.
+    fn handed(got: &[Notification]) -> Vec<(Option<AckToken>, String, u16, String)> {
+        got.iter()
+            .filter_map(|n| match n {
+                Notification::Deferred(d) => Some((
+                    d.token,
+                    d.client_id.clone(),
+                    d.publish.pkid,
+                    String::from_utf8_lossy(&d.publish.payload).into_owned(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deferred_puback_waits_for_its_owner_and_leaves_in_order() {
+        let mut router = router();
+        let (mut gw, mut gw_rx) = connect(&mut router, "gateway");
+        gw.defer_acks("plant/+/telemetry").unwrap();
+        settle(&mut router);
+        let (mut device, mut device_rx) = connect(&mut router, "device-1");
+        read(&mut router, &mut device_rx).unwrap();
+
+        // Another topic is acked on receipt, as before (it has a subscriber).
+        gw.subscribe("other/topic").unwrap();
+        settle(&mut router);
+        publish(&mut router, &mut device, "other/topic", 1, QoS::AtLeastOnce);
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [1]);
+
+        // Three publishes on a deferred topic: no PUBACK, each handed to the owner with the
+        // publisher's client id and a token; a QoS 0 one without a token.
+        for pkid in [2, 3, 4] {
+            publish(&mut router, &mut device, "plant/d1/telemetry", pkid, QoS::AtLeastOnce);
+        }
+        publish(&mut router, &mut device, "plant/d1/telemetry", 0, QoS::AtMostOnce);
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [] as [u16; 0]);
+        let got = handed(&read(&mut router, &mut gw_rx).unwrap());
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got.iter().all(|(_, c, _, _)| c == "device-1"));
+        assert_eq!(got[0].3, "payload 2");
+        assert!(got[3].0.is_none());
+        let tokens: Vec<AckToken> = got[..3].iter().map(|g| g.0.unwrap()).collect();
+        assert_eq!(device.deferred.pending(), 3);
+
+        // Acked out of order: released in arrival order, each once.
+        gw.puback(tokens[1]).unwrap();
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [] as [u16; 0]);
+        gw.puback(tokens[0]).unwrap();
+        gw.puback(tokens[0]).unwrap();
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [2, 3]);
+        gw.puback(tokens[2]).unwrap();
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [4]);
+        assert_eq!(device.deferred.pending(), 0);
+        assert_eq!(device.deferred.released(), 3);
+    }
+
+    #[test]
+    fn a_token_of_a_closed_connection_never_acks_or_closes_its_successor() {
+        let mut router = router();
+        let (mut gw, mut gw_rx) = connect(&mut router, "gateway");
+        gw.defer_acks("plant/+/telemetry").unwrap();
+        settle(&mut router);
+        let (mut device, mut device_rx) = connect(&mut router, "device-1");
+        publish(&mut router, &mut device, "plant/d1/telemetry", 9, QoS::AtLeastOnce);
+        let old = handed(&read(&mut router, &mut gw_rx).unwrap())[0].0.unwrap();
+
+        // The owner refuses it: the connection is closed, without a PUBACK.
+        gw.disconnect(old).unwrap();
+        assert!(read(&mut router, &mut device_rx).is_err());
+
+        // The client reconnects (likely the same connection id) and resends with the same pkid.
+        let (mut device, mut device_rx) = connect(&mut router, "device-1");
+        publish(&mut router, &mut device, "plant/d1/telemetry", 9, QoS::AtLeastOnce);
+        let new = handed(&read(&mut router, &mut gw_rx).unwrap())[0].0.unwrap();
+        assert_ne!(old, new);
+        // The old token neither acks nor closes the new connection.
+        gw.puback(old).unwrap();
+        gw.disconnect(old).unwrap();
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [] as [u16; 0]);
+        gw.puback(new).unwrap();
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [9]);
     }
 }
 

@@ -608,6 +608,8 @@ fn link_error_reason(e: &remote::Error) -> &'static str {
     match e {
         remote::Error::PublishDenied { .. } => "publish_denied",
         remote::Error::SecondConnect => "second_connect",
+        // Breakwater patch 22.
+        remote::Error::DeferredAckTimeout { .. } => "puback_timeout",
         remote::Error::Network(network::Error::KeepAlive(_)) => "keepalive_timeout",
         // Breakwater patch 19: the client stopped reading what it is sent.
         remote::Error::Network(network::Error::WriteTimeout(_)) => "write_timeout",
@@ -664,6 +666,13 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
     let authz = config.authz_handler.clone();
+    // Breakwater patch 22.
+    let max_deferred_acks = config
+        .max_deferred_acks
+        .unwrap_or(remote::DEFAULT_MAX_DEFERRED_ACKS);
+    let deferred_ack_timeout = config
+        .deferred_ack_timeout_ms
+        .map_or(remote::DEFAULT_DEFERRED_ACK_TIMEOUT, Duration::from_millis);
 
     let (connect_packet, principal) =
         match mqtt_connect(config, &mut network, peer, transport_identity).await {
@@ -723,6 +732,8 @@ async fn remote<P: Protocol>(
         }
     };
 
+    link.max_deferred_acks = max_deferred_acks;
+    link.deferred_ack_timeout = deferred_ack_timeout;
     let connection_id = link.connection_id;
     let generation = link.generation;
     let will_delay_interval = link.will_delay_interval;
@@ -738,6 +749,12 @@ async fn remote<P: Protocol>(
         }
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
+        // Breakwater patch 22: the owner of a deferred filter closed it (`LinkTx::disconnect`).
+        Err(remote::Error::Link(e)) if link.deferred_refused() => {
+            debug!(error=?e, "closed by the owner of a deferred publish");
+            disconnect_counted("deferred_refused");
+            send_disconnect = false;
+        }
         Err(remote::Error::Link(e)) => {
             debug!(error=?e, "router-drop");
             disconnect_counted("router");

@@ -1,8 +1,10 @@
-//! The storm chart: connected devices, connects/s and readings/s over time, outage shaded.
+//! The storm chart: connected devices (this process's, and each sampled gateway's), connects/s
+//! and readings/s over time, outage shaded.
 
 use std::path::Path;
 
 use anyhow::Context as _;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -54,10 +56,16 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     load_font()?;
     let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
     root.fill(&WHITE)?;
-    let title = format!(
+    let mut title = format!(
         "{} / {}: {} devices, outage {:.0} s",
         report.target, report.scenario, report.devices, report.outage_seconds
     );
+    if report.gateways.len() > 1 {
+        title.push_str(&format!(", {} gateways", report.gateways.len()));
+        if let Some(k) = report.gateway_killed_at {
+            title.push_str(&format!(" (one killed at {k:.0} s)"));
+        }
+    }
     let root = root.titled(&title, ("sans-serif", 24))?;
     let panels = root.split_evenly((3, 1));
     let t_max = report.timeline.last().map_or(1.0, |s| s.t).max(1.0);
@@ -76,7 +84,18 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         ("readings acked / s", &readings, RGBColor(0, 128, 0)),
     ];
     for (panel, (name, data, color)) in panels.iter().zip(series) {
-        let y_max = data.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
+        let mut y_max = data.iter().map(|p| p.1).fold(1.0f64, f64::max);
+        if name == "connected devices" {
+            #[allow(clippy::cast_precision_loss)]
+            let gw = report
+                .timeline
+                .iter()
+                .flat_map(|s| s.gateways_connected.iter().flatten())
+                .map(|&v| v as f64)
+                .fold(0.0f64, f64::max);
+            y_max = y_max.max(gw);
+        }
+        let y_max = y_max * 1.1;
         let mut chart = ChartBuilder::on(panel)
             .caption(name, ("sans-serif", 18))
             .margin(10)
@@ -95,8 +114,72 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
             )))?;
         }
         chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))?;
+        if name == "connected devices" {
+            draw_gateways(&mut chart, report)?;
+        }
     }
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Colours of the per-gateway lines.
+const GATEWAY_COLORS: [RGBColor; 4] = [
+    RGBColor(230, 120, 0),
+    RGBColor(140, 0, 170),
+    RGBColor(0, 150, 150),
+    RGBColor(120, 120, 120),
+];
+
+/// Each sampled gateway's connected devices (`--gateway-metrics`), with a legend; the fleet
+/// total of this process is the blue line.
+fn draw_gateways<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    report: &Report,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let n = report
+        .timeline
+        .iter()
+        .map(|s| s.gateways_connected.len())
+        .max()
+        .unwrap_or(0);
+    if n == 0 {
+        return Ok(());
+    }
+    for g in 0..n {
+        #[allow(clippy::cast_precision_loss)]
+        let points: Vec<(f64, f64)> = report
+            .timeline
+            .iter()
+            .map(|s| {
+                (
+                    s.t,
+                    s.gateways_connected.get(g).copied().flatten().unwrap_or(0) as f64,
+                )
+            })
+            .collect();
+        let color = GATEWAY_COLORS[g % GATEWAY_COLORS.len()];
+        let label = report
+            .gateways
+            .get(g)
+            .map_or_else(|| format!("gateway {g}"), |a| format!("gateway {a}"));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

@@ -129,7 +129,14 @@ pub fn credentials_file(secret: &str, ids: &[DeviceId]) -> String {
 /// Device ids `{prefix}-00000 ...`.
 #[must_use]
 pub fn device_ids(prefix: &str, n: usize) -> Vec<DeviceId> {
-    (0..n)
+    device_ids_from(prefix, 0, n)
+}
+
+/// `n` device ids `{prefix}-{i:05}` from `i = start` (a slice of a fleet split over several
+/// simulator processes).
+#[must_use]
+pub fn device_ids_from(prefix: &str, start: usize, n: usize) -> Vec<DeviceId> {
+    (start..start + n)
         .filter_map(|i| DeviceId::parse(format!("{prefix}-{i:05}")).ok())
         .collect()
 }

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::devices::DeviceModel;
 use self::devices::Devices;
 use self::diy::{DiyFleet, DiyLink};
-use self::fleet::{device_ids, Fleet, FleetCounters};
+use self::fleet::{device_ids_from, Fleet, FleetCounters};
 use self::report::{peak_rate, rss_bytes, Latency, Report, Sample};
 
 /// Which load shape to run.
@@ -57,9 +57,30 @@ pub enum Scenario {
     about = "Fleet simulator and reconnection-storm benchmark"
 )]
 pub struct Options {
-    /// MQTT address of the gateway (or of Mosquitto, for the baseline).
+    /// MQTT address of the gateway (or of Mosquitto, for the baseline). Several, comma
+    /// separated (`breakwater` model): each device starts at the one its id hashes to and fails
+    /// over after `--failover-after` failed connects, as the agent with `[gateway] addresses`.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub gateway: String,
+    /// Failed connects in a row before a device moves to the next gateway (the agent's
+    /// `[gateway] failover_after`).
+    #[arg(long, default_value_t = 3)]
+    pub failover_after: u32,
+    /// Number of the first simulated device (`{prefix}-{i:05}` from `i = device_start`), so
+    /// that several simulator processes share one fleet (the open-files limit caps one
+    /// process at ~19,000 connections).
+    #[arg(long, default_value_t = 0)]
+    pub device_start: usize,
+    /// Gateways' HTTP listeners (`HOST:PORT`, comma separated), whose
+    /// `breakwater_gateway_connected_devices` is sampled into the timeline and the chart.
+    #[arg(long, value_delimiter = ',')]
+    pub gateway_metrics: Vec<String>,
+    /// SIGKILL this process (a gateway) `--kill-after-cut` seconds after the network cut
+    /// (storm), and do not restart it.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    #[arg(long, default_value_t = 5.0)]
+    pub kill_after_cut: f64,
     /// Kafka bootstrap address to verify delivery against; without it, no verification.
     #[arg(long)]
     pub kafka: Option<String>,
@@ -149,8 +170,15 @@ impl Options {
         }
     }
 
-    fn link_options(&self, host: &str, port: u16) -> anyhow::Result<LinkOptions> {
-        let mut link = LinkOptions::plain(host, port);
+    fn link_options(&self) -> anyhow::Result<LinkOptions> {
+        let mut link = LinkOptions::plain_many(
+            self.gateways()?
+                .into_iter()
+                .map(|(h, p)| breakwater_agent::config::GatewayAddress::new(h, p))
+                .collect(),
+        );
+        link.failover_after = std::num::NonZeroU32::new(self.failover_after)
+            .context("--failover-after must be > 0")?;
         if let Some(ca) = &self.tls_ca {
             let tls = breakwater_agent::config::TlsConfig {
                 ca_file: ca.clone(),
@@ -174,27 +202,38 @@ impl Options {
             .password_secret
             .as_deref()
             .context("--write-credentials needs --password-secret")?;
-        let ids = device_ids(&self.device_prefix, self.devices);
+        let ids = device_ids_from(&self.device_prefix, self.device_start, self.devices);
         std::fs::write(path, fleet::credentials_file(secret, &ids))
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    fn host_port(&self) -> anyhow::Result<(&str, u16)> {
-        let (host, port) = self
-            .gateway
-            .rsplit_once(':')
-            .context("--gateway must be HOST:PORT")?;
-        Ok((host, port.parse().context("--gateway port")?))
+    /// `--gateway`, each `HOST:PORT`.
+    fn gateways(&self) -> anyhow::Result<Vec<(&str, u16)>> {
+        self.gateway
+            .split(',')
+            .map(|g| {
+                let (host, port) = g
+                    .trim()
+                    .rsplit_once(':')
+                    .context("--gateway must be HOST:PORT[,HOST:PORT...]")?;
+                Ok((host, port.parse().context("--gateway port")?))
+            })
+            .collect()
     }
 
     fn build_devices(&self, cancel: &CancellationToken) -> anyhow::Result<Devices> {
-        let ids = device_ids(&self.device_prefix, self.devices);
+        let ids = device_ids_from(&self.device_prefix, self.device_start, self.devices);
         let counters = Arc::new(FleetCounters::new());
-        let (host, port) = self.host_port()?;
+        let gateways = self.gateways()?;
+        let (host, port) = gateways[0];
+        anyhow::ensure!(
+            gateways.len() == 1 || self.device_model == DeviceModel::Breakwater,
+            "several --gateway addresses need --device-model breakwater"
+        );
         Ok(match self.device_model {
             DeviceModel::Breakwater => Devices::Breakwater(Fleet::new(
                 &ids,
-                self.link_options(host, port)?,
+                self.link_options()?,
                 self.password_secret.clone(),
                 self.sender_config(),
                 counters,
@@ -253,6 +292,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut all_acked_at: Option<Instant> = None;
     let mut gateway_peak: Option<u64> = None;
     let mut sim_peak: Option<u64> = None;
+    let mut killed_at: Option<f64> = None;
+    let sampler = GatewaySampler::spawn(&opts.gateway_metrics, cancel.child_token());
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_sample = start - Duration::from_secs(1);
@@ -308,6 +349,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             tracing::info!(devices = k, ?outage, "network cut");
             cut = Some((now, now + outage));
         }
+        if let (Some((cut_start, _)), Some(pid), None) = (cut, opts.kill_pid, killed_at) {
+            if now >= cut_start + Duration::from_secs_f64(opts.kill_after_cut.max(0.0)) {
+                let st = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                tracing::info!(pid, ?st, "gateway killed during the outage (not restarted)");
+                killed_at = Some(secs(now));
+            }
+        }
         if let Some((_, end)) = cut {
             if now >= end {
                 let base = produced_at_cut_end.get_or_insert_with(|| fleet.produced_each());
@@ -332,6 +382,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
                 produced_total: produced,
                 acked_total: acked,
                 gateway_rss: gw,
+                gateways_connected: sampler.latest(),
             });
         }
 
@@ -414,6 +465,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         total_seconds: start.elapsed().as_secs_f64(),
         cut_at: cut.map(|(a, _)| secs(a)),
         cut_end: cut.map(|(_, b)| secs(b)),
+        gateways: opts.gateway.split(',').map(str::to_owned).collect(),
+        gateway_killed_at: killed_at,
         reconnect_seconds,
         drain_seconds,
         peak_connects_per_second: peak_rate(&timeline, |s| s.connects_total),
@@ -435,4 +488,55 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         chart::draw(&report, path)?;
     }
     Ok(report)
+}
+
+/// Polls each gateway's `/metrics` for `breakwater_gateway_connected_devices` every 250 ms on
+/// a blocking thread, so the run loop never waits on HTTP.
+#[derive(Debug, Clone)]
+struct GatewaySampler {
+    latest: Arc<std::sync::Mutex<Vec<Option<u64>>>>,
+}
+
+impl GatewaySampler {
+    fn spawn(addrs: &[String], cancel: CancellationToken) -> Self {
+        let latest = Arc::new(std::sync::Mutex::new(vec![None; addrs.len()]));
+        if !addrs.is_empty() {
+            let addrs = addrs.to_vec();
+            let out = Arc::clone(&latest);
+            std::thread::spawn(move || {
+                while !cancel.is_cancelled() {
+                    let v: Vec<Option<u64>> = addrs.iter().map(|a| connected_devices(a)).collect();
+                    if let Ok(mut l) = out.lock() {
+                        *l = v;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            });
+        }
+        Self { latest }
+    }
+
+    fn latest(&self) -> Vec<Option<u64>> {
+        self.latest.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// `breakwater_gateway_connected_devices` from `http://{addr}/metrics`; `None` if it does not
+/// answer within 200 ms.
+fn connected_devices(addr: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("breakwater_gateway_connected_devices "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let n = v as u64;
+            n
+        })
 }

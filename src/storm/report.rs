@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::verify::Verification;
 
 /// One timeline sample.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     /// Seconds since the start of the run.
     pub t: f64,
@@ -17,6 +17,10 @@ pub struct Sample {
     pub acked_total: u64,
     /// Gateway RSS in bytes, when a gateway pid was given.
     pub gateway_rss: Option<u64>,
+    /// Each `--gateway-metrics` gateway's `breakwater_gateway_connected_devices` (the whole
+    /// gateway, every simulator process); `None` when it did not answer (e.g. killed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways_connected: Vec<Option<u64>>,
 }
 
 /// Percentiles of the ack latency, in milliseconds: from the first write of a batch (Breakwater
@@ -73,6 +77,10 @@ pub struct Report {
     /// Start and end of the network cut, seconds since the start.
     pub cut_at: Option<f64>,
     pub cut_end: Option<f64>,
+    /// `--gateway`, in order.
+    pub gateways: Vec<String>,
+    /// Seconds since the start when `--kill-pid` was killed.
+    pub gateway_killed_at: Option<f64>,
     /// From the network coming back until every device was connected again.
     pub reconnect_seconds: Option<f64>,
     /// From the network coming back until every device had its backlog (everything it produced

@@ -83,6 +83,8 @@ pub struct Links {
     pub telemetry: (LinkTx, LinkRx),
     pub acks: (LinkTx, LinkRx),
     pub alerts: AlertsLink,
+    /// The Sparkplug host's link ([`crate::sparkplug::host`]), when it has filters.
+    pub sparkplug: Option<(LinkTx, LinkRx)>,
 }
 
 impl std::fmt::Debug for Links {
@@ -176,9 +178,15 @@ pub fn rumqttd_config(
 /// Starts rumqttd, creates the gateway's links (before the listener accepts anyone, so no
 /// publish can find no subscriber), then starts the listener and waits until it accepts TCP.
 ///
+/// `sparkplug_filters`: the Sparkplug host's subscriptions; empty = no Sparkplug link.
+///
 /// # Errors
 /// The listen address is taken, a link cannot be created, or the listener does not come up.
-pub fn start(config: rumqttd::Config, listens: &[SocketAddr]) -> Result<Links, BrokerError> {
+pub fn start(
+    config: rumqttd::Config,
+    listens: &[SocketAddr],
+    sparkplug_filters: &[String],
+) -> Result<Links, BrokerError> {
     // rumqttd only logs a bind failure on its own thread; check first for a clear error.
     for &listen in listens {
         drop(
@@ -210,6 +218,21 @@ pub fn start(config: rumqttd::Config, listens: &[SocketAddr]) -> Result<Links, B
             name: "acks",
             source: Box::new(source),
         })?;
+    let sparkplug = if sparkplug_filters.is_empty() {
+        None
+    } else {
+        let link_err = |source| BrokerError::Link {
+            name: "sparkplug",
+            source: Box::new(source),
+        };
+        let (mut stx, srx) = broker
+            .link(crate::sparkplug::host::SPARKPLUG_LINK)
+            .map_err(link_err)?;
+        for f in sparkplug_filters {
+            stx.subscribe(f.as_str()).map_err(link_err)?;
+        }
+        Some((stx, srx))
+    };
     let alerts = broker
         .alerts()
         .map_err(|e| BrokerError::Alerts(Box::new(e)))?;
@@ -234,5 +257,6 @@ pub fn start(config: rumqttd::Config, listens: &[SocketAddr]) -> Result<Links, B
         telemetry: (ttx, trx),
         acks: (atx, arx),
         alerts,
+        sparkplug,
     })
 }

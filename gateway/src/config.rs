@@ -34,6 +34,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub admission: AdmissionConfig,
     pub auth: AuthConfig,
+    pub sparkplug: crate::sparkplug::config::SparkplugConfig,
 }
 
 /// The embedded MQTT broker (rumqttd).
@@ -596,6 +597,7 @@ impl Config {
         for (key, message) in self.auth.validate() {
             bad(&key, message);
         }
+        self.sparkplug.validate(&mut bad);
         p
     }
 }

@@ -21,6 +21,8 @@ pub enum FleetInput {
     /// A status message and the gateway clock when it arrived.
     Status(Status, u64),
     Refused(Refused),
+    /// An event made elsewhere (Sparkplug BIRTH/DEATH, `crate::sparkplug`).
+    Event(FleetEvent),
 }
 
 fn kind_of(s: StatusKind) -> FleetEventKind {
@@ -52,6 +54,7 @@ pub fn to_event(input: FleetInput) -> Option<FleetEvent> {
             gateway_ts,
             reason: None,
         }),
+        FleetInput::Event(ev) => Some(ev),
         FleetInput::Refused(r) => Some(FleetEvent {
             device: DeviceId::parse(r.client_id).ok()?,
             epoch: 0,

@@ -79,6 +79,8 @@ pub struct Gateway {
     deadline: Duration,
     link_stop: Arc<AtomicBool>,
     link_thread: Option<std::thread::JoinHandle<()>>,
+    /// The Sparkplug host ([`crate::sparkplug::host`]); stops with `link_stop`.
+    sparkplug_thread: Option<std::thread::JoinHandle<()>>,
     writer: tokio::task::JoinHandle<()>,
     writer_done: Arc<AtomicBool>,
     deletes: Arc<Deletes>,
@@ -206,14 +208,24 @@ impl Gateway {
         )
         .map_err(Box::new)?;
         let listens: Vec<SocketAddr> = cfg.mqtt.listeners().iter().map(|l| l.1).collect();
-        let links = tokio::task::spawn_blocking(move || crate::broker::start(rcfg, &listens))
-            .await
-            .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
-            .map_err(Box::new)?;
+        let sparkplug_filters = if cfg.sparkplug.enabled {
+            // Before the listener accepts anyone.
+            admission.set_sparkplug(crate::sparkplug::authz::Acl::new(&cfg.sparkplug));
+            crate::sparkplug::host::filters(&cfg.sparkplug.groups)
+        } else {
+            Vec::new()
+        };
+        let links = tokio::task::spawn_blocking(move || {
+            crate::broker::start(rcfg, &listens, &sparkplug_filters)
+        })
+        .await
+        .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
+        .map_err(Box::new)?;
         let crate::broker::Links {
             telemetry: (ttx, trx),
             acks: (atx, arx),
             alerts,
+            sparkplug: sparkplug_link,
         } = links;
 
         // Channels.
@@ -317,8 +329,42 @@ impl Gateway {
             Some(presence.clone()),
         ));
 
-        // Link consumer and alerts.
+        // Link consumer, Sparkplug host and alerts.
         let link_stop = Arc::new(AtomicBool::new(false));
+        let sparkplug_thread = match sparkplug_link {
+            None => None,
+            Some((stx, srx)) => {
+                let sp = &cfg.sparkplug;
+                let host = crate::sparkplug::host::Host {
+                    rx: srx,
+                    tx: stx,
+                    host_id: sp.host_id.clone(),
+                    sessions: crate::sparkplug::session::Sessions::new(
+                        crate::sparkplug::session::SessionConfig {
+                            rebirth_interval: sp.rebirth_interval,
+                            max_edge_nodes: sp.max_edge_nodes,
+                            max_devices: sp.max_devices_per_edge_node,
+                            ..Default::default()
+                        },
+                    ),
+                    ingest: crate::sparkplug::ingest::Ingest::new(
+                        sequencer.clone(),
+                        spool.clone(),
+                        queue_tx.clone(),
+                        depth.clone(),
+                        Limits::DEFAULT,
+                    ),
+                    events: events_tx.clone(),
+                    stop: link_stop.clone(),
+                };
+                Some(
+                    std::thread::Builder::new()
+                        .name("bw-sparkplug".into())
+                        .spawn(move || host.run())
+                        .map_err(StartError::Thread)?,
+                )
+            }
+        };
         let consumer = LinkConsumer {
             rx: trx,
             tx: ttx,
@@ -412,6 +458,7 @@ impl Gateway {
             deadline: cfg.shutdown.deadline,
             link_stop,
             link_thread: Some(link_thread),
+            sparkplug_thread,
             writer,
             writer_done,
             deletes,
@@ -478,6 +525,19 @@ impl Gateway {
         // blocks on the queue (try_send), so this is quick; the bound is the backstop (a
         // thread still running then is left behind; the process exits anyway).
         self.link_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.sparkplug_thread.take() {
+            // It holds a writer queue sender: the writer ends only after it.
+            let wait = left(self.deadline).max(STAGE_MIN);
+            if tokio::time::timeout(wait, tokio::task::spawn_blocking(move || t.join()))
+                .await
+                .is_err()
+            {
+                warn!(
+                    ?wait,
+                    "sparkplug host did not stop in time; going on without it"
+                );
+            }
+        }
         if let Some(t) = self.link_thread.take() {
             let wait = left(self.deadline).max(STAGE_MIN);
             if tokio::time::timeout(wait, tokio::task::spawn_blocking(move || t.join()))

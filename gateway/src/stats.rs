@@ -259,3 +259,31 @@ pub fn describe() {
         "Time a batch spends in one stage of the ack path, by stage"
     );
 }
+
+// Sparkplug B host application (`crate::sparkplug`).
+/// Sparkplug messages received, by `type` (`NBIRTH`, `NDATA`, ...).
+pub const SPARKPLUG_MESSAGES: &str = "breakwater_gateway_sparkplug_messages_total";
+/// Sparkplug publishes dropped before the session: `reason` = `bad_topic`, `malformed`.
+pub const SPARKPLUG_INVALID_PAYLOADS: &str = "breakwater_gateway_sparkplug_invalid_payloads_total";
+/// Messages the session did not take, by `reason` (`before_birth`, `stale_death`,
+/// `death_without_birth`, `command`, `too_many_edge_nodes`, `too_many_devices`,
+/// `device_id_too_long`; see `sparkplug::session::Ignored`).
+pub const SPARKPLUG_IGNORED: &str = "breakwater_gateway_sparkplug_ignored_messages_total";
+/// Metrics of a type that does not map to a reading, by `type` (`dataset`, `template`,
+/// `bytes`, `file`, `array`, `null`, ...).
+pub const SPARKPLUG_UNSUPPORTED_METRICS: &str =
+    "breakwater_gateway_sparkplug_unsupported_metrics_total";
+/// Malformed metrics, by `reason` (`unknown_alias`, `type_mismatch`, `bad_metric`, ...).
+pub const SPARKPLUG_INVALID_METRICS: &str = "breakwater_gateway_sparkplug_invalid_metrics_total";
+/// NCMD `Node Control/Rebirth` sent, by `reason` (`seq_gap`, `missing_seq`, `unknown_alias`,
+/// `before_birth`).
+pub const SPARKPLUG_REBIRTHS: &str = "breakwater_gateway_sparkplug_rebirths_total";
+/// Rebirths due but held back by `[sparkplug] rebirth_interval`, by `reason`.
+pub const SPARKPLUG_REBIRTHS_SUPPRESSED: &str =
+    "breakwater_gateway_sparkplug_rebirths_suppressed_total";
+/// Readings decoded from Sparkplug metrics (before the pipeline).
+pub const SPARKPLUG_READINGS: &str = "breakwater_gateway_sparkplug_readings_total";
+/// Sparkplug readings the pipeline could not take, by `reason` (`queue_full`, `spool_full`, ...).
+pub const SPARKPLUG_DROPPED_READINGS: &str = "breakwater_gateway_sparkplug_dropped_readings_total";
+/// Edge nodes with a live session (NBIRTH seen, no NDEATH since).
+pub const SPARKPLUG_EDGE_NODES_ONLINE: &str = "breakwater_gateway_sparkplug_edge_nodes_online";

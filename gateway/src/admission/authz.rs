@@ -22,8 +22,16 @@
 //! no QoS 2 (the protocol uses neither, and both make the broker hold state for the client).
 //! Every deny is counted in `breakwater_gateway_authz_denied_total{action,reason}` and logged
 //! with the client id, rate-limited.
+//!
+//! # Sparkplug B edge nodes
+//!
+//! With `[sparkplug] enabled`, every topic and filter in `spBv1.0/` is decided by
+//! [`crate::sparkplug::authz::Acl`] (an edge node's own namespace only; see there), and an
+//! identity starting with `spb.` (the prefix of the device ids Sparkplug sources get,
+//! `crate::sparkplug::topic`) may not use the agent topics, so no agent can write under a
+//! Sparkplug device's id.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use breakwater_protocol::topic::PREFIX;
 use tracing::warn;
@@ -90,6 +98,8 @@ impl Denied {
 #[derive(Debug, Default)]
 pub struct Policy {
     log: Mutex<LogWindow>,
+    /// Set once at start when `[sparkplug] enabled`.
+    sparkplug: OnceLock<crate::sparkplug::authz::Acl>,
 }
 
 impl Policy {
@@ -119,11 +129,32 @@ impl Policy {
         }
     }
 
+    /// Turns on the Sparkplug rules (see the module doc). Only the first call counts.
+    pub fn set_sparkplug(&self, acl: crate::sparkplug::authz::Acl) {
+        let _ = self.sparkplug.set(acl);
+    }
+
+    /// [`Policy::decide`], with the Sparkplug rules when they are on.
+    ///
+    /// # Errors
+    /// Why the action is denied.
+    pub fn decide_all(&self, identity: &str, action: Action<'_>) -> Result<(), Denied> {
+        if let Some(acl) = self.sparkplug.get() {
+            if let Some(decision) = acl.decide(identity, action) {
+                return decision;
+            }
+            if identity.starts_with(crate::sparkplug::topic::DEVICE_ID_PREFIX) {
+                return Err(Denied::ForeignTopic);
+            }
+        }
+        Self::decide(identity, action)
+    }
+
     /// Decides about `action` by `client_id`, authenticated as `identity`; a deny is counted and
     /// logged (at most a few lines a second, with how many were not logged).
     #[must_use]
     pub fn check(&self, client_id: &str, identity: &str, action: Action<'_>) -> bool {
-        let Err(denied) = Self::decide(identity, action) else {
+        let Err(denied) = self.decide_all(identity, action) else {
             return true;
         };
         let (label, reason) = (action.label(), denied.reason());
@@ -272,6 +303,30 @@ mod tests {
             Policy::decide("a", will("bw/v1/b/status", false)),
             Err(Denied::ForeignTopic)
         );
+    }
+
+    #[test]
+    fn sparkplug_rules_only_when_on() {
+        let p = Policy::new();
+        let nd = publish("spBv1.0/G/NDATA/e1", 0, false);
+        assert!(!p.check("e1", "e1", nd));
+        assert!(p.check(
+            "spb.G.e1",
+            "spb.G.e1",
+            publish("bw/v1/spb.G.e1/telemetry", 1, false)
+        ));
+        p.set_sparkplug(crate::sparkplug::authz::Acl::new(
+            &crate::sparkplug::config::SparkplugConfig::default(),
+        ));
+        assert!(p.check("e1", "e1", nd));
+        assert!(!p.check("e2", "e2", nd));
+        // Agents keep their rules; the Sparkplug id prefix is not an agent's any more.
+        assert!(p.check("a", "a", publish("bw/v1/a/telemetry", 1, false)));
+        assert!(!p.check(
+            "spb.G.e1",
+            "spb.G.e1",
+            publish("bw/v1/spb.G.e1/telemetry", 1, false)
+        ));
     }
 
     #[test]

@@ -349,6 +349,12 @@ impl Admission {
             .clone()
     }
 
+    /// Turns on the Sparkplug B rules of the topic policy (`[sparkplug] enabled`); call before the
+    /// listeners accept clients.
+    pub fn set_sparkplug(&self, acl: crate::sparkplug::authz::Acl) {
+        self.policy.set_sparkplug(acl);
+    }
+
     /// The topic policy's decision about one action of a connected client (counted and logged
     /// when denied).
     #[must_use]

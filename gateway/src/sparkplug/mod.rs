@@ -11,6 +11,13 @@
 //!    hand-written prost structs and no Sparkplug crate is said there).
 //! 3. [`session`] — per edge node: NBIRTH/DBIRTH alias tables, `bdSeq`, `seq` 0-255 wrapping,
 //!    Rebirth requests (rate-limited), metrics -> readings, BIRTH/DEATH -> fleet events.
+//! 4. [`ingest`] — readings into the sequencer and spool writer as batches with a gateway
+//!    epoch and seqs, in the agent's Kafka telemetry record format.
+//! 5. [`host`] — the thread on the gateway's `sparkplug` link that runs 1-4, publishes the host
+//!    STATE and the Rebirth NCMDs.
+//!
+//! Around it: [`config`] (`[sparkplug]`), [`authz`] (what an edge node may publish and
+//! subscribe to, part of the gateway's one policy).
 //!
 //! # Trust boundary
 //!
@@ -27,6 +34,10 @@
 //! retained on `spBv1.0/STATE/{host_id}`); [`rebirth_payload`] the NCMD
 //! `Node Control/Rebirth = true` the host sends on a gap.
 
+pub mod authz;
+pub mod config;
+pub mod host;
+pub mod ingest;
 pub mod proto;
 pub mod session;
 pub mod topic;

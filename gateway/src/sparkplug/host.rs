@@ -1,0 +1,241 @@
+//! The host application's thread: reads every Sparkplug publish from the gateway's `sparkplug`
+//! link, runs it through the sessions, hands readings to [`Ingest`], events to the fleet events
+//! queue, and publishes Rebirth NCMDs and the host STATE through the same link.
+//!
+//! # Host STATE (Sparkplug 3.0)
+//!
+//! At start, before reading anything, `spBv1.0/STATE/{host_id}` `{"online":true,"timestamp":T}`
+//! is published retained; on a graceful stop `{"online":false,"timestamp":T}` with the same `T`.
+//! A local link has no MQTT will. On kill -9 nothing is published, but the broker is embedded:
+//! it dies with the gateway, every edge node's connection drops with it, and its retained
+//! messages are in memory only (rumqttd keeps no retained store on disk), so no stale `online`
+//! survives. When the gateway is back, edge nodes reconnect and see the new `online` (with a new
+//! timestamp) as soon as they subscribe.
+//!
+//! Runs on its own thread and never blocks on anything downstream (see [`super::ingest`]); the
+//! fleet events queue is `try_send` (full: counted in `breakwater_gateway_events_dropped_total`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::ingest::Ingest;
+use super::session::{Clock, Outcome, Sessions};
+use super::topic::{self, SpTopic, TopicError};
+use super::{proto, rebirth_payload, state_payload};
+use crate::events::FleetInput;
+use crate::link::now_ms;
+use crate::stats as m;
+
+/// Client id of the host application's link (reserved like the other gateway links).
+pub const SPARKPLUG_LINK: &str = "breakwater-gateway-sparkplug";
+
+/// The rumqttd filters the host subscribes to: `spBv1.0/{group}/#` per served group, or
+/// `spBv1.0/#` for all (the host's own STATE and NCMDs come back too and are skipped).
+#[must_use]
+pub fn filters(groups: &[String]) -> Vec<String> {
+    if groups.is_empty() {
+        vec![format!("{}/#", topic::NAMESPACE)]
+    } else {
+        groups
+            .iter()
+            .map(|g| format!("{}/{g}/#", topic::NAMESPACE))
+            .collect()
+    }
+}
+
+pub struct Host {
+    pub rx: LinkRx,
+    pub tx: LinkTx,
+    pub host_id: String,
+    pub sessions: Sessions,
+    pub ingest: Ingest,
+    pub events: mpsc::Sender<FleetInput>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Runs on the calling thread until `stop` is set or the link is lost; publishes STATE
+    /// online first and offline last.
+    pub fn run(mut self) {
+        let state_ts = now_ms();
+        let state = topic::state_topic(&self.host_id);
+        self.publish(&state, state_payload(true, state_ts), true);
+        info!(host_id = %self.host_id, "sparkplug host application online");
+        let mut log = LogLimiter::new();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let deadline = Instant::now() + Duration::from_millis(200);
+            match self.rx.recv_deadline(deadline) {
+                Ok(Some(Notification::Forward(f))) => {
+                    self.handle(&f.publish.topic, &f.publish.payload, &mut log);
+                }
+                Ok(Some(Notification::Unschedule)) => {
+                    if let Err(e) = self.rx.ready() {
+                        warn!(error = %e, "sparkplug link: router gone");
+                        break;
+                    }
+                }
+                Ok(Some(Notification::Disconnect(..))) => {
+                    warn!("sparkplug link: disconnected by the router");
+                    break;
+                }
+                Ok(_) | Err(LinkError::RecvTimeout(_)) => {}
+                Err(e) => {
+                    warn!(error = %e, "sparkplug link: router gone");
+                    break;
+                }
+            }
+        }
+        self.publish(&state, state_payload(false, state_ts), true);
+        info!(host_id = %self.host_id, "sparkplug host application offline");
+    }
+
+    fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
+        let p = Publish::new(topic.as_bytes().to_vec(), payload, retain);
+        // `send` has no await point: it completes on the first poll.
+        match self.tx.send(Packet::Publish(p, None)).now_or_never() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => warn!(topic, error = %e, "sparkplug publish failed: broker link gone"),
+            None => warn!(topic, "sparkplug publish did not complete"),
+        }
+    }
+
+    fn handle(&mut self, topic_bytes: &[u8], payload: &[u8], log: &mut LogLimiter) {
+        let Ok(topic) = std::str::from_utf8(topic_bytes) else {
+            return invalid("bad_topic", "<not utf-8>", &"topic is not UTF-8", log);
+        };
+        let t = match SpTopic::parse(topic) {
+            Ok(t) => t,
+            // The host's own STATE (and other hosts'): not telemetry.
+            Err(TopicError::State) => return,
+            Err(e) => return invalid("bad_topic", topic, &e, log),
+        };
+        metrics::counter!(m::SPARKPLUG_MESSAGES, "type" => t.kind.as_str()).increment(1);
+        let p = match proto::decode(payload) {
+            Ok(p) => p,
+            Err(e) => return invalid("malformed", topic, &e, log),
+        };
+        let clock = Clock {
+            now: tokio::time::Instant::now(),
+            now_ms: now_ms(),
+        };
+        let out = self.sessions.handle(&t, &p, clock);
+        self.apply(&t, topic, out, clock.now_ms, log);
+    }
+
+    fn apply(
+        &mut self,
+        t: &SpTopic<'_>,
+        topic: &str,
+        out: Outcome,
+        now_ms: u64,
+        log: &mut LogLimiter,
+    ) {
+        for ty in &out.unsupported {
+            metrics::counter!(m::SPARKPLUG_UNSUPPORTED_METRICS, "type" => *ty).increment(1);
+        }
+        for reason in &out.invalid {
+            metrics::counter!(m::SPARKPLUG_INVALID_METRICS, "reason" => *reason).increment(1);
+        }
+        if !out.invalid.is_empty() && log.allow() {
+            warn!(topic, reasons = ?out.invalid, "sparkplug metrics not taken");
+        }
+        if let Some(ignored) = out.ignored {
+            metrics::counter!(m::SPARKPLUG_IGNORED, "reason" => ignored.as_str()).increment(1);
+            if ignored != super::session::Ignored::Command && log.allow() {
+                warn!(
+                    topic,
+                    reason = ignored.as_str(),
+                    "sparkplug message ignored"
+                );
+            }
+        }
+        if let Some(reason) = out.rebirth_suppressed {
+            metrics::counter!(m::SPARKPLUG_REBIRTHS_SUPPRESSED, "reason" => reason.as_str())
+                .increment(1);
+        }
+        if let Some(r) = out.rebirth {
+            metrics::counter!(m::SPARKPLUG_REBIRTHS, "reason" => r.reason.as_str()).increment(1);
+            info!(group = %r.group, edge_node = %r.edge_node, reason = r.reason.as_str(), "sparkplug: Rebirth requested");
+            let ncmd = topic::ncmd_topic(&r.group, &r.edge_node);
+            self.publish(&ncmd, rebirth_payload(now_ms), false);
+        }
+        for ev in out.events {
+            if self.events.try_send(FleetInput::Event(ev)).is_err() {
+                metrics::counter!(m::EVENTS_DROPPED, "reason" => "queue_full").increment(1);
+            }
+        }
+        if let Some((device, readings)) = out.readings {
+            if !readings.is_empty() {
+                let n = readings.len();
+                metrics::counter!(m::SPARKPLUG_READINGS).increment(n as u64);
+                let taken = self.ingest.submit(&device, readings);
+                if taken < n && log.allow() {
+                    warn!(%device, dropped = n - taken, "sparkplug readings dropped: the pipeline is full");
+                }
+            }
+        }
+        metrics::gauge!(m::SPARKPLUG_EDGE_NODES_ONLINE).set(self.sessions.online() as f64);
+        debug!(
+            group = t.group,
+            edge_node = t.edge_node,
+            kind = t.kind.as_str(),
+            "sparkplug message"
+        );
+    }
+}
+
+fn invalid(
+    reason: &'static str,
+    topic: &str,
+    detail: &dyn std::fmt::Display,
+    log: &mut LogLimiter,
+) {
+    metrics::counter!(m::SPARKPLUG_INVALID_PAYLOADS, "reason" => reason).increment(1);
+    if log.allow() {
+        warn!(topic, reason, %detail, "sparkplug payload dropped");
+    }
+}
+
+/// At most ~10 warnings a second from the host thread.
+#[derive(Debug)]
+struct LogLimiter {
+    window: Instant,
+    n: u32,
+}
+
+impl LogLimiter {
+    fn new() -> Self {
+        Self {
+            window: Instant::now(),
+            n: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.n = 0;
+        }
+        self.n += 1;
+        self.n <= 10
+    }
+}

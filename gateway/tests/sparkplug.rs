@@ -1,0 +1,237 @@
+//! The Sparkplug B host application against a real edge node: PyPI `pysparkplug` 0.6.1
+//! (installed by scripts/setup into `~/.cache/breakwater/pysparkplug`, or the directory in
+//! `BREAKWATER_PYSPARKPLUG`), driven by `fixtures/sparkplug_edge_node.py`, with Kafka (tansu).
+//!
+//! Asserts: NBIRTH + DBIRTH + DDATA/NDATA by alias only come out of Kafka under the mapped
+//! device ids with the BIRTH's names and the right values and timestamps, in the agent's record
+//! format; the unsupported Bytes metric is counted; a forced seq gap gets an NCMD
+//! `Node Control/Rebirth` the edge node sees; the NDEATH will (bdSeq 0, the NBIRTH's) becomes a
+//! `death` fleet event after the BIRTH events; a client publishing in another edge node's
+//! namespace is refused, counted, and nothing of it reaches Kafka.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use breakwater_gateway::sparkplug::proto::{self, datatype, Metric, MetricValue, Payload};
+use breakwater_protocol::kafka::{FleetEvent, FleetEventKind};
+use breakwater_protocol::{Reading, Value};
+use common::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// Where pysparkplug is installed (a `pip install --target` directory), or `None` (then the
+/// test is skipped, except under CI where it fails).
+fn pysparkplug() -> Option<PathBuf> {
+    let dir = std::env::var_os("BREAKWATER_PYSPARKPLUG").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/breakwater/pysparkplug")
+        },
+        PathBuf::from,
+    );
+    let ok = Command::new("python3")
+        .args(["-c", "import pysparkplug"])
+        .env("PYTHONPATH", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(dir);
+    }
+    assert!(
+        !breakwater_testkit::in_ci(),
+        "pysparkplug is not installed in {} (scripts/setup installs it)",
+        dir.display()
+    );
+    eprintln!(
+        "skipping: pysparkplug is not installed in {} (run scripts/setup)",
+        dir.display()
+    );
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pysparkplug_edge_node_end_to_end() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let Some(pypath) = pysparkplug() else { return };
+    let topic = breakwater_testkit::kafka::unique_topic("gw-sp-t");
+    let events = breakwater_testkit::kafka::unique_topic("gw-sp-ev");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start(
+        dir.path(),
+        &format!(
+            "[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"{topic}\"\nevents_topic = \"{events}\"\npartitions = 1\n[sparkplug]\nenabled = true\nhost_id = \"bw-test\"\ngroups = [\"G\"]\n"
+        ),
+    );
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sparkplug_edge_node.py"
+    );
+    let mut edge = Command::new("python3")
+        .arg(script)
+        .args([gw.mqtt_port.to_string().as_str(), "G", "e1"])
+        .env("PYTHONPATH", &pypath)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(edge.stdout.take().unwrap()).lines();
+    let mut said = Vec::new();
+    // Bounded: the script gives up on its own waits after 20 s each and prints a line.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line == "DONE" || line == "NOT_CONNECTED";
+        said.push(line);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        said,
+        ["DATA_SENT", "REBIRTH", "DONE"],
+        "edge node said {said:?}"
+    );
+
+    // An intruder: client id e9 publishing as edge node e1.
+    let mut o = MqttOptions::new("e9", "127.0.0.1", gw.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, mut el) = AsyncClient::new(o, 10);
+    let forged = proto::encode(&Payload {
+        timestamp: Some(1),
+        seq: Some(4),
+        metrics: vec![Metric {
+            name: Some("temp".into()),
+            alias: None,
+            timestamp: Some(1),
+            datatype: Some(datatype::DOUBLE),
+            is_null: None,
+            value: Some(MetricValue::DoubleValue(666.0)),
+        }],
+    });
+    c.publish("spBv1.0/G/NDATA/e1", QoS::AtLeastOnce, false, forged)
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return false,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        closed,
+        "a publish in another edge node's namespace was not refused"
+    );
+    drop(c);
+
+    // The edge node dies: the broker publishes its will (NDEATH, bdSeq 0).
+    edge.kill().unwrap();
+    edge.wait().unwrap();
+
+    let (b, t, e) = (bootstrap.clone(), topic.clone(), events.clone());
+    let (records, event_records) = tokio::task::spawn_blocking(move || {
+        (
+            breakwater_testkit::kafka::read_all(&b, &t, 1, 5, Duration::from_secs(60)),
+            breakwater_testkit::kafka::read_all(&b, &e, 1, 3, Duration::from_secs(60)),
+        )
+    })
+    .await
+    .unwrap();
+
+    // Telemetry: every record in the agent's format, keyed by the mapped device id.
+    let mut node = Vec::new();
+    let mut device = Vec::new();
+    for r in &records {
+        let batch = r.batch();
+        assert_eq!(r.key.as_deref(), Some(batch.device.as_str().as_bytes()));
+        match batch.device.as_str() {
+            "spb.G.e1" => node.extend(batch.readings),
+            "spb.G.e1.press_2e1" => device.extend(batch.readings),
+            other => panic!("unexpected device {other}"),
+        }
+    }
+    let values = |rs: &[Reading]| -> Vec<(String, Value)> {
+        rs.iter()
+            .map(|r| (r.metric.to_string(), r.value.clone()))
+            .collect()
+    };
+    assert_eq!(
+        values(&node),
+        [
+            ("bdSeq".to_owned(), Value::I64(0)),
+            ("temp".to_owned(), Value::F64(21.5)),
+            ("count".to_owned(), Value::I64(-7)),
+            // by alias 1, then the gap message (taken: its data is valid)
+            ("temp".to_owned(), Value::F64(22.25)),
+            ("temp".to_owned(), Value::F64(23.0)),
+        ],
+        "node readings (the intruder's 666 must not be among them)"
+    );
+    assert_eq!(
+        values(&device),
+        [
+            ("Inputs/A".to_owned(), Value::Bool(false)),
+            ("Inputs/B".to_owned(), Value::I64(1000)),
+            ("Inputs/A".to_owned(), Value::Bool(true)),
+            ("Inputs/B".to_owned(), Value::I64(1001)),
+        ]
+    );
+    // The metrics' own timestamps: DDATA one ms after the BIRTHs.
+    assert_eq!(device[2].ts, device[0].ts + 1);
+    assert_eq!(node[3].ts, node[1].ts + 2);
+
+    // Fleet events: births, then the will's death with the NBIRTH's bdSeq.
+    let evs: Vec<(String, FleetEventKind, u64)> = event_records
+        .iter()
+        .map(|r| FleetEvent::decode(r.value.as_deref().unwrap()).unwrap())
+        .map(|e| (e.device.as_str().to_owned(), e.kind, e.epoch))
+        .filter(|(d, _, _)| d.starts_with("spb."))
+        .collect();
+    assert_eq!(
+        evs,
+        [
+            ("spb.G.e1".to_owned(), FleetEventKind::Birth, 0),
+            ("spb.G.e1.press_2e1".to_owned(), FleetEventKind::Birth, 0),
+            ("spb.G.e1.press_2e1".to_owned(), FleetEventKind::Death, 0),
+            ("spb.G.e1".to_owned(), FleetEventKind::Death, 0),
+        ]
+    );
+
+    // Counted.
+    let page = gw.metrics();
+    let get = |name: &str, label: &str| parse_metric(&page, name, label);
+    assert_eq!(
+        get(
+            "breakwater_gateway_sparkplug_rebirths_total",
+            "reason=\"seq_gap\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "breakwater_gateway_sparkplug_unsupported_metrics_total",
+            "type=\"bytes\""
+        ),
+        1.0
+    );
+    assert!(
+        get(
+            "breakwater_gateway_authz_denied_total",
+            "reason=\"foreign_topic\""
+        ) >= 1.0
+    );
+    assert_eq!(
+        get("breakwater_gateway_sparkplug_edge_nodes_online", ""),
+        0.0
+    );
+}

@@ -258,6 +258,45 @@ pub fn describe() {
         Unit::Seconds,
         "Time a batch spends in one stage of the ack path, by stage"
     );
+    describe_sparkplug();
+}
+
+fn describe_sparkplug() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(SPARKPLUG_MESSAGES, "Sparkplug B messages received, by type");
+    describe_counter!(
+        SPARKPLUG_INVALID_PAYLOADS,
+        "Sparkplug publishes dropped undecoded, by reason"
+    );
+    describe_counter!(
+        SPARKPLUG_IGNORED,
+        "Sparkplug messages the host application did not take, by reason"
+    );
+    describe_counter!(
+        SPARKPLUG_UNSUPPORTED_METRICS,
+        "Sparkplug metrics of a type that maps to no reading, by type"
+    );
+    describe_counter!(
+        SPARKPLUG_INVALID_METRICS,
+        "Malformed Sparkplug metrics, by reason"
+    );
+    describe_counter!(SPARKPLUG_REBIRTHS, "NCMD Rebirth requests sent, by reason");
+    describe_counter!(
+        SPARKPLUG_REBIRTHS_SUPPRESSED,
+        "Rebirth requests held back by the per-edge-node rate limit, by reason"
+    );
+    describe_counter!(
+        SPARKPLUG_READINGS,
+        "Readings decoded from Sparkplug metrics"
+    );
+    describe_counter!(
+        SPARKPLUG_DROPPED_READINGS,
+        "Sparkplug readings the pipeline could not take, by reason"
+    );
+    describe_gauge!(
+        SPARKPLUG_EDGE_NODES_ONLINE,
+        "Sparkplug edge nodes with a live session"
+    );
 }
 
 // Sparkplug B host application (`crate::sparkplug`).

@@ -7,7 +7,8 @@
 //! format; the unsupported Bytes metric is counted; a forced seq gap gets an NCMD
 //! `Node Control/Rebirth` the edge node sees; the NDEATH will (bdSeq 0, the NBIRTH's) becomes a
 //! `death` fleet event after the BIRTH events; a client publishing in another edge node's
-//! namespace is refused, counted, and nothing of it reaches Kafka.
+//! namespace is refused, counted, and nothing of it reaches Kafka; the processor's core takes
+//! the records unchanged.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -206,6 +207,31 @@ async fn a_pysparkplug_edge_node_end_to_end() {
             ("spb.G.e1".to_owned(), FleetEventKind::Death, 0),
         ]
     );
+
+    // The processor's core reads these records as they are (the same decode as its run loop):
+    // every batch taken, nothing duplicated or missing, and the events too.
+    let params = breakwater_processor::state::Params::default();
+    let mut part = breakwater_processor::state::Partition::new(0);
+    let mut stats = breakwater_processor::state::Stats::default();
+    let mut out = Vec::new();
+    for r in &records {
+        part.on_batch_at(&r.batch(), None, &params, &mut stats, &mut out);
+    }
+    for r in &event_records {
+        let ev = FleetEvent::decode(r.value.as_deref().unwrap()).unwrap();
+        part.on_event(&ev, &params, &mut stats, &mut out);
+    }
+    assert_eq!(stats.batches, records.len() as u64);
+    assert_eq!(stats.readings, (node.len() + device.len()) as u64);
+    assert_eq!(
+        (
+            stats.duplicate_batches,
+            stats.duplicate_readings,
+            stats.gap_readings
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.events, event_records.len() as u64);
 
     // Counted.
     let page = gw.metrics();

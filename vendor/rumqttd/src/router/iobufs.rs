@@ -5,7 +5,7 @@ use std::{
 
 use flume::{Receiver, Sender};
 use parking_lot::Mutex;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::{
     protocol::Packet,
@@ -172,7 +172,7 @@ impl Outgoing {
 
         // We don't support out of order acks
         if pkid != head {
-            error!(pkid, head, "out of order ack.");
+            debug!(pkid, head, "out of order ack."); // Breakwater patch 17
             return None;
         }
 
@@ -194,7 +194,7 @@ impl Outgoing {
 
         // out of order acks
         if pkid != id {
-            error!(pkid, id, "out of order ack.");
+            debug!(pkid, id, "out of order ack."); // Breakwater patch 17
             return None;
         }
 

@@ -357,7 +357,8 @@ impl Router {
     ) {
         let client_id = outgoing.client_id.clone();
         if let Err(err) = validate_clientid(&client_id) {
-            error!("Invalid client_id: {}", err);
+            // Breakwater patch 17: a client alone causes this; debug, not ERROR.
+            debug!("Invalid client_id: {}", err);
             return;
         };
 
@@ -370,7 +371,8 @@ impl Router {
 
             let connection_id = self.connection_map.get(&client_id);
             if let Some(connection_id) = connection_id {
-                error!(
+                // Breakwater patch 17: a reconnecting device does this routinely.
+                debug!(
                     "Duplicate client_id, dropping previous connection with connection_id: {}",
                     connection_id
                 );
@@ -533,7 +535,7 @@ impl Router {
         let client_id = match &self.obufs.get(id) {
             Some(v) => v.client_id.clone(),
             None => {
-                error!("no-connection id {} is already gone", id);
+                debug!("no-connection id {} is already gone", id); // Breakwater patch 17
                 return;
             }
         };
@@ -553,7 +555,7 @@ impl Router {
             let outgoing = match self.obufs.get_mut(id) {
                 Some(v) => v,
                 None => {
-                    error!("no-connection id {} is already gone", id);
+                    debug!("no-connection id {} is already gone", id); // Breakwater patch 17
                     return;
                 }
             };
@@ -685,7 +687,7 @@ impl Router {
         let incoming = match self.ibufs.get_mut(id) {
             Some(v) => v,
             None => {
-                error!("no-connection id {} is already gone", id);
+                debug!("no-connection id {} is already gone", id); // Breakwater patch 17
                 return;
             }
         };
@@ -829,7 +831,8 @@ impl Router {
                         }
                         Err(e) => {
                             // Disconnect on bad publishes
-                            error!(
+                            // Breakwater patch 17: one client's bad publish; it is disconnected.
+                            debug!(
                                 reason = ?e, "Failed to append to commitlog"
                             );
                             self.router_meters.failed_publishes += 1;
@@ -881,7 +884,7 @@ impl Router {
                         let subscription_id = props.as_ref().and_then(|p| p.id);
 
                         if subscription_id == Some(0) {
-                            error!("Subscription identifier can't be 0");
+                            debug!("Subscription identifier can't be 0"); // Breakwater patch 17
                             disconnect = true;
                             disconnect_reason = Some(DisconnectReasonCode::ProtocolError);
                             break;
@@ -986,7 +989,7 @@ impl Router {
                     let outgoing = self.obufs.get_mut(id).unwrap();
                     let pkid = puback.pkid;
                     if outgoing.register_ack(pkid).is_none() {
-                        error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
+                        debug!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid); // Breakwater patch 17
                         disconnect = true;
                         break;
                     }
@@ -1000,7 +1003,7 @@ impl Router {
                     let outgoing = self.obufs.get_mut(id).unwrap();
                     let pkid = pubrec.pkid;
                     if outgoing.register_ack(pkid).is_none() {
-                        error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
+                        debug!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid); // Breakwater patch 17
                         disconnect = true;
                         break;
                     }
@@ -1054,7 +1057,8 @@ impl Router {
                         }
                         Err(e) => {
                             // Disconnect on bad publishes
-                            error!(
+                            // Breakwater patch 17: one client's bad publish; it is disconnected.
+                            debug!(
                                 reason = ?e, "Failed to append to commitlog"
                             );
                             self.router_meters.failed_publishes += 1;
@@ -1071,7 +1075,8 @@ impl Router {
                     let outgoing = self.obufs.get_mut(id).unwrap();
                     let pkid = pubcomp.pkid;
                     if outgoing.register_pubcomp(pkid).is_none() {
-                        error!(
+                        // Breakwater patch 17: a client alone causes this (it is disconnected).
+                        debug!(
                             pkid,
                             "ack received for pkid {}, but the pkid didn't exists!", pkid
                         );
@@ -1237,7 +1242,7 @@ impl Router {
         let outgoing = match self.obufs.get_mut(id) {
             Some(v) => v,
             None => {
-                error!("Connection is already disconnected");
+                debug!("Connection is already disconnected"); // Breakwater patch 17
                 return Some(());
             }
         };
@@ -1377,7 +1382,8 @@ impl Router {
             }
             Err(e) => {
                 // Disconnect on bad publishes
-                error!(
+                // Breakwater patch 17: one client's bad publish.
+                debug!(
                     reason = ?e, "Failed to append to commitlog"
                 );
                 self.router_meters.failed_publishes += 1;
@@ -1458,7 +1464,7 @@ fn append_to_commitlog(
         .as_ref()
         .is_some_and(|p| !p.subscription_identifiers.is_empty())
     {
-        error!("A PUBLISH packet sent from a Client to a Server MUST NOT contain a Subscription Identifier");
+        debug!("A PUBLISH packet sent from a Client to a Server MUST NOT contain a Subscription Identifier"); // Breakwater patch 17
         return Err(RouterError::Disconnect(
             DisconnectReasonCode::MalformedPacket,
         ));
@@ -1533,7 +1539,7 @@ fn append_will_message(
         .as_ref()
         .is_some_and(|p| !p.subscription_identifiers.is_empty())
     {
-        error!("A PUBLISH packet sent from a Client to a Server MUST NOT contain a Subscription Identifier");
+        debug!("A PUBLISH packet sent from a Client to a Server MUST NOT contain a Subscription Identifier"); // Breakwater patch 17
         return Err(RouterError::Disconnect(
             DisconnectReasonCode::MalformedPacket,
         ));
@@ -1592,7 +1598,7 @@ fn validate_and_set_topic_alias(
     alias: u16,
 ) -> Result<(), RouterError> {
     if alias == 0 || alias > TOPIC_ALIAS_MAX {
-        error!("Alias must be greater than 0 and <={TOPIC_ALIAS_MAX}");
+        debug!("Alias must be greater than 0 and <={TOPIC_ALIAS_MAX}"); // Breakwater patch 17
         return Err(RouterError::Disconnect(
             DisconnectReasonCode::TopicAliasInvalid,
         ));
@@ -1601,7 +1607,7 @@ fn validate_and_set_topic_alias(
     if publish.topic.is_empty() {
         // if publish topic is empty, publisher must have set a valid alias
         let Some(alias_topic) = connection.topic_aliases.get(&alias) else {
-            error!("Empty topic name with invalid alias");
+            debug!("Empty topic name with invalid alias"); // Breakwater patch 17
             return Err(RouterError::Disconnect(DisconnectReasonCode::ProtocolError));
         };
         // set the publish topic before further processing

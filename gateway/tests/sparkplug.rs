@@ -2,7 +2,7 @@
 //! (installed by scripts/setup into `~/.cache/breakwater/pysparkplug`, or the directory in
 //! `BREAKWATER_PYSPARKPLUG`), driven by `fixtures/sparkplug_edge_node.py`, with Kafka (tansu).
 //!
-//! Asserts: NBIRTH + DBIRTH + DDATA/NDATA by alias only come out of Kafka under the mapped
+//! Asserts: the host STATE is retained `online`; NBIRTH + DBIRTH + DDATA/NDATA by alias only come out of Kafka under the mapped
 //! device ids with the BIRTH's names and the right values and timestamps, in the agent's record
 //! format; the unsupported Bytes metric is counted; a forced seq gap gets an NCMD
 //! `Node Control/Rebirth` the edge node sees; the NDEATH will (bdSeq 0, the NBIRTH's) becomes a
@@ -133,6 +133,28 @@ async fn a_pysparkplug_edge_node_end_to_end() {
         closed,
         "a publish in another edge node's namespace was not refused"
     );
+    drop(c);
+
+    // The host STATE, retained: a client subscribing now still gets it.
+    let mut o = MqttOptions::new("e5", "127.0.0.1", gw.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, mut el) = AsyncClient::new(o, 10);
+    c.subscribe("spBv1.0/STATE/bw-test", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let state = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = el.poll().await {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("no retained STATE");
+    assert!(state.retain, "STATE is not retained");
+    let v: serde_json::Value = serde_json::from_slice(&state.payload).unwrap();
+    assert_eq!(v["online"], serde_json::json!(true));
+    assert!(v["timestamp"].as_u64().is_some_and(|t| t > 0));
     drop(c);
 
     // The edge node dies: the broker publishes its will (NDEATH, bdSeq 0).

@@ -1133,6 +1133,46 @@ mod tests {
         assert_eq!(o.ignored, Some(Ignored::DeviceIdTooLong));
     }
 
+    proptest::proptest! {
+        /// Hostile edge nodes: any sequence of messages (topics of every type for a few nodes
+        /// and devices, payloads from arbitrary bytes that decode, or arbitrary metrics) never
+        /// panics, and the table stays within its bound.
+        #[test]
+        fn arbitrary_message_sequences_never_panic(
+            msgs in proptest::collection::vec(
+                (0usize..8, 0usize..3, 0usize..2, proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0u64..300, 0u64..5, 0u32..40, proptest::bool::ANY),
+                0..60,
+            )
+        ) {
+            let mut s = Sessions::new(SessionConfig { max_edge_nodes: 2, max_devices: 1, max_aliases: 3, ..SessionConfig::default() });
+            let kinds = ["NBIRTH", "NDATA", "NDEATH", "NCMD", "DBIRTH", "DDATA", "DDEATH", "DCMD"];
+            for (k, node, dev, bytes, seq, alias, datatype, named) in msgs {
+                let kind = kinds[k];
+                let topic = if MessageType::parse(kind).is_some_and(MessageType::has_device) {
+                    format!("spBv1.0/g/{kind}/n{node}/d{dev}")
+                } else {
+                    format!("spBv1.0/g/{kind}/n{node}")
+                };
+                let t = SpTopic::parse(&topic).unwrap();
+                let p = super::super::proto::decode(&bytes).unwrap_or_else(|_| {
+                    payload(
+                        Some(seq),
+                        vec![Metric {
+                            name: named.then(|| format!("m{alias}")),
+                            alias: Some(alias),
+                            timestamp: None,
+                            datatype: Some(datatype),
+                            is_null: None,
+                            value: Some(MetricValue::LongValue(seq)),
+                        }],
+                    )
+                });
+                let _ = s.handle(&t, &p, clock());
+                proptest::prop_assert!(s.len() <= 2);
+            }
+        }
+    }
+
     #[test]
     fn commands_are_not_for_the_host() {
         let mut s = sessions();

@@ -283,3 +283,46 @@ async fn a_pysparkplug_edge_node_end_to_end() {
         0.0
     );
 }
+
+/// `check-config` reports every `[sparkplug]` problem with its key, and an unknown key by name.
+#[test]
+fn check_config_validates_the_sparkplug_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("BREAKWATER_KAFKA_BROKERS")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check(
+        "[sparkplug]\nenabled = true\nhost_id = \"a/b\"\ngroups = [\"A\", \"A\", \"STATE\"]\nrebirth_interval = \"0s\"\nmax_edge_nodes = 0\n[[sparkplug.edge_nodes]]\nidentity = \"\"\ngroup = \"B\"\nedge_node = \"x+\"\n",
+    );
+    assert!(!ok);
+    for key in [
+        "sparkplug.host_id",
+        "sparkplug.groups[1]",
+        "sparkplug.groups[2]",
+        "sparkplug.rebirth_interval",
+        "sparkplug.max_edge_nodes",
+        "sparkplug.edge_nodes[0].identity",
+        "sparkplug.edge_nodes[0].group",
+        "sparkplug.edge_nodes[0].edge_node",
+    ] {
+        assert!(err.contains(key), "{key} not reported:\n{err}");
+    }
+    let (ok, err) = check("[sparkplug]\nhostid = \"x\"\n");
+    assert!(!ok);
+    assert!(err.contains("hostid"), "{err}");
+    let (ok, err) = check(
+        "[sparkplug]\nenabled = true\ngroups = [\"A\", \"B\"]\n[[sparkplug.edge_nodes]]\nidentity = \"a-line1\"\ngroup = \"A\"\nedge_node = \"line1\"\n[[sparkplug.edge_nodes]]\nidentity = \"b-line1\"\ngroup = \"B\"\nedge_node = \"line1\"\n",
+    );
+    assert!(ok, "{err}");
+}

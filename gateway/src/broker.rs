@@ -122,6 +122,8 @@ pub fn rumqttd_config(
             // `CursorJump` alert for the acks link, harmless: nothing reads that log).
             "max_segment_size": 1024,
             "max_segment_count": 2,
+            "max_saved_sessions": cfg.max_saved_sessions,
+            "saved_session_expiry_secs": cfg.saved_session_expiry_secs,
             "custom_segment": {
                 TELEMETRY_FILTER: {
                     "max_segment_size": cfg.segment_bytes,
@@ -259,4 +261,21 @@ pub fn start(
         alerts,
         sparkplug,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persistent_session_limits_reach_the_router() {
+        let cfg = MqttConfig {
+            max_saved_sessions: 12,
+            saved_session_expiry_secs: 34,
+            ..MqttConfig::default()
+        };
+        let c = rumqttd_config(&cfg, 100, None, None).unwrap();
+        assert_eq!(c.router.max_saved_sessions, Some(12));
+        assert_eq!(c.router.saved_session_expiry_secs, Some(34));
+    }
 }

@@ -56,6 +56,11 @@ pub struct MqttConfig {
     /// `segment_bytes * segment_count` behind.
     pub segment_bytes: usize,
     pub segment_count: usize,
+    /// Persistent sessions (clients connecting with `clean_session = false`) kept for clients
+    /// that have gone, at most; saving one more drops the oldest (rumqttd patch 21).
+    pub max_saved_sessions: usize,
+    /// Seconds a persistent session is kept after its client has gone (rumqttd patch 21).
+    pub saved_session_expiry_secs: u64,
     /// The TLS listener, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -96,6 +101,8 @@ impl Default for MqttConfig {
             max_inflight_count: 100,
             segment_bytes: 16 * 1024 * 1024,
             segment_count: 4,
+            max_saved_sessions: 10_000,
+            saved_session_expiry_secs: 3_600,
             tls: None,
         }
     }
@@ -496,6 +503,12 @@ impl Config {
         }
         if self.mqtt.segment_count == 0 {
             bad("mqtt.segment_count", "must be > 0".into());
+        }
+        if self.mqtt.saved_session_expiry_secs == 0 {
+            bad(
+                "mqtt.saved_session_expiry_secs",
+                "must be > 0 (max_saved_sessions = 0 keeps none)".into(),
+            );
         }
         if self.mqtt.listen == self.metrics.listen && self.mqtt.listen.port() != 0 {
             bad(

@@ -5,7 +5,7 @@ use std::{
 
 use flume::{Receiver, Sender};
 use parking_lot::Mutex;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::{
     protocol::Packet,

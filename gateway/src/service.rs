@@ -200,7 +200,7 @@ impl Gateway {
         };
 
         // Broker and links.
-        let rcfg = crate::broker::rumqttd_config(
+        let mut rcfg = crate::broker::rumqttd_config(
             &cfg.mqtt,
             admission.max_connections(),
             Some(&admission),
@@ -215,6 +215,22 @@ impl Gateway {
         } else {
             Vec::new()
         };
+        // The Sparkplug filters' logs are sized like the telemetry one: with rumqttd's small
+        // default (the ack logs', 2 x 1 KiB) the host link would be skipped ahead (data lost)
+        // as soon as it is a few DATA messages behind.
+        let segments = rcfg
+            .router
+            .custom_segment
+            .get_or_insert_with(Default::default);
+        for f in &sparkplug_filters {
+            segments.insert(
+                f.clone(),
+                rumqttd::SegmentConfig {
+                    max_segment_size: cfg.mqtt.segment_bytes,
+                    max_segment_count: cfg.mqtt.segment_count,
+                },
+            );
+        }
         let links = tokio::task::spawn_blocking(move || {
             crate::broker::start(rcfg, &listens, &sparkplug_filters)
         })

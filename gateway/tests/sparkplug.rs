@@ -326,3 +326,73 @@ fn check_config_validates_the_sparkplug_section() {
     );
     assert!(ok, "{err}");
 }
+
+/// A burst of DDATA faster than the host reads: nothing is skipped. rumqttd keeps one log per
+/// subscribed filter; with its small default segments the host's link was skipped ahead
+/// (`CursorJump`) after a few messages. No Kafka needed (the spool takes the readings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddata_burst_is_not_skipped() {
+    const MESSAGES: u64 = 2_000;
+    const METRICS: u64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start(dir.path(), "[sparkplug]\nenabled = true\n");
+    let mut o = MqttOptions::new("burst", "127.0.0.1", gw.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (c, mut el) = AsyncClient::new(o, 100);
+    let driver = tokio::spawn(async move {
+        // Bounded by the test's own waits below; ends with the connection.
+        while el.poll().await.is_ok() {}
+    });
+    let metric = |i: u64, named: bool| Metric {
+        name: named.then(|| format!("m{i}")),
+        alias: Some(i),
+        timestamp: None,
+        datatype: Some(datatype::DOUBLE),
+        is_null: None,
+        value: Some(MetricValue::DoubleValue(i as f64)),
+    };
+    let msg = |seq: u64, named: bool| {
+        proto::encode(&Payload {
+            timestamp: Some(1_000 + seq),
+            seq: Some(seq % 256),
+            metrics: (0..METRICS).map(|i| metric(i, named)).collect(),
+        })
+    };
+    let births = [
+        ("spBv1.0/G/NBIRTH/burst", msg(0, true)),
+        ("spBv1.0/G/DBIRTH/burst/d", msg(1, true)),
+    ];
+    for (t, p) in births {
+        c.publish(t, QoS::AtMostOnce, false, p).await.unwrap();
+    }
+    for seq in 2..MESSAGES + 2 {
+        c.publish(
+            "spBv1.0/G/DDATA/burst/d",
+            QoS::AtMostOnce,
+            false,
+            msg(seq, false),
+        )
+        .await
+        .unwrap();
+    }
+    let expected = (MESSAGES + 2) * METRICS;
+    let readings = "breakwater_gateway_sparkplug_readings_total";
+    wait_until(Duration::from_secs(120), || {
+        gw.metric(readings, "") >= expected as f64
+            || gw.metric("breakwater_gateway_link_cursor_jumps_total", "") > 0.0
+    });
+    let page = gw.metrics();
+    assert_eq!(
+        parse_metric(&page, "breakwater_gateway_link_cursor_jumps_total", ""),
+        0.0
+    );
+    assert_eq!(parse_metric(&page, readings, ""), expected as f64);
+    assert_eq!(
+        parse_metric(&page, "breakwater_gateway_sparkplug_rebirths_total", ""),
+        0.0,
+        "the burst had a seq gap"
+    );
+    drop(c);
+    driver.abort();
+}

@@ -214,16 +214,6 @@ async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() 
     }
 }
 
-/// MQTT 3.1.1 CONNECT, clean session, no login, keep alive 30 s.
-fn connect_packet(id: &str) -> Vec<u8> {
-    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
-    var.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
-    var.extend_from_slice(id.as_bytes());
-    let mut p = vec![0x10, u8::try_from(var.len()).unwrap()];
-    p.extend(var);
-    p
-}
-
 /// Connects from `source` to `target`, sends `preamble` and a CONNECT for `id`; returns the
 /// socket and the CONNACK return code (`None`: closed without one).
 async fn mqtt_connect(
@@ -237,7 +227,7 @@ async fn mqtt_connect(
     sock.bind((source, 0).into()).unwrap();
     let mut s = sock.connect(target).await.unwrap();
     let mut bytes = preamble.to_vec();
-    bytes.extend(connect_packet(id));
+    bytes.extend(connect_packet(id, 30));
     // The gateway may close first (a refused connection); that shows in the read.
     let _ = s.write_all(&bytes).await;
     let mut ack = [0u8; 4];

@@ -12,20 +12,10 @@ use std::time::Duration;
 
 use common::*;
 
-/// MQTT 3.1.1 CONNECT, clean session, no login, keep alive 30 s.
-fn connect_packet(id: &str) -> Vec<u8> {
-    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
-    var.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
-    var.extend_from_slice(id.as_bytes());
-    let mut p = vec![0x10, u8::try_from(var.len()).unwrap()];
-    p.extend(var);
-    p
-}
-
 fn connected(port: u16, id: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&connect_packet(id)).unwrap();
+    s.write_all(&connect_packet(id, 30)).unwrap();
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).unwrap();
     assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted for {id}");

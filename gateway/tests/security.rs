@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use breakwater_protocol::{envelope, Ack, DeviceId, Floor, Topic};
-use common::{make_batch, parse_metric, wait_until, GatewayProc};
+use common::{connect_packet, make_batch, parse_metric, wait_until, GatewayProc};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
     SubscribeReasonCode, TlsConfiguration, Transport,
@@ -587,17 +587,6 @@ async fn one_address_cannot_starve_the_others() {
             "reason=\"address_connections\""
         ) >= 1.0
     );
-}
-
-/// An MQTT 3.1.1 CONNECT, clean session, no login.
-fn connect_packet(id: &str, keep_alive: u16) -> Vec<u8> {
-    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
-    var.extend_from_slice(&keep_alive.to_be_bytes());
-    var.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
-    var.extend_from_slice(id.as_bytes());
-    let mut p = vec![0x10, u8::try_from(var.len()).unwrap()];
-    p.extend(var);
-    p
 }
 
 /// Keep alive 0 is accepted (MQTT 3.1.1 allows it); a second CONNECT closes the connection.

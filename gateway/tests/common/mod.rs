@@ -735,3 +735,14 @@ impl Drop for RawDevice {
         self.task.abort();
     }
 }
+
+/// The bytes of an MQTT 3.1.1 CONNECT: clean session, no login, `keep_alive` seconds.
+pub fn connect_packet(id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    var.extend_from_slice(&keep_alive.to_be_bytes());
+    var.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
+    var.extend_from_slice(id.as_bytes());
+    let mut p = vec![0x10, u8::try_from(var.len()).unwrap()];
+    p.extend(var);
+    p
+}

@@ -9,9 +9,11 @@
 //!    beforehand; decode speed of the same batches (postcard envelope) is printed separately.
 //! 2. Checkpoint time and size with 100,000 devices of state (all dirty, then 10% dirty).
 //! 3. Recovery time: open the database and load all 100,000 devices.
-//! 4. With 1,000,000 devices of state (4 partitions, one metric each): a checkpoint of 10,000
+//! 4. With 1,000,000 devices of state (4 partitions, one metric each): checkpoints of 10,000
 //!    changed devices (changelog records encoded as for Kafka + the redb commit; producing them
-//!    over the network is not included), and restoring one partition (250,000 devices) from its
+//!    over the network is not included; the first ones after the initial checkpoint also write
+//!    the snapshots of the partitions that had none, one a checkpoint), each next to the same
+//!    commit in the format-2 layout (one row per device), and restoring one partition (250,000 devices) from its
 //!    changelog records (decode and rebuild, then the local cache refill; fetching them from a
 //!    broker is not included: against tansu on this machine that would measure tansu).
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
@@ -169,8 +171,9 @@ fn checkpoint_and_recovery() {
     }
     let s = store.commit(parts.iter_mut(), "tel", "ev").unwrap();
     println!(
-        "checkpoint: {} devices (10% dirty) in {:.3} s, file {:.1} MB",
+        "checkpoint: 10,000 devices (10% dirty; {} written: {} partition snapshot(s), the rest deltas) in {:.3} s, file {:.1} MB",
         s.devices_written,
+        s.snapshots,
         s.duration.as_secs_f64(),
         store.size_bytes() as f64 / 1e6
     );
@@ -189,6 +192,65 @@ fn checkpoint_and_recovery() {
             "recovery {attempt}: open + load {n} devices in {:.3} s",
             t.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// The format-2 local layout (one redb row per device, keyed `(partition, device)`), kept here
+/// only to measure the current layout against it in the same run.
+use redb::ReadableTable as _;
+
+struct RowStore(redb::Database);
+
+const ROWS: redb::TableDefinition<(i32, &str), &[u8]> = redb::TableDefinition::new("devices");
+
+impl RowStore {
+    /// Writes the dirty devices (or all, `all`) of `parts` as format 2 did; returns seconds.
+    fn commit(&self, parts: &[Partition], all: bool) -> f64 {
+        let t = Instant::now();
+        let tx = self.0.begin_write().unwrap();
+        {
+            let mut rows = tx.open_table(ROWS).unwrap();
+            let mut buf = Vec::new();
+            for p in parts {
+                let keys: Vec<&String> = if all {
+                    p.devices.keys().collect()
+                } else {
+                    p.dirty_devices().iter().collect()
+                };
+                for d in keys {
+                    buf.clear();
+                    buf = postcard::to_extend(&p.devices[d], std::mem::take(&mut buf)).unwrap();
+                    rows.insert((p.id, d.as_str()), buf.as_slice()).unwrap();
+                }
+            }
+        }
+        tx.commit().unwrap();
+        t.elapsed().as_secs_f64()
+    }
+
+    /// Format 2's refill after a restore: delete the partition's rows, insert every device.
+    fn replace(&self, p: &Partition) -> f64 {
+        let t = Instant::now();
+        let tx = self.0.begin_write().unwrap();
+        {
+            let mut rows = tx.open_table(ROWS).unwrap();
+            let stale: Vec<String> = rows
+                .range((p.id, "")..(p.id + 1, ""))
+                .unwrap()
+                .map(|r| r.unwrap().0.value().1.to_owned())
+                .collect();
+            for d in stale {
+                rows.remove((p.id, d.as_str())).unwrap();
+            }
+            let mut buf = Vec::new();
+            for (d, s) in &p.devices {
+                buf.clear();
+                buf = postcard::to_extend(s, std::mem::take(&mut buf)).unwrap();
+                rows.insert((p.id, d.as_str()), buf.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        t.elapsed().as_secs_f64()
     }
 }
 
@@ -215,23 +277,29 @@ fn million() {
     out.clear();
     let dir =
         tempfile::tempdir_in(std::env::var("BENCH_TMP").unwrap_or_else(|_| ".".into())).unwrap();
+    let rows = RowStore(redb::Database::create(dir.path().join("rows.redb")).unwrap());
+    let old = rows.commit(&parts, true);
     let path = dir.path().join("state.redb");
     let store = Store::open(&path).unwrap();
     let t = Instant::now();
     let s = store.commit(parts.iter_mut(), "tel", "ev").unwrap();
     println!(
-        "1M: initial checkpoint of {} devices in {:.2} s, file {:.0} MB",
+        "1M: initial checkpoint of {} devices in {:.2} s, file {:.0} MB ({} partition snapshot(s), the rest deltas; row per device, format 2: {old:.2} s)",
         s.devices_written,
         t.elapsed().as_secs_f64(),
-        store.size_bytes() as f64 / 1e6
+        store.size_bytes() as f64 / 1e6,
+        s.snapshots
     );
-    for round in 0..3u64 {
-        // 10,000 devices change (spread over the partitions).
-        for d in (0..devices).step_by(100) {
+    let (mut new_ms, mut old_ms) = (Vec::new(), Vec::new());
+    for round in 0..8u64 {
+        // 10,000 devices change, spread over the partitions.
+        for d in (0..devices / 100).map(|i| i * 100 + i % 4) {
             let b = one(d, 11 + round * 10, t0 + (round + 1) * 10_000);
             parts[d % 4].on_batch(&b, &p, &mut st, &mut out);
         }
         out.clear();
+        // The format-2 path first (it needs the dirty set the commit below clears).
+        let old = rows.commit(&parts, false) * 1e3;
         let t = Instant::now();
         // What a checkpoint does besides producing: encode every changed device for the
         // changelog, then commit them to redb.
@@ -246,15 +314,30 @@ fn million() {
         }
         let encoded = t.elapsed();
         let s = store.commit(parts.iter_mut(), "tel", "ev").unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
         println!(
-            "1M: checkpoint of {} changed devices in {:.1} ms (changelog encoding {:.1} ms, {:.1} MB; redb commit {:.1} ms)",
-            s.devices_written,
-            t.elapsed().as_secs_f64() * 1e3,
+            "1M: checkpoint {round} of {} changed devices in {ms:.1} ms (changelog encoding {:.1} ms, {:.1} MB; redb commit {:.1} ms, {:.1} MB, {} partition re-snapshot(s)); row per device, format 2: redb commit {old:.1} ms",
+            if s.snapshots > 0 { 10_000 } else { s.devices_written },
             encoded.as_secs_f64() * 1e3,
             bytes as f64 / 1e6,
-            s.duration.as_secs_f64() * 1e3
+            s.duration.as_secs_f64() * 1e3,
+            s.bytes as f64 / 1e6,
+            s.snapshots
         );
+        if s.snapshots == 0 {
+            new_ms.push(s.duration.as_secs_f64() * 1e3);
+            old_ms.push(old);
+        }
     }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (n, o) = (med(&mut new_ms), med(&mut old_ms));
+    println!(
+        "1M: checkpoints without a re-snapshot: redb commit median {n:.1} ms, format 2 median {o:.1} ms, {:.0}x",
+        o / n
+    );
     // A partition's changelog as a fresh instance reads it: every device once, then a marker.
     let owner = changelog::Owner {
         group_id: "g".to_owned(),
@@ -296,11 +379,13 @@ fn million() {
         let rebuilt = t.elapsed();
         let fill = Instant::now();
         store.replace_partition(&r.partition, "tel", "ev").unwrap();
+        let filled = fill.elapsed();
+        let old = rows.replace(&r.partition);
         println!(
-            "1M: restore {attempt} of a partition of {n} devices from its changelog in {:.2} s (decode + rebuild {:.2} s, local cache refill {:.2} s)",
-            t.elapsed().as_secs_f64(),
+            "1M: restore {attempt} of a partition of {n} devices from its changelog in {:.2} s (decode + rebuild {:.2} s, local cache refill {:.2} s; format 2 refill {old:.2} s)",
+            (rebuilt + filled).as_secs_f64(),
             rebuilt.as_secs_f64(),
-            fill.elapsed().as_secs_f64()
+            filled.as_secs_f64()
         );
     }
 }

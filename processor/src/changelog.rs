@@ -144,9 +144,11 @@ pub enum RestoreError {
 pub struct Rebuild {
     partition: i32,
     owner: Owner,
+    /// `"{partition}/"`, the prefix of every key.
+    prefix: String,
     devices: HashMap<String, DeviceState>,
-    /// Device records since the last marker: `None` = tombstone. Raw until a marker commits them.
-    pending: HashMap<String, Option<Vec<u8>>>,
+    /// Device records since the last marker, decoded: `None` = tombstone. A marker commits them.
+    pending: HashMap<String, Option<DeviceState>>,
     marker: Option<Marker>,
     marker_offset: Option<i64>,
     /// Records read, markers applied.
@@ -172,6 +174,7 @@ impl Rebuild {
         Self {
             partition,
             owner,
+            prefix: format!("{partition}/"),
             devices: HashMap::new(),
             pending: HashMap::new(),
             marker: None,
@@ -195,6 +198,7 @@ impl Rebuild {
         Self {
             partition: p.id,
             owner,
+            prefix: format!("{}/", p.id),
             devices: p.devices,
             pending: HashMap::new(),
             marker: Some(marker),
@@ -217,16 +221,25 @@ impl Rebuild {
     ) -> Result<(), RestoreError> {
         self.records += 1;
         let key = String::from_utf8_lossy(key);
-        let prefix = format!("{}/", self.partition);
         let foreign = || RestoreError::ForeignKey {
             partition: self.partition,
             offset,
             key: key.to_string(),
         };
-        let rest = key.strip_prefix(&prefix).ok_or_else(foreign)?;
+        let rest = key.strip_prefix(self.prefix.as_str()).ok_or_else(foreign)?;
         if let Some(device) = rest.strip_prefix("d/") {
-            self.pending
-                .insert(device.to_owned(), value.map(<[u8]>::to_vec));
+            let state = match value {
+                None => None,
+                Some(bytes) => Some(postcard::from_bytes::<DeviceState>(bytes).map_err(
+                    |source| RestoreError::Decode {
+                        partition: self.partition,
+                        offset,
+                        what: format!("device {device}"),
+                        source,
+                    },
+                )?),
+            };
+            self.pending.insert(device.to_owned(), state);
             return Ok(());
         }
         if rest != "m" {
@@ -250,20 +263,23 @@ impl Rebuild {
                 want: Box::new(self.owner.clone()),
             });
         }
-        for (device, v) in self.pending.drain() {
-            match v {
-                None => {
-                    self.devices.remove(&device);
-                }
-                Some(bytes) => {
-                    let state: DeviceState =
-                        postcard::from_bytes(&bytes).map_err(|source| RestoreError::Decode {
-                            partition: self.partition,
-                            offset,
-                            what: format!("device {device}"),
-                            source,
-                        })?;
-                    self.devices.insert(device, state);
+        if self.devices.is_empty() {
+            // The common first marker of a fresh restore: move, do not rehash twice.
+            let pending = std::mem::take(&mut self.pending);
+            self.devices = pending
+                .into_iter()
+                .filter_map(|(d, s)| s.map(|s| (d, s)))
+                .collect();
+        } else {
+            self.devices.reserve(self.pending.len());
+            for (device, v) in self.pending.drain() {
+                match v {
+                    None => {
+                        self.devices.remove(&device);
+                    }
+                    Some(state) => {
+                        self.devices.insert(device, state);
+                    }
                 }
             }
         }

@@ -629,6 +629,8 @@ impl Worker {
             .collect();
         tracing::info!(
             devices_written = s.devices_written,
+            snapshots = s.snapshots,
+            state_bytes = s.bytes,
             commit_ms = s.duration.as_millis(),
             total_ms = t0.elapsed().as_millis(),
             size_bytes = size,

@@ -66,6 +66,25 @@ pub fn to_event(input: FleetInput) -> Option<FleetEvent> {
     }
 }
 
+/// Sparkplug BIRTH/DEATH on the status page: as a status of epoch 0 at the gateway's clock.
+/// Their `epoch` is a bdSeq, which wraps at 256, and an NDEATH will carries the time its
+/// connection was made, before the NBIRTH: neither orders them. The session already took only
+/// a death that matches the birth (`crate::sparkplug::session`), in arrival order.
+fn presence_of_event(p: &crate::status::Presence, ev: &FleetEvent) {
+    let kind = match ev.kind {
+        FleetEventKind::Birth => StatusKind::Birth,
+        FleetEventKind::Death => StatusKind::Death,
+        FleetEventKind::Lost | FleetEventKind::Refused => return,
+    };
+    let status = Status {
+        device: ev.device.clone(),
+        epoch: 0,
+        kind,
+        ts: ev.gateway_ts,
+    };
+    p.apply(&status, ev.gateway_ts);
+}
+
 /// Forwards refusals from admission control into the events queue.
 pub async fn forward_refused(mut rx: mpsc::Receiver<Refused>, events: mpsc::Sender<FleetInput>) {
     while let Some(r) = rx.recv().await {
@@ -93,6 +112,9 @@ pub async fn run(
                 let Some(input) = input else { break };
                 if let (FleetInput::Status(status, at), Some(p)) = (&input, &presence) {
                     p.apply(status, *at);
+                }
+                if let (FleetInput::Event(ev), Some(p)) = (&input, &presence) {
+                    presence_of_event(p, ev);
                 }
                 let Some(ev) = to_event(input) else {
                     metrics::counter!(m::EVENTS_DROPPED, "reason" => "invalid_client_id").increment(1);

@@ -99,6 +99,18 @@ async fn a_pysparkplug_edge_node_end_to_end() {
         "edge node said {said:?}"
     );
 
+    // The status page knows the edge node and its device.
+    let connected = |id: &str| -> Option<bool> {
+        let (code, body) = http_get(gw.metrics_port, &format!("/api/v1/devices/{id}"))?;
+        assert_eq!(code, 200, "{id}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["connected"].as_bool()
+    };
+    assert!(wait_until(Duration::from_secs(10), || connected(
+        "spb.G.e1"
+    ) == Some(true)));
+    assert_eq!(connected("spb.G.e1.press_2e1"), Some(true));
+
     // An intruder: client id e9 publishing as edge node e1.
     let mut o = MqttOptions::new("e9", "127.0.0.1", gw.mqtt_port);
     o.set_keep_alive(Duration::from_secs(30));
@@ -254,6 +266,12 @@ async fn a_pysparkplug_edge_node_end_to_end() {
         (0, 0, 0)
     );
     assert_eq!(stats.events, event_records.len() as u64);
+
+    // The status page saw the death.
+    assert!(wait_until(Duration::from_secs(10), || connected(
+        "spb.G.e1"
+    ) == Some(false)));
+    assert_eq!(connected("spb.G.e1.press_2e1"), Some(false));
 
     // Counted.
     let page = gw.metrics();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use breakwater_agent::buffer::{Buffer, FullPolicy, MemoryBuffer, RedbBuffer, RedbOptions};
-use breakwater_agent::config::{AgentConfig, GatewayAddress, SenderConfig};
+use breakwater_agent::config::{GatewayAddress, SenderConfig};
 use breakwater_agent::sender::failover::start_index;
 use breakwater_agent::sender::{DeviceSender, LinkOptions, SenderEvent};
 use breakwater_agent::Agent;
@@ -98,28 +98,13 @@ async fn fail_over(kafka: Option<String>) {
         (b.mqtt_port, a.mqtt_port)
     };
     let agent_dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-device_id = "{device}"
-[gateway]
-addresses = ["127.0.0.1:{first}", "127.0.0.1:{second}"]
-failover_after = 2
-connect_timeout = "2s"
-[buffer]
-dir = "{buffer}"
-[ingest]
-enabled = false
-[sender]
-batch_max_readings = {BATCH}
-batch_max_delay = "10ms"
-max_in_flight = {MAX_IN_FLIGHT}
-[sender.backoff]
-initial = "100ms"
-max = "400ms"
-"#,
-        buffer = agent_dir.path().display()
+    let config = agent_config(
+        device.as_str(),
+        &format!("addresses = [\"127.0.0.1:{first}\", \"127.0.0.1:{second}\"]\nfailover_after = 2"),
+        agent_dir.path(),
+        BATCH,
+        MAX_IN_FLIGHT,
     );
-    let config = AgentConfig::from_toml(&toml).unwrap();
     let buffer: Arc<dyn Buffer> =
         Arc::new(RedbBuffer::open(agent_dir.path(), RedbOptions::default()).unwrap());
     let events: Arc<Mutex<Vec<SenderEvent>>> = Arc::default();

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater_agent::buffer::{Buffer, RedbBuffer, RedbOptions};
-use breakwater_agent::config::AgentConfig;
 use breakwater_agent::Agent;
 use common::*;
 
@@ -96,27 +95,13 @@ impl Drop for Haproxy {
 }
 
 async fn start_agent(device: &str, port: u16, dir: &std::path::Path) -> Agent {
-    let toml = format!(
-        r#"
-device_id = "{device}"
-[gateway]
-address = "127.0.0.1:{port}"
-connect_timeout = "2s"
-[buffer]
-dir = "{buffer}"
-[ingest]
-enabled = false
-[sender]
-batch_max_readings = {BATCH}
-batch_max_delay = "10ms"
-max_in_flight = {MAX_IN_FLIGHT}
-[sender.backoff]
-initial = "100ms"
-max = "400ms"
-"#,
-        buffer = dir.display()
+    let config = agent_config(
+        device,
+        &format!("address = \"127.0.0.1:{port}\""),
+        dir,
+        BATCH,
+        MAX_IN_FLIGHT,
     );
-    let config = AgentConfig::from_toml(&toml).unwrap();
     let buffer: Arc<dyn Buffer> = Arc::new(RedbBuffer::open(dir, RedbOptions::default()).unwrap());
     Agent::start_with(config, buffer, None).await.unwrap()
 }

@@ -746,3 +746,37 @@ pub fn connect_packet(id: &str, keep_alive: u16) -> Vec<u8> {
     p.extend(var);
     p
 }
+
+/// A real agent's configuration for the tests with several gateways: `gateway` is the body of
+/// its `[gateway]` section (`address = ...` or `addresses = [...]`, `failover_after`), with a
+/// 2 s connect timeout; batches of `batch` readings, `max_in_flight` in flight, backoff 100 to
+/// 400 ms, no local ingest.
+pub fn agent_config(
+    device: &str,
+    gateway: &str,
+    buffer: &Path,
+    batch: u64,
+    max_in_flight: u64,
+) -> breakwater_agent::config::AgentConfig {
+    let toml = format!(
+        r#"
+device_id = "{device}"
+[gateway]
+{gateway}
+connect_timeout = "2s"
+[buffer]
+dir = "{buffer}"
+[ingest]
+enabled = false
+[sender]
+batch_max_readings = {batch}
+batch_max_delay = "10ms"
+max_in_flight = {max_in_flight}
+[sender.backoff]
+initial = "100ms"
+max = "400ms"
+"#,
+        buffer = buffer.display()
+    );
+    breakwater_agent::config::AgentConfig::from_toml(&toml).unwrap()
+}

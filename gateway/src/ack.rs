@@ -110,12 +110,16 @@ impl Acker {
 ///
 /// If the broker link is gone (a publish fails), acks can never be sent again: the gateway is
 /// failed through `health` ([`crate::http::Health::fail`]) and the thread ends.
+///
+/// A durable notification of a standard client's device ([`crate::standard::Tracks`]) sends the
+/// PUBACKs it covers instead of an agent ack.
 pub fn spawn_publisher(
     mut link: LinkTx,
     mut rx: mpsc::Receiver<AckRequest>,
     pressure: Arc<Pressure>,
     cfg: AckConfig,
     health: Arc<crate::http::Health>,
+    standard: Arc<crate::standard::Tracks>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("bw-ack".into())
@@ -127,6 +131,17 @@ pub fn spawn_publisher(
                 let (credit, retry_after_ms) = hints(&cfg, level);
                 coalesce(&mut buf);
                 for req in buf.drain(..) {
+                    if let Some(tokens) = standard.durable(&req.device, req.epoch, req.upto) {
+                        for token in tokens {
+                            if let Err(e) = link.puback(token) {
+                                error!(error = %e, "PUBACK failed: broker link gone");
+                                health.fail("the acks link to the embedded broker is gone");
+                                return;
+                            }
+                            metrics::counter!(m::STANDARD_PUBACKS).increment(1);
+                        }
+                        continue;
+                    }
                     let ack = Ack {
                         device: req.device,
                         epoch: req.epoch,

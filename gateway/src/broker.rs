@@ -7,7 +7,9 @@
 //!
 //! Links:
 //! * `telemetry` subscribes to `bw/v1/+/telemetry` and `bw/v1/+/status` (read by
-//!   [`crate::link`]).
+//!   [`crate::link`]), and owns the PUBACKs of standard clients' topics (`[[json_devices]]`,
+//!   vendor/PATCHES.md patch 22): those publishes reach it as `Notification::Deferred`, and
+//!   [`crate::standard`] sends their PUBACK once they are durable.
 //! * `acks` publishes acks. It also subscribes to [`ACK_FILTER`] (`bw/v1/+/ack`) and never reads
 //!   it: rumqttd disconnects a link that publishes to a topic no filter matches (a device not
 //!   subscribed to its ack topic yet), and this filter always matches. Because the link never
@@ -41,6 +43,7 @@ use thiserror::Error;
 
 use crate::admission::Admission;
 use crate::config::MqttConfig;
+use crate::standard::config::StandardConfig;
 use crate::tls::TlsAcceptor;
 
 /// Filter matching every device's ack topic.
@@ -99,6 +102,7 @@ impl std::fmt::Debug for Links {
 /// Only if the JSON shape no longer matches rumqttd's `Config` (a rumqttd upgrade).
 pub fn rumqttd_config(
     cfg: &MqttConfig,
+    standard: &StandardConfig,
     max_connections: usize,
     admission: Option<&Arc<Admission>>,
     tls: Option<&Arc<TlsAcceptor>>,
@@ -155,6 +159,9 @@ pub fn rumqttd_config(
                 "max_payload_size": cfg.max_payload_bytes,
                 "max_inflight_count": cfg.max_inflight_count,
                 "dynamic_filters": false,
+                // vendor/PATCHES.md, patch 22: standard clients' deferred PUBACKs.
+                "max_deferred_acks": standard.max_unacked_per_connection,
+                "deferred_ack_timeout_ms": standard.puback_timeout_ms,
             },
         });
         let mut server: rumqttd::ServerSettings =
@@ -179,6 +186,8 @@ pub fn rumqttd_config(
 
 /// Starts rumqttd, creates the gateway's links (before the listener accepts anyone, so no
 /// publish can find no subscriber), then starts the listener and waits until it accepts TCP.
+/// The telemetry link owns the PUBACKs of QoS 1 publishes on `deferred` filters (standard
+/// clients, vendor/PATCHES.md patch 22): it receives them as `Notification::Deferred`.
 ///
 /// `sparkplug_filters`: the Sparkplug host's subscriptions; empty = no Sparkplug link.
 ///
@@ -188,6 +197,7 @@ pub fn start(
     config: rumqttd::Config,
     listens: &[SocketAddr],
     sparkplug_filters: &[String],
+    deferred: &[String],
 ) -> Result<Links, BrokerError> {
     // rumqttd only logs a bind failure on its own thread; check first for a clear error.
     for &listen in listens {
@@ -210,6 +220,13 @@ pub fn start(
             name: "telemetry",
             source: Box::new(source),
         })?;
+    }
+    for f in deferred {
+        ttx.defer_acks(f.as_str())
+            .map_err(|source| BrokerError::Link {
+                name: "telemetry",
+                source: Box::new(source),
+            })?;
     }
     let (mut atx, arx) = broker.link(ACKS_LINK).map_err(|source| BrokerError::Link {
         name: "acks",
@@ -274,7 +291,7 @@ mod tests {
             saved_session_expiry_secs: 34,
             ..MqttConfig::default()
         };
-        let c = rumqttd_config(&cfg, 100, None, None).unwrap();
+        let c = rumqttd_config(&cfg, &StandardConfig::default(), 100, None, None).unwrap();
         assert_eq!(c.router.max_saved_sessions, Some(12));
         assert_eq!(c.router.saved_session_expiry_secs, Some(34));
     }

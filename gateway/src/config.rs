@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::admission::{AdmissionConfig, AuthConfig, AuthMode};
+use crate::standard::config::{JsonDeviceConfig, StandardConfig};
 
 /// `config/gateway.toml`: every key with its default and what it does.
 pub const DOCUMENTED_DEFAULTS: &str = include_str!("../../config/gateway.toml");
@@ -35,6 +36,11 @@ pub struct Config {
     pub admission: AdmissionConfig,
     pub auth: AuthConfig,
     pub sparkplug: crate::sparkplug::config::SparkplugConfig,
+    /// Standard MQTT clients (issue 13): PUBACK bounds.
+    pub standard: StandardConfig,
+    /// Topics of plain JSON devices (`[[json_devices]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub json_devices: Vec<JsonDeviceConfig>,
 }
 
 /// The embedded MQTT broker (rumqttd).
@@ -517,6 +523,7 @@ impl Config {
             );
         }
         self.validate_listeners(&mut bad);
+        crate::standard::config::validate(&self.standard, &self.json_devices, &mut bad);
         let topic_ok = |t: &str| {
             !t.is_empty()
                 && t.len() <= 249

@@ -13,7 +13,9 @@
 //!    topic creation.
 //! 6. [`ack`] — acks with credit and retry hints once a batch is durable.
 //!
-//! Sparkplug B edge nodes take their own path in ([`sparkplug`]: payload decoding, per-edge-node
+//! Standard MQTT clients (devices without the agent) publish QoS 1 on their own topics and get
+//! their PUBACK once the publish is durable ([`standard`]: `[[json_devices]]`, the entry point
+//! for Sparkplug B). Sparkplug B edge nodes take their own path in ([`sparkplug`]: payload decoding, per-edge-node
 //! sessions, the host application's STATE and Rebirth commands).
 //!
 //! Around it: [`admission`] (connect pacing and authentication), [`events`] (fleet lifecycle
@@ -45,6 +47,7 @@ pub mod sequencer;
 pub mod service;
 pub mod sparkplug;
 pub mod spool;
+pub mod standard;
 pub mod stats;
 pub mod status;
 pub mod tls;

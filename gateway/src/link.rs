@@ -51,6 +51,8 @@ pub struct LinkConsumer {
     pub admission: Option<Arc<Admission>>,
     pub limits: Limits,
     pub stop: Arc<AtomicBool>,
+    /// Standard MQTT clients' publishes (`Notification::Deferred`, see [`crate::standard`]).
+    pub standard: Option<Arc<crate::standard::Ingest>>,
 }
 
 impl std::fmt::Debug for LinkConsumer {
@@ -74,6 +76,16 @@ impl LinkConsumer {
                 Ok(Some(Notification::Forward(f))) => {
                     self.handle(&f.publish.topic, &f.publish.payload, &mut log_limit);
                 }
+                Ok(Some(Notification::Deferred(d))) => match &self.standard {
+                    Some(ingest) => ingest.handle(&self.tx, *d),
+                    // Cannot happen (no deferred filter without the ingest); closing the
+                    // publisher makes it resend rather than wait for a PUBACK.
+                    None => {
+                        if let Some(token) = d.token {
+                            self.tx.disconnect(token).ok();
+                        }
+                    }
+                },
                 Ok(Some(Notification::Unschedule)) => {
                     if let Err(e) = self.rx.ready() {
                         warn!(error = %e, "link: router gone");

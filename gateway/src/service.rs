@@ -200,8 +200,15 @@ impl Gateway {
         };
 
         // Broker and links.
+        // Standard clients' JSON topics: the policy lets each client publish on its own, the
+        // telemetry link owns their PUBACKs.
+        let json_topics = crate::standard::JsonTopics::new(&cfg.json_devices);
+        admission.set_json_topics(json_topics.clone());
+        let deferred = json_topics.filters();
+        let standard_on = !deferred.is_empty();
         let mut rcfg = crate::broker::rumqttd_config(
             &cfg.mqtt,
+            &cfg.standard,
             admission.max_connections(),
             Some(&admission),
             tls.as_ref(),
@@ -232,7 +239,7 @@ impl Gateway {
             );
         }
         let links = tokio::task::spawn_blocking(move || {
-            crate::broker::start(rcfg, &listens, &sparkplug_filters)
+            crate::broker::start(rcfg, &listens, &sparkplug_filters, &deferred)
         })
         .await
         .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
@@ -258,12 +265,14 @@ impl Gateway {
         // The ack link's receiver is deliberately never read (see broker.rs). It must outlive
         // the link, and the broker lives as long as the process: leak it (one small struct).
         std::mem::forget(arx);
+        let tracks = Arc::new(crate::standard::Tracks::default());
         let ack_thread = crate::ack::spawn_publisher(
             atx,
             ack_rx,
             pressure.clone(),
             cfg.ack.clone(),
             health.clone(),
+            tracks.clone(),
         )
         .map_err(StartError::Thread)?;
 
@@ -381,6 +390,17 @@ impl Gateway {
                 )
             }
         };
+        let standard = standard_on.then(|| {
+            Arc::new(crate::standard::Ingest::new(
+                sequencer.clone(),
+                spool.clone(),
+                queue_tx.clone(),
+                depth.clone(),
+                tracks.clone(),
+                json_topics,
+                Limits::DEFAULT,
+            ))
+        });
         let consumer = LinkConsumer {
             rx: trx,
             tx: ttx,
@@ -393,6 +413,7 @@ impl Gateway {
             admission: Some(admission.clone()),
             limits: Limits::DEFAULT,
             stop: link_stop.clone(),
+            standard,
         };
         let link_thread = {
             let health = health.clone();

@@ -72,6 +72,13 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "breakwater_gateway_tls_handshake_failu
 pub const RELOADS: &str = "breakwater_gateway_reloads_total";
 /// rumqttd's count of connections that ended, by `reason` (vendor/PATCHES.md, patch 17).
 pub const BROKER_CONNECTIONS_CLOSED: &str = "rumqttd_connections_closed_total";
+/// Standard-client (issue 13) publishes taken from rumqttd, by `source` = `json`, `sparkplug`.
+pub const STANDARD_PUBLISHES: &str = "breakwater_gateway_standard_publishes_total";
+/// Standard clients' publishes refused (their connection closed, they resend), by `reason` =
+/// `queue_full`, `spool_full`, `shutting_down`, `sequencer`, `unknown_topic`.
+pub const STANDARD_REFUSED: &str = "breakwater_gateway_standard_refused_total";
+/// Standard clients' PUBACKs sent after durability.
+pub const STANDARD_PUBACKS: &str = "breakwater_gateway_standard_pubacks_total";
 /// Time a batch spends in one stage of the ack path, seconds. Labels: `stage` =
 /// * `spooled`: received from the broker -> handed to the Kafka producer (writer queue, spool
 ///   commit, drain read; ms resolution, from the record's receive time), for batches that went
@@ -252,6 +259,18 @@ pub fn describe() {
     describe_counter!(
         BROKER_CONNECTIONS_CLOSED,
         "MQTT connections that ended, by reason (rumqttd)"
+    );
+    describe_counter!(
+        STANDARD_PUBLISHES,
+        "Publishes of standard MQTT clients taken from the broker, by source"
+    );
+    describe_counter!(
+        STANDARD_REFUSED,
+        "Publishes of standard MQTT clients refused by closing the connection, by reason"
+    );
+    describe_counter!(
+        STANDARD_PUBACKS,
+        "PUBACKs sent to standard MQTT clients once their publish was durable"
     );
     describe_histogram!(
         STAGE_SECONDS,

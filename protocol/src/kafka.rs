@@ -12,10 +12,27 @@
 //!   * `bw-epoch`: epoch, decimal
 //!   * `bw-first-seq`, `bw-last-seq`: the batch's sequence range, decimal, inclusive
 //!   * `content-type`: [`CONTENT_TYPE_POSTCARD`] or [`CONTENT_TYPE_JSON`]
+//!   * only on a batch of a *standard* MQTT client (a device without the agent: a
+//!     `[[json_devices]]` topic or Sparkplug B), one record per MQTT publish:
+//!     * `bw-source`: `json` or `sparkplug`
+//!     * `bw-mqtt-client`: the publisher's MQTT client id
+//!     * `bw-mqtt-pkid`: the publish's packet id, decimal (clients reuse packet ids: not an
+//!       identity)
+//!     * `bw-mqtt-dup`: `1` if the publish had the DUP flag (a resend), else `0`
 //!
 //! A record may be delivered more than once (a gateway restart before its ack reached the
 //! device makes the device resend). Consumers dedupe by `(device, epoch, seq)`; the headers let
 //! them skip a whole duplicate record without decoding it.
+//!
+//! A standard client's batch gets its epoch and seqs from the gateway (a random epoch per device
+//! and gateway process, seqs from 1), not from the client, so `(device, epoch, seq)` never names
+//! two different readings. But such a client resends a publish whose PUBACK it did not get
+//! (after a reconnect, e.g. across a gateway crash, with the DUP flag set), and the gateway
+//! cannot tell a resend of a publish that was already durable from a new one: it gets a new
+//! `(epoch, seq)`, and the same readings can be in Kafka twice under different seqs. Readings
+//! carry the device's own timestamps, so a consumer that must drop those drops readings equal
+//! in `(device, metric, ts, value)`; `bw-mqtt-dup = 1` marks the records that may be such
+//! resends.
 //!
 //! # Fleet events topic (`[kafka] events_topic`, default `breakwater.events`)
 //!
@@ -33,6 +50,11 @@ pub const HEADER_EPOCH: &str = "bw-epoch";
 pub const HEADER_FIRST_SEQ: &str = "bw-first-seq";
 pub const HEADER_LAST_SEQ: &str = "bw-last-seq";
 pub const HEADER_CONTENT_TYPE: &str = "content-type";
+/// Standard MQTT clients only (see the module doc).
+pub const HEADER_SOURCE: &str = "bw-source";
+pub const HEADER_MQTT_CLIENT: &str = "bw-mqtt-client";
+pub const HEADER_MQTT_PKID: &str = "bw-mqtt-pkid";
+pub const HEADER_MQTT_DUP: &str = "bw-mqtt-dup";
 
 pub const CONTENT_TYPE_POSTCARD: &str = "application/vnd.breakwater.batch.v1+postcard";
 pub const CONTENT_TYPE_JSON: &str = "application/json";

@@ -18,6 +18,14 @@
 //! | publish (and will) | `bw/v1/X/telemetry`, `bw/v1/X/status`; QoS 0 or 1; never retained |
 //! | subscribe | exactly `bw/v1/X/ack` (no wildcards) |
 //!
+//! # Rules for a standard MQTT client `X` (a device without the agent, [`crate::standard`])
+//!
+//! | action | allowed |
+//! |---|---|
+//! | publish | a `[[json_devices]]` topic whose `{device}` level is `X`; QoS 0 or 1; never retained |
+//!
+//! (Wills and subscriptions stay the agent's rules.)
+//!
 //! Nothing else: no other device's topics, no wildcard subscriptions, no retained messages and
 //! no QoS 2 (the protocol uses neither, and both make the broker hold state for the client).
 //! Every deny is counted in `breakwater_gateway_authz_denied_total{action,reason}` and logged
@@ -37,6 +45,7 @@ use breakwater_protocol::topic::PREFIX;
 use tracing::warn;
 
 use super::LogWindow;
+use crate::standard::JsonTopics;
 use crate::stats as m;
 
 /// One thing a client wants to do.
@@ -100,12 +109,20 @@ pub struct Policy {
     log: Mutex<LogWindow>,
     /// Set once at start when `[sparkplug] enabled`.
     sparkplug: OnceLock<crate::sparkplug::authz::Acl>,
+    /// The `[[json_devices]]` topics, set once before the listener starts.
+    json: std::sync::OnceLock<JsonTopics>,
 }
 
 impl Policy {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lets clients publish on their own `[[json_devices]]` topics. Once; later calls are
+    /// ignored (the policy must not change under running connections).
+    pub fn set_json_topics(&self, topics: JsonTopics) {
+        self.json.set(topics).ok();
     }
 
     /// Decides about `action` by the client authenticated as `identity`, without counting or
@@ -147,6 +164,11 @@ impl Policy {
                 return Err(Denied::ForeignTopic);
             }
         }
+        if let (Action::Publish { topic, qos, retain }, Some(json)) = (action, self.json.get()) {
+            if let Some(decision) = json_publish(json, identity, topic, qos, retain) {
+                return decision;
+            }
+        }
         Self::decide(identity, action)
     }
 
@@ -182,6 +204,27 @@ impl Policy {
         }
         false
     }
+}
+
+/// `Some` decision if `topic` is a `[[json_devices]]` topic: allowed only where its `{device}`
+/// level is `identity`.
+fn json_publish(
+    json: &JsonTopics,
+    identity: &str,
+    topic: &[u8],
+    qos: u8,
+    retain: bool,
+) -> Option<Result<(), Denied>> {
+    let device = json.device(std::str::from_utf8(topic).ok()?)?;
+    Some(if retain {
+        Err(Denied::Retain)
+    } else if qos > 1 {
+        Err(Denied::Qos2)
+    } else if device == identity {
+        Ok(())
+    } else {
+        Err(Denied::ForeignTopic)
+    })
 }
 
 fn publish(identity: &str, topic: &[u8], qos: u8, retain: bool) -> Result<(), Denied> {
@@ -335,5 +378,26 @@ mod tests {
         assert!(p.check("a", "a", publish("bw/v1/a/telemetry", 1, false)));
         assert!(!p.check("a", "a", publish("bw/v1/b/telemetry", 1, false)));
         assert!(!p.check("a", "b", publish("bw/v1/a/telemetry", 1, false)));
+    }
+    #[test]
+    fn a_json_device_publishes_only_on_its_own_json_topic() {
+        use crate::standard::config::{JsonDeviceConfig, JsonFormat};
+        let policy = Policy::new();
+        policy.set_json_topics(JsonTopics::new(&[JsonDeviceConfig {
+            topic: "plant/{device}/telemetry".into(),
+            format: JsonFormat::Reading,
+            timestamp_field: "ts".into(),
+        }]));
+        let ok =
+            |id: &str, topic: &str, qos, retain| policy.check(id, id, publish(topic, qos, retain));
+        assert!(ok("press-1", "plant/press-1/telemetry", 1, false));
+        assert!(ok("press-1", "plant/press-1/telemetry", 0, false));
+        assert!(!ok("press-1", "plant/press-2/telemetry", 1, false));
+        assert!(!ok("press-1", "plant/press-1/telemetry", 2, false));
+        assert!(!ok("press-1", "plant/press-1/telemetry", 1, true));
+        assert!(!ok("press-1", "plant/press-1/other", 1, false));
+        // The agent's rules still hold beside them.
+        assert!(ok("press-1", "bw/v1/press-1/telemetry", 1, false));
+        assert!(!ok("press-1", "bw/v1/press-2/telemetry", 1, false));
     }
 }

@@ -298,6 +298,12 @@ impl Admission {
         })
     }
 
+    /// Lets clients publish on their own `[[json_devices]]` topics ([`authz::Policy`]); call
+    /// before the listener starts.
+    pub fn set_json_topics(&self, topics: crate::standard::JsonTopics) {
+        self.policy.set_json_topics(topics);
+    }
+
     /// Installs the transport, connect and authorization hooks on one listener's rumqttd
     /// `ConnectionSettings` (vendor/PATCHES.md, patch 14); `tls` makes it the TLS listener.
     /// rumqttd awaits the connect hook on the listener's own runtime after reading CONNECT.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use breakwater_protocol::kafka::{
     Encoding, HEADER_CONTENT_TYPE, HEADER_DEVICE, HEADER_EPOCH, HEADER_FIRST_SEQ, HEADER_LAST_SEQ,
+    HEADER_MQTT_CLIENT, HEADER_MQTT_DUP, HEADER_MQTT_PKID, HEADER_SOURCE,
 };
 use breakwater_protocol::{json, DeviceId};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -61,7 +62,7 @@ pub fn record_headers(rec: &SpoolRecord, encoding: Encoding) -> OwnedHeaders {
     let epoch = rec.epoch.to_string();
     let first = rec.first_seq.to_string();
     let last = rec.last_seq.to_string();
-    OwnedHeaders::new_with_capacity(5)
+    let headers = OwnedHeaders::new_with_capacity(9)
         .insert(Header {
             key: HEADER_DEVICE,
             value: Some(rec.device.as_str()),
@@ -81,7 +82,30 @@ pub fn record_headers(rec: &SpoolRecord, encoding: Encoding) -> OwnedHeaders {
         .insert(Header {
             key: HEADER_CONTENT_TYPE,
             value: Some(encoding.content_type()),
-        })
+        });
+    match &rec.origin {
+        None => headers,
+        Some(o) => {
+            let pkid = o.pkid.to_string();
+            headers
+                .insert(Header {
+                    key: HEADER_SOURCE,
+                    value: Some(o.source.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_MQTT_CLIENT,
+                    value: Some(o.client_id.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_MQTT_PKID,
+                    value: Some(pkid.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_MQTT_DUP,
+                    value: Some(if o.dup { "1" } else { "0" }),
+                })
+        }
+    }
 }
 
 /// Records `breakwater_gateway_stage_seconds{stage}` from a receive time in wall-clock ms.

@@ -91,6 +91,34 @@ pub struct SpoolRecord {
     pub received_ms: u64,
     /// The batch as a protocol envelope.
     pub payload: Vec<u8>,
+    /// The MQTT publish a standard client's batch came from (`None` for an agent's batch).
+    /// Last field: records written before it existed decode without it ([`SpoolRecord::decode`]).
+    pub origin: Option<MqttOrigin>,
+}
+
+/// Where a standard client's batch came from ([`crate::standard`]); the Kafka record carries it
+/// in the `bw-source` and `bw-mqtt-*` headers (`breakwater_protocol::kafka`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttOrigin {
+    /// `json` or `sparkplug`.
+    pub source: String,
+    /// The publisher's MQTT client id.
+    pub client_id: String,
+    /// The publish's packet id (not an identity: clients reuse them).
+    pub pkid: u16,
+    /// The publish's DUP flag (a resend on the same session).
+    pub dup: bool,
+}
+
+/// The record layout before [`SpoolRecord::origin`] (release 0.1.0).
+#[derive(Deserialize)]
+struct SpoolRecordV1 {
+    device: String,
+    epoch: u64,
+    first_seq: u64,
+    last_seq: u64,
+    received_ms: u64,
+    payload: Vec<u8>,
 }
 
 impl SpoolRecord {
@@ -103,13 +131,15 @@ impl SpoolRecord {
             last_seq: batch.last_seq(),
             received_ms,
             payload,
+            origin: None,
         }
     }
 
     /// Bytes this record counts against `max_bytes`.
     #[must_use]
     pub fn size(&self) -> u64 {
-        (self.payload.len() + self.device.len() + 40) as u64
+        let origin = self.origin.as_ref().map_or(0, |o| o.client_id.len() + 16);
+        (self.payload.len() + self.device.len() + 40 + origin) as u64
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -119,8 +149,22 @@ impl SpoolRecord {
         }
     }
 
+    /// A record of this layout, or of the layout before `origin` (which ends where `origin`
+    /// would begin, so it never decodes as this one).
     fn decode(bytes: &[u8]) -> Result<Self, SpoolError> {
-        postcard::from_bytes(bytes).map_err(|e| SpoolError::Corrupt(e.to_string()))
+        postcard::from_bytes(bytes).or_else(|e| {
+            let v1: SpoolRecordV1 =
+                postcard::from_bytes(bytes).map_err(|_| SpoolError::Corrupt(e.to_string()))?;
+            Ok(Self {
+                device: v1.device,
+                epoch: v1.epoch,
+                first_seq: v1.first_seq,
+                last_seq: v1.last_seq,
+                received_ms: v1.received_ms,
+                payload: v1.payload,
+                origin: None,
+            })
+        })
     }
 
     /// Decodes the batch.
@@ -545,6 +589,41 @@ pub fn parse_devices<T: Clone>(m: &HashMap<String, T>) -> Vec<(DeviceId, T)> {
 mod tests {
     use super::*;
     use breakwater_protocol::Reading;
+
+    /// A record written before `origin` existed decodes with `origin: None`; one with an
+    /// origin round-trips.
+    #[test]
+    fn records_decode_with_and_without_an_origin() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            device: &'a str,
+            epoch: u64,
+            first_seq: u64,
+            last_seq: u64,
+            received_ms: u64,
+            payload: &'a [u8],
+        }
+        let old = postcard::to_allocvec(&V1 {
+            device: "d",
+            epoch: 3,
+            first_seq: 1,
+            last_seq: 2,
+            received_ms: 9,
+            payload: b"xy",
+        })
+        .unwrap();
+        let r = SpoolRecord::decode(&old).unwrap();
+        assert_eq!((r.device.as_str(), r.epoch, r.last_seq), ("d", 3, 2));
+        assert_eq!((r.payload.as_slice(), r.origin), (&b"xy"[..], None));
+        let mut new = rec("d", 1, 2);
+        new.origin = Some(MqttOrigin {
+            source: "json".into(),
+            client_id: "press-1".into(),
+            pkid: 7,
+            dup: true,
+        });
+        assert_eq!(SpoolRecord::decode(&new.encode()).unwrap(), new);
+    }
 
     fn rec(dev: &str, first: u64, n: usize) -> SpoolRecord {
         let b = Batch {

@@ -1,0 +1,572 @@
+//! Standard MQTT clients: devices that do not run the Breakwater agent (plain JSON on a topic
+//! of their own, `[[json_devices]]`; Sparkplug B, `crate::sparkplug`), and whose QoS 1 PUBACK
+//! goes out only once their publish is durable under the ack mode.
+//!
+//! ```text
+//! client ─PUBLISH QoS 1─> rumqttd (patch 22: no PUBACK yet) ─Deferred{token, client id}─>
+//!   link consumer ─> Ingest::handle ─> json::decode ─> Ingest::submit ─> sequencer ─> spool
+//!   writer / Kafka (as an agent batch) ─durable─> ack publisher ─> Tracks::durable ─>
+//!   LinkTx::puback(token) ─> rumqttd ─PUBACK─> client
+//! ```
+//!
+//! # Trust boundary
+//!
+//! What arrives here was published by a network client that rumqttd's connect hook
+//! authenticated and whose topic the one policy (`crate::admission::authz`) allowed: a JSON
+//! topic only where its `{device}` level is the client's own authenticated identity. The client
+//! id in a `DeferredPublish` is the one the client connected with (its authenticated identity
+//! in `file` and `mtls` auth modes). The payload is untrusted: [`json::decode`] turns every
+//! problem into a counted, rate-limited-logged reason, never a panic.
+//!
+//! # Invariants
+//!
+//! * **A PUBACK means durable.** A token is acked only by [`Tracks::durable`], from the
+//!   sequencer's durable notification (spool fsync in ack mode `spool`, Kafka's delivery report
+//!   in ack mode `kafka`), or at once for a publish that holds nothing to keep (a payload that
+//!   does not decode: counted in `breakwater_gateway_invalid_payloads_total{reason}` and
+//!   dropped, since resending it would not help; a publish with no readings).
+//! * **A refusal closes the client.** When the pipeline cannot take a batch (writer queue full,
+//!   spool full, shutting down, the sequencer lost its state) the publisher's connection is
+//!   closed without a PUBACK (`LinkTx::disconnect`, counted in
+//!   `breakwater_gateway_standard_refused_total{reason}`, logged rate-limited): an MQTT 3.1.1
+//!   client resends unacked publishes only after a reconnect. A batch the spool writer or the
+//!   Kafka drain drops later (`Sequencer::reject`) is never acked; the next publish of that
+//!   device meets the sequencer's gap and closes the client, or, if none comes, rumqttd closes
+//!   it once no PUBACK was released for `[standard] puback_timeout_ms`.
+//! * **Backpressure is a delayed PUBACK.** rumqttd stops reading a connection at `[standard]
+//!   max_unacked_per_connection` waiting publishes; the client's own inflight window throttles
+//!   it. Nothing is dropped because the gateway is busy.
+//! * **`(device, epoch, seq)` never names two different readings.** The gateway assigns them:
+//!   a device's epoch is drawn at random (64 bits, `OsRng`) when this process first takes a
+//!   batch of it, and again after every refusal; its seqs run from 1 with no reuse within an
+//!   epoch. Another process (a restart, a second gateway) draws its own epoch, so it never
+//!   continues one; two draws colliding is a 2^-64 event. The price: a resend after a lost
+//!   PUBACK (e.g. a gateway crash between durability and the PUBACK) is new data to the gateway,
+//!   with a new `(epoch, seq)` (see `breakwater_protocol::kafka` for what downstream sees).
+//! * One device id is one device: an agent and a standard client must not send as the same
+//!   device id (each would restart the other's epoch in the sequencer; nothing is lost, but
+//!   both resend).
+//!
+//! # Entry point for other standard protocols (Sparkplug B)
+//!
+//! A module that decodes its own publishes calls, from the link consumer's thread or any other:
+//!
+//! ```ignore
+//! ingest.submit(&link_tx, &device_id, readings, Some(token), &publisher)  // one batch
+//! ingest.ack_now(&link_tx, token)          // a publish with nothing to keep (e.g. NDEATH)
+//! ingest.refuse(&link_tx, token, reason)   // close the publisher (it resends)
+//! ```
+//!
+//! `submit` takes care of epoch, seqs, spool, Kafka and the PUBACK (or the refusal); `publisher`
+//! ([`Publisher`]) names the source (`"sparkplug"`), client id, pkid and DUP flag for the Kafka
+//! headers. Several devices may share one publisher connection: rumqttd releases a connection's
+//! PUBACKs in arrival order whatever order they become durable in.
+
+pub mod config;
+pub mod json;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use breakwater_protocol::{envelope, Batch, DeviceId, Limits, Reading};
+use parking_lot::Mutex;
+use rand::RngCore;
+use rumqttd::local::LinkTx;
+use rumqttd::{AckToken, DeferredPublish};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::sequencer::{Admit, Sequencer};
+use crate::spool::writer::Accepted;
+use crate::spool::{MqttOrigin, Spool, SpoolRecord};
+use crate::stats as m;
+use config::{JsonDeviceConfig, DEVICE_CAPTURE};
+
+/// Who sent a publish, for the Kafka headers and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// `json` or `sparkplug` (the `bw-source` header).
+    pub source: &'static str,
+    pub client_id: String,
+    pub pkid: u16,
+    pub dup: bool,
+}
+
+/// Why a standard client's publish was refused (its connection closed): the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    QueueFull,
+    SpoolFull,
+    ShuttingDown,
+    /// The sequencer did not continue the device's epoch (a batch of it was dropped later).
+    Sequencer,
+    /// A publish on a deferred topic that no handler claims.
+    UnknownTopic,
+}
+
+impl Refusal {
+    #[must_use]
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::SpoolFull => "spool_full",
+            Self::ShuttingDown => "shutting_down",
+            Self::Sequencer => "sequencer",
+            Self::UnknownTopic => "unknown_topic",
+        }
+    }
+}
+
+/// One device's gateway-assigned sequencing and the tokens waiting for its durability.
+#[derive(Debug)]
+struct Track {
+    epoch: u64,
+    next_seq: u64,
+    /// (last seq of the batch, token), in seq order.
+    waiting: VecDeque<(u64, AckToken)>,
+}
+
+impl Track {
+    fn new() -> Self {
+        Self {
+            epoch: fresh_epoch(),
+            next_seq: 1,
+            waiting: VecDeque::new(),
+        }
+    }
+}
+
+fn fresh_epoch() -> u64 {
+    // 0 is never drawn: nothing special, but it reads as "unset" in logs.
+    rand::rngs::OsRng.next_u64().max(1)
+}
+
+/// The standard devices known to this process, shared by the ingest and the ack publisher.
+#[derive(Debug, Default)]
+pub struct Tracks {
+    devices: Mutex<HashMap<DeviceId, Track>>,
+}
+
+impl Tracks {
+    /// Called by the ack publisher for each durable notification. `None`: not a standard
+    /// device (publish the agent's ack). `Some(tokens)`: the PUBACKs to send now (none when the
+    /// notification is of an epoch the device has left).
+    #[must_use]
+    pub fn durable(&self, device: &DeviceId, epoch: u64, upto: u64) -> Option<Vec<AckToken>> {
+        let mut devices = self.devices.lock();
+        let track = devices.get_mut(device)?;
+        if track.epoch != epoch {
+            return Some(Vec::new());
+        }
+        let mut out = Vec::new();
+        while track.waiting.front().is_some_and(|(last, _)| *last <= upto) {
+            if let Some((_, token)) = track.waiting.pop_front() {
+                out.push(token);
+            }
+        }
+        Some(out)
+    }
+
+    /// Publishes waiting for durability, over all devices (`/metrics` gauge).
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.devices.lock().values().map(|t| t.waiting.len()).sum()
+    }
+}
+
+/// A `[[json_devices]]` topic, matched level by level.
+#[derive(Debug, Clone)]
+struct JsonRoute {
+    levels: Vec<String>,
+    capture: usize,
+    cfg: JsonDeviceConfig,
+}
+
+impl JsonRoute {
+    fn new(cfg: &JsonDeviceConfig) -> Option<Self> {
+        let levels: Vec<String> = cfg.topic.split('/').map(str::to_owned).collect();
+        let capture = levels.iter().position(|l| l == DEVICE_CAPTURE)?;
+        Some(Self {
+            levels,
+            capture,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The `{device}` level of `topic`, if `topic` is this route's.
+    fn device<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let mut n = 0;
+        let mut device = None;
+        for (i, level) in topic.split('/').enumerate() {
+            let want = self.levels.get(i)?;
+            if i == self.capture {
+                device = Some(level);
+            } else if want != level {
+                return None;
+            }
+            n += 1;
+        }
+        (n == self.levels.len()).then_some(device).flatten()
+    }
+}
+
+/// The JSON topics, for the authorization policy: `Some(device)` if `topic` is a
+/// `[[json_devices]]` topic, with its `{device}` level. Allocation-free.
+#[derive(Debug, Clone, Default)]
+pub struct JsonTopics {
+    routes: Vec<JsonRoute>,
+}
+
+impl JsonTopics {
+    #[must_use]
+    pub fn new(cfg: &[JsonDeviceConfig]) -> Self {
+        Self {
+            routes: cfg.iter().filter_map(JsonRoute::new).collect(),
+        }
+    }
+
+    #[must_use]
+    pub fn device<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        self.routes.iter().find_map(|r| r.device(topic))
+    }
+
+    fn route<'t>(&self, topic: &'t str) -> Option<(&JsonRoute, &'t str)> {
+        self.routes
+            .iter()
+            .find_map(|r| r.device(topic).map(|d| (r, d)))
+    }
+
+    /// The rumqttd filters whose PUBACKs the gateway owns.
+    #[must_use]
+    pub fn filters(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.cfg.filter()).collect()
+    }
+}
+
+/// The standard-client ingest (see the module doc).
+pub struct Ingest {
+    pub sequencer: Arc<Sequencer>,
+    pub spool: Arc<Spool>,
+    pub queue: mpsc::Sender<Accepted>,
+    pub depth: Arc<AtomicUsize>,
+    pub tracks: Arc<Tracks>,
+    pub json: JsonTopics,
+    pub limits: Limits,
+    log: Mutex<LogWindow>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    #[must_use]
+    pub fn new(
+        sequencer: Arc<Sequencer>,
+        spool: Arc<Spool>,
+        queue: mpsc::Sender<Accepted>,
+        depth: Arc<AtomicUsize>,
+        tracks: Arc<Tracks>,
+        json: JsonTopics,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            sequencer,
+            spool,
+            queue,
+            depth,
+            tracks,
+            json,
+            limits,
+            log: Mutex::new(LogWindow::new()),
+        }
+    }
+
+    /// Takes one publish rumqttd handed over (patch 22). Never blocks on the pipeline.
+    pub fn handle(&self, link: &LinkTx, d: DeferredPublish) {
+        let topic = String::from_utf8_lossy(&d.publish.topic);
+        let publisher = Publisher {
+            source: "json",
+            client_id: d.client_id,
+            pkid: d.pkid,
+            dup: d.dup,
+        };
+        let Some((route, device)) = self.json.route(&topic) else {
+            if let Some(token) = d.token {
+                self.refuse(link, token, Refusal::UnknownTopic, &publisher);
+            }
+            return;
+        };
+        metrics::counter!(m::STANDARD_PUBLISHES, "source" => "json").increment(1);
+        let device = match DeviceId::parse(device) {
+            Ok(dev) => dev,
+            Err(e) => return self.invalid(link, d.token, "bad_device_id", &topic, &e),
+        };
+        let readings = match json::decode(
+            route.cfg.format,
+            &route.cfg.timestamp_field,
+            &d.publish.payload,
+            crate::link::now_ms(),
+            &self.limits,
+        ) {
+            Ok(r) => r,
+            Err(e) => return self.invalid(link, d.token, e.reason(), &topic, &e),
+        };
+        self.submit(link, &device, readings, d.token, &publisher);
+    }
+
+    /// A payload that cannot be taken: counted, logged (rate-limited), acked and dropped.
+    fn invalid(
+        &self,
+        link: &LinkTx,
+        token: Option<AckToken>,
+        reason: &'static str,
+        topic: &str,
+        detail: &dyn std::fmt::Display,
+    ) {
+        metrics::counter!(m::INVALID_PAYLOADS, "reason" => reason).increment(1);
+        if let Some(unlogged) = self.log.lock().allow() {
+            warn!(topic, reason, %detail, unlogged, "invalid payload of a standard client dropped (acknowledged: a resend would not help)");
+        }
+        if let Some(token) = token {
+            self.ack_now(link, token);
+        }
+    }
+
+    /// Hands `readings` of `device` to the pipeline as one batch; `token`'s PUBACK goes out
+    /// when it is durable, or the publisher is closed if it cannot be taken. Never blocks.
+    pub fn submit(
+        &self,
+        link: &LinkTx,
+        device: &DeviceId,
+        mut readings: Vec<Reading>,
+        token: Option<AckToken>,
+        publisher: &Publisher,
+    ) {
+        if readings.is_empty() {
+            if let Some(token) = token {
+                self.ack_now(link, token);
+            }
+            return;
+        }
+        let limit = self.limits.max_readings_per_batch;
+        // Several batches for a long message (a Sparkplug payload may exceed the protocol's
+        // batch limit); the token waits for the last.
+        while readings.len() > limit {
+            let rest = readings.split_off(limit);
+            let head = std::mem::replace(&mut readings, rest);
+            if let Err(refusal) = self.take(device, head, None, publisher) {
+                if let Some(token) = token {
+                    self.refuse(link, token, refusal, publisher);
+                }
+                return;
+            }
+        }
+        if let Err(refusal) = self.take(device, readings, token, publisher) {
+            if let Some(token) = token {
+                self.refuse(link, token, refusal, publisher);
+            }
+        }
+    }
+
+    /// One batch into the pipeline. On a refusal the device starts a new epoch.
+    fn take(
+        &self,
+        device: &DeviceId,
+        readings: Vec<Reading>,
+        token: Option<AckToken>,
+        publisher: &Publisher,
+    ) -> Result<(), Refusal> {
+        let mut devices = self.tracks.devices.lock();
+        let track = devices.entry(device.clone()).or_insert_with(Track::new);
+        let batch = Batch {
+            device: device.clone(),
+            epoch: track.epoch,
+            first_seq: track.next_seq,
+            readings,
+        };
+        let n = batch.readings.len() as u64;
+        let result = self.pipeline(batch, publisher);
+        match result {
+            Ok(last) => {
+                track.next_seq = last + 1;
+                if let Some(token) = token {
+                    track.waiting.push_back((last, token));
+                }
+                metrics::counter!(m::ACCEPTED_READINGS).increment(n);
+                Ok(())
+            }
+            Err(refusal) => {
+                // Whatever of the old epoch is still in flight becomes durable unacked (its
+                // publisher is being closed and resends); the new epoch never meets it.
+                *track = Track::new();
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Sequencer, spool reservation, writer queue: the agent path's hand-off (`crate::link`).
+    fn pipeline(&self, batch: Batch, publisher: &Publisher) -> Result<u64, Refusal> {
+        let device = batch.device.clone();
+        let (epoch, first) = (batch.epoch, batch.first_seq);
+        let b = match self.sequencer.admit(batch) {
+            Admit::Accept(b) if b.first_seq == first => b,
+            Admit::Accept(b) => {
+                // Trimmed: the sequencer knew part of this epoch already, which it cannot.
+                self.sequencer.reject(&device, epoch, b.first_seq);
+                return Err(Refusal::Sequencer);
+            }
+            Admit::Duplicate { .. } | Admit::Gap { .. } => return Err(Refusal::Sequencer),
+        };
+        let last = b.last_seq();
+        let mut record =
+            SpoolRecord::from_batch(&b, envelope::encode_batch(&b), crate::link::now_ms());
+        record.origin = Some(MqttOrigin {
+            source: publisher.source.to_owned(),
+            client_id: publisher.client_id.clone(),
+            pkid: publisher.pkid,
+            dup: publisher.dup,
+        });
+        let size = record.size();
+        if !self.spool.reserve(size) {
+            self.sequencer.reject(&device, epoch, first);
+            metrics::counter!(m::DROPPED_BATCHES, "reason" => "spool_full").increment(1);
+            return Err(Refusal::SpoolFull);
+        }
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.queue.try_send(Accepted {
+            device: device.clone(),
+            record,
+            size,
+        }) {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            self.spool.release(size);
+            self.sequencer.reject(&device, epoch, first);
+            let refusal = match e {
+                mpsc::error::TrySendError::Full(_) => Refusal::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => Refusal::ShuttingDown,
+            };
+            metrics::counter!(m::DROPPED_BATCHES, "reason" => refusal.reason()).increment(1);
+            return Err(refusal);
+        }
+        Ok(last)
+    }
+
+    /// PUBACKs a publish that holds nothing to keep.
+    pub fn ack_now(&self, link: &LinkTx, token: AckToken) {
+        if let Err(e) = link.puback(token) {
+            warn!(error = %e, "PUBACK: the broker link is gone");
+        }
+    }
+
+    /// Closes the publisher of `token` without its PUBACK; it resends after reconnecting.
+    pub fn refuse(&self, link: &LinkTx, token: AckToken, refusal: Refusal, publisher: &Publisher) {
+        metrics::counter!(m::STANDARD_REFUSED, "reason" => refusal.reason()).increment(1);
+        if let Some(unlogged) = self.log.lock().allow() {
+            warn!(
+                client_id = %publisher.client_id,
+                source = publisher.source,
+                reason = refusal.reason(),
+                unlogged,
+                "standard client's publish refused: closing its connection (it resends)"
+            );
+        } else {
+            debug!(client_id = %publisher.client_id, reason = refusal.reason(), "refused");
+        }
+        if let Err(e) = link.disconnect(token) {
+            warn!(error = %e, "disconnect: the broker link is gone");
+        }
+    }
+}
+
+/// At most 10 lines a second; says how many were not logged.
+#[derive(Debug)]
+struct LogWindow {
+    start: Instant,
+    n: u64,
+    skipped: u64,
+}
+
+impl LogWindow {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            n: 0,
+            skipped: 0,
+        }
+    }
+
+    fn allow(&mut self) -> Option<u64> {
+        if self.start.elapsed() >= Duration::from_secs(1) {
+            self.start = Instant::now();
+            self.n = 0;
+        }
+        self.n += 1;
+        if self.n <= 10 {
+            Some(std::mem::take(&mut self.skipped))
+        } else {
+            self.skipped += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::JsonFormat;
+
+    fn topics(list: &[&str]) -> JsonTopics {
+        let cfg: Vec<JsonDeviceConfig> = list
+            .iter()
+            .map(|t| JsonDeviceConfig {
+                topic: (*t).to_owned(),
+                format: JsonFormat::Reading,
+                timestamp_field: "ts".into(),
+            })
+            .collect();
+        JsonTopics::new(&cfg)
+    }
+
+    #[test]
+    fn json_topics_capture_the_device_level_only_on_an_exact_shape() {
+        let t = topics(&["plant/{device}/telemetry", "{device}/json"]);
+        assert_eq!(t.device("plant/press-1/telemetry"), Some("press-1"));
+        assert_eq!(t.device("x/json"), Some("x"));
+        assert_eq!(t.device("plant/press-1/telemetry/more"), None);
+        assert_eq!(t.device("plant/press-1"), None);
+        assert_eq!(t.device("plant//telemetry"), Some(""));
+        assert_eq!(t.device("other/press-1/telemetry"), None);
+        assert_eq!(t.filters(), ["plant/+/telemetry", "+/json"]);
+    }
+
+    #[test]
+    fn durable_releases_tokens_up_to_the_seq_and_only_of_the_current_epoch() {
+        let tracks = Tracks::default();
+        let dev = DeviceId::parse("d").unwrap();
+        assert!(
+            tracks.durable(&dev, 1, 10).is_none(),
+            "unknown: an agent device"
+        );
+        let token = |serial| rumqttd::AckToken::unregistered(serial);
+        let epoch = {
+            let mut d = tracks.devices.lock();
+            let t = d.entry(dev.clone()).or_insert_with(Track::new);
+            t.waiting
+                .extend([(2, token(1)), (5, token(2)), (9, token(3))]);
+            t.epoch
+        };
+        assert_eq!(tracks.durable(&dev, epoch ^ 1, 100), Some(vec![]));
+        assert_eq!(
+            tracks.durable(&dev, epoch, 5),
+            Some(vec![token(1), token(2)])
+        );
+        assert_eq!(tracks.waiting(), 1);
+        assert_eq!(tracks.durable(&dev, epoch, 8), Some(vec![]));
+        assert_eq!(tracks.durable(&dev, epoch, 9), Some(vec![token(3)]));
+    }
+}

@@ -1,0 +1,360 @@
+//! Standard MQTT clients (issue 13): a real Eclipse Paho client (paho-mqtt, Python; installed by
+//! `scripts/setup`) as a plain JSON device against the real gateway binary.
+//!
+//! * kill -9 of the gateway while Paho streams QoS 1 with a persistent session, restart on the
+//!   same spool and port: every reading Paho got a PUBACK for is in Kafka, and after Paho's
+//!   resends every reading it published is (duplicates allowed, see `breakwater_protocol::kafka`).
+//! * a client publishing on another device's JSON topic is refused (counted) and the victim
+//!   loses nothing; a malformed payload is counted and the device's next readings still land.
+//!
+//! Skipped without python3 + paho-mqtt, failed without them under `CI=true`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use breakwater_protocol::Value;
+use common::*;
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/paho_json_device.py"
+);
+
+const JSON_DEVICES: &str =
+    "[[json_devices]]\ntopic = \"plant/{device}/telemetry\"\nformat = \"reading\"\n";
+
+/// Whether Paho can run here; panics under `CI=true` if not.
+fn paho_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with paho-mqtt is required under CI (scripts/setup installs it)"
+        );
+        eprintln!("skipped: python3 with paho-mqtt is not installed");
+    }
+    ok
+}
+
+/// A running Paho device and its output lines.
+struct Paho {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Paho {
+    fn start(port: u16, client_id: &str, topic: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(SCRIPT)
+            .args(["--port", &port.to_string(), "--client-id", client_id])
+            .args(["--topic", topic])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Reads lines until `stop` says so or `timeout`; returns every line read.
+    fn read_until(&self, timeout: Duration, mut stop: impl FnMut(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let done = stop(&l);
+                    got.push(l);
+                    if done {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    /// Everything until its `DONE` line (bounded): (acked values, published, lines).
+    fn finish(mut self, timeout: Duration) -> (BTreeSet<u64>, u64, Vec<String>) {
+        let lines = self.read_until(timeout, |l| l.starts_with("DONE"));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let acked = acks(&lines);
+        let published = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("DONE "))
+            .and_then(|d| d.split("published=").nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no DONE line: {lines:?}"));
+        (acked, published, lines)
+    }
+}
+
+impl Drop for Paho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn acks(lines: &[String]) -> BTreeSet<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ACK ")?.parse().ok())
+        .collect()
+}
+
+/// Integer reading values per device in `records`, with how many records carried DUP.
+fn values_by_device(
+    records: &[breakwater_testkit::kafka::Record],
+) -> (BTreeMap<String, Vec<u64>>, usize) {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut dups = 0;
+    for r in records {
+        let b = r.batch();
+        assert_eq!(r.header("bw-source"), Some("json"), "{:?}", r.headers);
+        assert_eq!(r.header("bw-mqtt-client"), Some(b.device.as_str()));
+        assert!(r
+            .header("bw-mqtt-pkid")
+            .is_some_and(|p| p.parse::<u16>().is_ok()));
+        if r.header("bw-mqtt-dup") == Some("1") {
+            dups += 1;
+        }
+        for reading in &b.readings {
+            let Value::I64(v) = reading.value else {
+                panic!("unexpected value {:?}", reading.value)
+            };
+            assert_eq!(reading.ts, 1_700_000_000_000 + v as u64);
+            out.entry(b.device.as_str().to_owned())
+                .or_default()
+                .push(v as u64);
+        }
+    }
+    (out, dups)
+}
+
+async fn kill9_while_paho_streams(mode: &str) {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    if !paho_available() {
+        return;
+    }
+    let topic = breakwater_testkit::kafka::unique_topic("gw-standard");
+    let events = breakwater_testkit::kafka::unique_topic("gw-standard-ev");
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = GatewayProc::start_with(
+        dir.path(),
+        &format!("ack_mode = \"{mode}\""),
+        &format!(
+            "[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"{topic}\"\nevents_topic = \"{events}\"\npartitions = 1\n{JSON_DEVICES}"
+        ),
+    );
+    let total: u64 = 3_000;
+    let paho = Paho::start(
+        gw.mqtt_port,
+        "press-1",
+        "plant/press-1/telemetry",
+        &[
+            "--count",
+            &total.to_string(),
+            "--persistent",
+            "--pace-ms",
+            "1",
+            "--timeout",
+            "150",
+        ],
+    );
+    // Let it stream, then crash mid-stream.
+    let mut seen = 0;
+    let before = paho.read_until(Duration::from_secs(60), |l| {
+        seen += usize::from(l.starts_with("ACK "));
+        seen >= 600
+    });
+    assert!(
+        seen >= 600,
+        "no progress before the crash: {before:?}\n{}",
+        gw.log_text()
+    );
+    gw.kill9();
+    let acked_before_kill = acks(&before);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.spawn();
+    let (acked_after, published, lines) = paho.finish(Duration::from_secs(160));
+    assert!(
+        lines.iter().filter(|l| l.starts_with("CONNECTED")).count() >= 1,
+        "Paho never reconnected: {lines:?}"
+    );
+    let acked: BTreeSet<u64> = acked_before_kill.union(&acked_after).copied().collect();
+    assert_eq!(published, total, "{lines:?}");
+    assert_eq!(
+        acked.len() as u64,
+        total,
+        "not every publish got its PUBACK"
+    );
+
+    // Kafka: every PUBACKed reading (and so every published one) is there.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut expected = 1;
+    let (by, dups) = loop {
+        let recs = read_topic(&bootstrap, &topic, 1, expected).await;
+        let (by, dups) = values_by_device(&recs);
+        let have: BTreeSet<u64> = by.get("press-1").into_iter().flatten().copied().collect();
+        if have.len() as u64 >= total || Instant::now() > deadline {
+            break (by, dups);
+        }
+        expected = recs.len() + 1;
+    };
+    let have: BTreeSet<u64> = by.get("press-1").into_iter().flatten().copied().collect();
+    let lost_acked: Vec<u64> = acked_before_kill.difference(&have).copied().collect();
+    assert!(
+        lost_acked.is_empty(),
+        "PUBACKed before the kill, not in Kafka: {lost_acked:?}"
+    );
+    let missing: Vec<u64> = (1..=total).filter(|v| !have.contains(v)).collect();
+    assert!(missing.is_empty(), "published, not in Kafka: {missing:?}");
+    let n = by.get("press-1").map_or(0, Vec::len);
+    eprintln!(
+        "ack mode {mode}: {} PUBACKed before the kill, {total} readings, {} in Kafka ({} duplicates from resends, {dups} records with DUP)",
+        acked_before_kill.len(),
+        n,
+        n as u64 - total
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_persistent_session_loses_nothing_across_kill9_ack_mode_spool() {
+    kill9_while_paho_streams("spool").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_persistent_session_loses_nothing_across_kill9_ack_mode_kafka() {
+    kill9_while_paho_streams("kafka").await;
+}
+
+#[test]
+fn another_device_s_topic_is_refused_and_bad_payloads_are_counted() {
+    if !paho_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start(dir.path(), JSON_DEVICES);
+    let run = |client: &str, topic: &str, args: &[&str]| {
+        Paho::start(gw.mqtt_port, client, topic, args).finish(Duration::from_secs(40))
+    };
+
+    // The victim streams, with one malformed payload in the middle: it is acked (a resend would
+    // not help), counted, and the readings after it land.
+    let (acked, published, lines) = run(
+        "press-2",
+        "plant/press-2/telemetry",
+        &["--count", "20", "--bad-at", "5", "--timeout", "30"],
+    );
+    assert_eq!((acked.len(), published), (20, 20), "{lines:?}");
+    assert_eq!(
+        gw.metric(
+            "breakwater_gateway_invalid_payloads_total",
+            "reason=\"json_syntax\""
+        ),
+        1.0
+    );
+
+    // press-1 publishes as press-2: refused, its connection closed, nothing acked.
+    let (acked, _, lines) = run(
+        "press-1",
+        "plant/press-2/telemetry",
+        &["--count", "3", "--once", "--timeout", "10"],
+    );
+    assert!(acked.is_empty(), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("DISCONNECTED")),
+        "{lines:?}"
+    );
+    assert!(
+        gw.metric(
+            "breakwater_gateway_authz_denied_total",
+            "action=\"publish\",reason=\"foreign_topic\""
+        ) >= 1.0
+    );
+
+    // The victim goes on as before.
+    let (acked, published, lines) = run(
+        "press-2",
+        "plant/press-2/telemetry",
+        &["--count", "10", "--metric", "after", "--timeout", "30"],
+    );
+    assert_eq!((acked.len(), published), (10, 10), "{lines:?}");
+    // 19 + 10 readings of press-2, none of press-1's.
+    assert_eq!(
+        gw.metric("breakwater_gateway_accepted_readings_total", ""),
+        29.0
+    );
+    assert_eq!(
+        gw.metric("breakwater_gateway_standard_pubacks_total", ""),
+        29.0
+    );
+}
+
+#[test]
+fn check_config_names_every_bad_json_devices_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[standard]\npuback_timeout_ms = 10\n\n[[json_devices]]\ntopic = \"plant/+/x\"\n\n[[json_devices]]\ntopic = \"bw/{device}/telemetry\"\n\n[[json_devices]]\ntopic = \"ok/{device}\"\nformat = \"object\"\ntimestamp_field = \"\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    for key in [
+        "standard.puback_timeout_ms",
+        "json_devices[0].topic",
+        "json_devices[1].topic",
+        "json_devices[2].timestamp_field",
+    ] {
+        assert!(text.contains(key), "{key} not reported:\n{text}");
+    }
+    // An unknown key in an entry is refused with its name.
+    std::fs::write(
+        &config,
+        "[[json_devices]]\ntopic = \"a/{device}\"\nformt = \"object\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("formt"));
+}

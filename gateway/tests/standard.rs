@@ -358,3 +358,87 @@ fn check_config_names_every_bad_json_devices_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("formt"));
 }
+
+/// Kafka stops answering in ack mode `kafka`: PUBACKs stall (nothing is durable), rumqttd closes
+/// the client once none was released for `[standard] puback_timeout_ms`
+/// (`rumqttd_connections_closed_total{reason="puback_timeout"}`, patch 22), Paho reconnects and
+/// resends; once Kafka is back every reading it published is there and every one is PUBACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_pubacks_close_the_client_and_nothing_is_lost_when_kafka_returns() {
+    // Needs the tansu binary; skip like require_kafka! does when the harness is absent.
+    if breakwater_testkit::kafka::bootstrap().is_none() || !paho_available() {
+        return;
+    }
+    let kafka = PrivateKafka::start().expect("tansu binary on PATH (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start_with(
+        dir.path(),
+        "ack_mode = \"kafka\"",
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"telemetry\"\nevents_topic = \"events\"\npartitions = 1\n[standard]\nmax_unacked_per_connection = 5\npuback_timeout_ms = 1500\n{JSON_DEVICES}",
+            kafka.bootstrap()
+        ),
+    );
+    let total: u64 = 400;
+    let paho = Paho::start(
+        gw.mqtt_port,
+        "press-3",
+        "plant/press-3/telemetry",
+        &[
+            "--count",
+            &total.to_string(),
+            "--persistent",
+            "--pace-ms",
+            "5",
+            "--timeout",
+            "150",
+        ],
+    );
+    let mut seen = 0;
+    let before = paho.read_until(Duration::from_secs(60), |l| {
+        seen += usize::from(l.starts_with("ACK "));
+        seen >= 100
+    });
+    assert!(seen >= 100, "no progress: {:?}", before.last());
+    kafka.pause();
+    let closed = |gw: &GatewayProc| {
+        gw.metric(
+            "rumqttd_connections_closed_total",
+            "reason=\"puback_timeout\"",
+        )
+    };
+    let timed_out = wait_until(Duration::from_secs(60), || closed(&gw) >= 1.0);
+    kafka.resume();
+    assert!(
+        timed_out,
+        "no puback_timeout while Kafka was paused:\n{}",
+        gw.metrics()
+    );
+    let (acked_after, published, lines) = paho.finish(Duration::from_secs(150));
+    let acked: BTreeSet<u64> = acks(&before).union(&acked_after).copied().collect();
+    assert_eq!(published, total, "{lines:?}");
+    assert_eq!(
+        acked.len() as u64,
+        total,
+        "not every publish got its PUBACK: {lines:?}"
+    );
+    assert!(
+        lines.iter().filter(|l| l.starts_with("CONNECTED")).count() >= 1,
+        "Paho did not reconnect: {lines:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut expected = 1;
+    let bootstrap = kafka.bootstrap();
+    let have = loop {
+        let recs = read_topic(&bootstrap, "telemetry", 1, expected).await;
+        let (by, _) = values_by_device(&recs);
+        let have: BTreeSet<u64> = by.get("press-3").into_iter().flatten().copied().collect();
+        if have.len() as u64 >= total || Instant::now() > deadline {
+            break have;
+        }
+        expected = recs.len() + 1;
+    };
+    let missing: Vec<u64> = (1..=total).filter(|v| !have.contains(v)).collect();
+    assert!(missing.is_empty(), "published, not in Kafka: {missing:?}");
+}

@@ -19,6 +19,11 @@ pub enum DeviceModel {
     /// DIY as usually built: one JSON reading per MQTT message, QoS 1, PUBACK = done
     /// (against Mosquitto plus `breakwater-baseline-forwarder`).
     DiyJson,
+    /// The same standard clients as `diy-json` (rumqttc, QoS 1, persistent session, PUBACK =
+    /// done) against the Breakwater gateway, whose PUBACK means durable: the gateway needs
+    /// `[[json_devices]] topic = "devices/{device}/telemetry"`, `format = "object"` (each
+    /// message's fields become readings, so the verifier finds its device, epoch and seq).
+    JsonMqtt,
 }
 
 impl DeviceModel {
@@ -28,6 +33,7 @@ impl DeviceModel {
         match self {
             Self::Breakwater => RecordFormat::Batch,
             Self::DiyJson => RecordFormat::DiyJson,
+            Self::JsonMqtt => RecordFormat::JsonMqtt,
         }
     }
 }

@@ -6,6 +6,9 @@
 //! * `breakwater`: the agent's real sending logic ([`fleet`]): batches, credit, resend.
 //! * `diy-json`: DIY as usually built ([`diy`]): one JSON reading per MQTT message at QoS 1,
 //!   rumqttc's in-flight window, PUBACK = done.
+//! * `json-mqtt`: the same clients against the Breakwater gateway's standard-client ingest
+//!   (`[[json_devices]] topic = "devices/{device}/telemetry"`, `format = "object"`), where the
+//!   PUBACK comes only once the message is durable.
 //!
 //! Scenarios:
 //!
@@ -89,8 +92,9 @@ pub struct Options {
     pub topic: String,
     #[arg(long, default_value_t = 100)]
     pub devices: usize,
-    /// How the devices send: Breakwater's agent, or DIY (one JSON reading per MQTT message,
-    /// QoS 1, PUBACK = done; against Mosquitto + `breakwater-baseline-forwarder`).
+    /// How the devices send: Breakwater's agent, DIY (one JSON reading per MQTT message, QoS 1,
+    /// PUBACK = done; against Mosquitto + `breakwater-baseline-forwarder`), or the same DIY
+    /// clients against the gateway's `[[json_devices]]` (`json-mqtt`).
     #[arg(long, value_enum, default_value_t = DeviceModel::Breakwater)]
     pub device_model: DeviceModel,
     #[arg(long, default_value_t = 100)]
@@ -239,7 +243,7 @@ impl Options {
                 counters,
                 cancel.clone(),
             )),
-            DeviceModel::DiyJson => Devices::DiyJson(DiyFleet::new(
+            DeviceModel::DiyJson | DeviceModel::JsonMqtt => Devices::DiyJson(DiyFleet::new(
                 &ids,
                 breakwater_agent::now_ms(),
                 DiyLink {

@@ -58,6 +58,9 @@ pub enum RecordFormat {
     Batch,
     /// One DIY JSON reading per record.
     DiyJson,
+    /// One Breakwater batch per DIY message, made by the gateway from a `[[json_devices]]`
+    /// topic with `format = "object"`: the message's `epoch` and `seq` are readings.
+    JsonMqtt,
 }
 
 /// `(device, epoch, seqs)` of one record, or `None` if it does not decode.
@@ -82,6 +85,22 @@ fn decode(
         RecordFormat::DiyJson => {
             let r: DiyReading = serde_json::from_slice(payload).ok()?;
             Some((DeviceId::parse(r.device).ok()?, r.epoch, vec![r.seq]))
+        }
+        RecordFormat::JsonMqtt => {
+            let ct = msg.headers().and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == HEADER_CONTENT_TYPE)
+                    .and_then(|h| h.value)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+            });
+            let batch = kafka::decode_record_value(payload, ct, limits).ok()?;
+            let field = |name: &str| {
+                batch.readings.iter().find_map(|r| match r.value {
+                    breakwater_protocol::Value::I64(v) if r.metric == name => u64::try_from(v).ok(),
+                    _ => None,
+                })
+            };
+            Some((batch.device.clone(), field("epoch")?, vec![field("seq")?]))
         }
     }
 }

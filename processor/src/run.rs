@@ -21,8 +21,9 @@
 //! redb commit. A crash before the Kafka commit aborts everything of the interval (a restart
 //! with the same `transactional.id` fences the old one); a crash between the Kafka commit and
 //! redb leaves redb behind the changelog, and the restore takes the changelog's marker.
-//! Consumers of the outputs read with `isolation.level=read_committed`. Not verified end to
-//! end yet (README), hence off by default.
+//! Consumers of the outputs read with `isolation.level=read_committed`. Tested end to end against
+//! librdkafka's mock cluster, which does not isolate aborted records (README), hence off by
+//! default.
 //!
 //! # Partitions moving between instances
 //! See [`crate::changelog`]: each checkpoint also goes to a Kafka changelog, and a partition

@@ -1,8 +1,8 @@
 //! `exactly_once = "on"` against rdkafka's mock cluster (librdkafka's in-process broker, real
-//! TCP sockets, with transactions; tansu has none): the real binary, SIGKILL mid-stream and a
-//! restart. Read with `isolation.level=read_committed`, every output exists exactly once, not
-//! just once per id: the killed instance's open transaction is aborted (fenced by the restarted
-//! one with the same `transactional.id`), and its committed ones match its checkpoints.
+//! TCP sockets, with the transactional API; tansu has none): the real binary, SIGKILL with
+//! outputs in an open transaction, and a restart that fences it (same `transactional.id`) and
+//! resumes at the last checkpoint. Outputs by id equal the pure core's, content included. What
+//! the mock cannot show: that read_committed hides the aborted copies (see the end of the test).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -81,6 +81,34 @@ impl Drop for Proc {
     }
 }
 
+/// Records in partition 0 of `topic` as a consumer with `isolation` sees them (read until
+/// 500 ms without a record, at most 20 s).
+fn count(bootstrap: &str, topic: &str, isolation: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            breakwater_testkit::kafka::unique_topic("tx-count"),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let (start, mut last, mut n) = (Instant::now(), Instant::now(), 0);
+    while last.elapsed() < Duration::from_millis(500) && start.elapsed() < Duration::from_secs(20) {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(50)) {
+            n += 1;
+            last = Instant::now();
+        }
+    }
+    n
+}
+
 fn phases() -> (Vec<In>, Vec<In>) {
     let dev = |d: usize| format!("tx-{d:02}");
     let n = 10;
@@ -111,7 +139,6 @@ fn phases() -> (Vec<In>, Vec<In>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "against the mock cluster the processor's fetch of one input partition stalls after its first records (REQTMOUT, a request stuck in librdkafka's out-queue), with exactly_once on and off alike, so the input is never fully consumed; not resolved, see the crate README"]
 async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
     // One broker: with three, one of the mock's broker connections stalled in our runs (a
     // request stuck in its out-queue) and the partitions it led were never fetched.
@@ -163,13 +190,31 @@ async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
         60,
     )
     .await;
+    p.wait_for("checkpoint committed", 1, 60).await;
+    // A checkpoint is due after 60 records, but the loop drains up to 256 records of each
+    // consumer between checks, so phase one may well be one checkpoint: produce more until a
+    // second one, then a few records that stay in the open transaction (fewer than 60).
+    let (two_a, rest) = two.split_at(80);
+    let (two_b, two_c) = rest.split_at(20);
+    common::produce(&producer, &t, two_a).await;
     p.wait_for("checkpoint committed", 2, 60).await;
-    // Mid-stream: outputs after the last checkpoint are in an open transaction.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_checkpoint = count(&bootstrap, &t.windows, "read_uncommitted");
+    common::produce(&producer, &t, two_b).await;
+    // Mid-stream: kill once outputs after the last checkpoint are in the log (in the open
+    // transaction: 20 batches, fewer than checkpoint_records).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&bootstrap, &t.windows, "read_uncommitted") <= at_checkpoint {
+        assert!(
+            Instant::now() < deadline,
+            "no outputs after the checkpoint:\n{}",
+            p.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut p = p;
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    common::produce(&producer, &t, &two).await;
+    common::produce(&producer, &t, two_c).await;
     let p2 = Proc::start(&cfg);
     let mut got = BTreeMap::new();
     for (name, topic) in [
@@ -191,12 +236,22 @@ async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
     assert!(p2.count("exactly-once: outputs") == 1, "{}", p2.dump());
     let dedup = common::dedup(&got);
     common::assert_same("exactly-once run with a SIGKILL vs core", &dedup, &want);
-    // Exactly once, not just once per id: no record repeats in what read_committed sees.
-    for (name, records) in &got {
-        assert_eq!(
-            records.len(),
-            dedup[name].len(),
-            "{name}: repeated records under read_committed"
-        );
-    }
+    // The restart fenced the killed instance (same transactional.id), resumed at its last
+    // checkpoint and produced the aborted transaction's outputs again, in a committed one: so
+    // the log holds repeats (identical content, `by_id` checks) of what the killed instance
+    // wrote after its last checkpoint. On a real broker read_committed would
+    // not return the aborted copies. librdkafka's mock cannot show that: its Fetch answers
+    // LastStableOffset = end of log and no aborted transactions, and its EndTxn ignores
+    // commit/abort (rdkafka_mock_handlers.c, librdkafka 2.12.1), so read_committed sees every
+    // record here. This test does not claim isolation; it covers the transactional path end
+    // to end (init, fencing on restart, offsets sent in the transaction, commit) and the
+    // content.
+    let repeats: usize = got
+        .iter()
+        .map(|(name, records)| records.len() - dedup[name].len())
+        .sum();
+    assert!(
+        repeats > 0,
+        "the open transaction's outputs were not produced again"
+    );
 }

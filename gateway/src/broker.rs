@@ -189,14 +189,16 @@ pub fn rumqttd_config(
 /// The telemetry link owns the PUBACKs of QoS 1 publishes on `deferred` filters (standard
 /// clients, vendor/PATCHES.md patch 22): it receives them as `Notification::Deferred`.
 ///
-/// `sparkplug_filters`: the Sparkplug host's subscriptions; empty = no Sparkplug link.
+/// `sparkplug`: the Sparkplug host's filters (`None` = no Sparkplug link): it owns the PUBACKs
+/// of the edge nodes' topics and subscribes to its own NCMD and STATE topics (see
+/// [`crate::sparkplug::host::Filters`]).
 ///
 /// # Errors
 /// The listen address is taken, a link cannot be created, or the listener does not come up.
 pub fn start(
     config: rumqttd::Config,
     listens: &[SocketAddr],
-    sparkplug_filters: &[String],
+    sparkplug: Option<&crate::sparkplug::host::Filters>,
     deferred: &[String],
 ) -> Result<Links, BrokerError> {
     // rumqttd only logs a bind failure on its own thread; check first for a clear error.
@@ -237,20 +239,24 @@ pub fn start(
             name: "acks",
             source: Box::new(source),
         })?;
-    let sparkplug = if sparkplug_filters.is_empty() {
-        None
-    } else {
-        let link_err = |source| BrokerError::Link {
-            name: "sparkplug",
-            source: Box::new(source),
-        };
-        let (mut stx, srx) = broker
-            .link(crate::sparkplug::host::SPARKPLUG_LINK)
-            .map_err(link_err)?;
-        for f in sparkplug_filters {
-            stx.subscribe(f.as_str()).map_err(link_err)?;
+    let sparkplug = match sparkplug {
+        None => None,
+        Some(filters) => {
+            let link_err = |source| BrokerError::Link {
+                name: "sparkplug",
+                source: Box::new(source),
+            };
+            let (mut stx, srx) = broker
+                .link(crate::sparkplug::host::SPARKPLUG_LINK)
+                .map_err(link_err)?;
+            for f in &filters.deferred {
+                stx.defer_acks(f.as_str()).map_err(link_err)?;
+            }
+            for f in &filters.subscribed {
+                stx.subscribe(f.as_str()).map_err(link_err)?;
+            }
+            Some((stx, srx))
         }
-        Some((stx, srx))
     };
     let alerts = broker
         .alerts()

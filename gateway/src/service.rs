@@ -206,7 +206,7 @@ impl Gateway {
         admission.set_json_topics(json_topics.clone());
         let deferred = json_topics.filters();
         let standard_on = !deferred.is_empty();
-        let mut rcfg = crate::broker::rumqttd_config(
+        let rcfg = crate::broker::rumqttd_config(
             &cfg.mqtt,
             &cfg.standard,
             admission.max_connections(),
@@ -215,31 +215,13 @@ impl Gateway {
         )
         .map_err(Box::new)?;
         let listens: Vec<SocketAddr> = cfg.mqtt.listeners().iter().map(|l| l.1).collect();
-        let sparkplug_filters = if cfg.sparkplug.enabled {
+        let sparkplug_filters = cfg.sparkplug.enabled.then(|| {
             // Before the listener accepts anyone.
             admission.set_sparkplug(crate::sparkplug::authz::Acl::new(&cfg.sparkplug));
-            crate::sparkplug::host::filters(&cfg.sparkplug.groups)
-        } else {
-            Vec::new()
-        };
-        // The Sparkplug filters' logs are sized like the telemetry one: with rumqttd's small
-        // default (the ack logs', 2 x 1 KiB) the host link would be skipped ahead (data lost)
-        // as soon as it is a few DATA messages behind.
-        let segments = rcfg
-            .router
-            .custom_segment
-            .get_or_insert_with(Default::default);
-        for f in &sparkplug_filters {
-            segments.insert(
-                f.clone(),
-                rumqttd::SegmentConfig {
-                    max_segment_size: cfg.mqtt.segment_bytes,
-                    max_segment_count: cfg.mqtt.segment_count,
-                },
-            );
-        }
+            crate::sparkplug::host::Filters::new(&cfg.sparkplug.groups, &cfg.sparkplug.host_id)
+        });
         let links = tokio::task::spawn_blocking(move || {
-            crate::broker::start(rcfg, &listens, &sparkplug_filters, &deferred)
+            crate::broker::start(rcfg, &listens, sparkplug_filters.as_ref(), &deferred)
         })
         .await
         .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
@@ -372,11 +354,15 @@ impl Gateway {
                             ..Default::default()
                         },
                     ),
-                    ingest: crate::sparkplug::ingest::Ingest::new(
+                    // The standard clients' ingest (epoch, seqs, PUBACK when durable), with
+                    // the same device tracks as the ack publisher.
+                    ingest: crate::standard::Ingest::new(
                         sequencer.clone(),
                         spool.clone(),
                         queue_tx.clone(),
                         depth.clone(),
+                        tracks.clone(),
+                        crate::standard::JsonTopics::default(),
                         Limits::DEFAULT,
                     ),
                     events: events_tx.clone(),

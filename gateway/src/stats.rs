@@ -308,10 +308,6 @@ fn describe_sparkplug() {
         SPARKPLUG_READINGS,
         "Readings decoded from Sparkplug metrics"
     );
-    describe_counter!(
-        SPARKPLUG_DROPPED_READINGS,
-        "Sparkplug readings the pipeline could not take, by reason"
-    );
     describe_gauge!(
         SPARKPLUG_EDGE_NODES_ONLINE,
         "Sparkplug edge nodes with a live session"
@@ -341,7 +337,5 @@ pub const SPARKPLUG_REBIRTHS_SUPPRESSED: &str =
     "breakwater_gateway_sparkplug_rebirths_suppressed_total";
 /// Readings decoded from Sparkplug metrics (before the pipeline).
 pub const SPARKPLUG_READINGS: &str = "breakwater_gateway_sparkplug_readings_total";
-/// Sparkplug readings the pipeline could not take, by `reason` (`queue_full`, `spool_full`, ...).
-pub const SPARKPLUG_DROPPED_READINGS: &str = "breakwater_gateway_sparkplug_dropped_readings_total";
 /// Edge nodes with a live session (NBIRTH seen, no NDEATH since).
 pub const SPARKPLUG_EDGE_NODES_ONLINE: &str = "breakwater_gateway_sparkplug_edge_nodes_online";

@@ -16,6 +16,8 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater_gateway::sparkplug::proto::{self, datatype, Metric, MetricValue, Payload};
@@ -189,6 +191,8 @@ async fn a_pysparkplug_edge_node_end_to_end() {
     for r in &records {
         let batch = r.batch();
         assert_eq!(r.key.as_deref(), Some(batch.device.as_str().as_bytes()));
+        assert_eq!(r.header("bw-source"), Some("sparkplug"));
+        assert_eq!(r.header("bw-mqtt-client"), Some("e1"));
         match batch.device.as_str() {
             "spb.G.e1" => node.extend(batch.readings),
             "spb.G.e1.press_2e1" => device.extend(batch.readings),
@@ -345,9 +349,9 @@ fn check_config_validates_the_sparkplug_section() {
     assert!(ok, "{err}");
 }
 
-/// A burst of DDATA faster than the host reads: nothing is skipped. rumqttd keeps one log per
-/// subscribed filter; with its small default segments the host's link was skipped ahead
-/// (`CursorJump`) after a few messages. No Kafka needed (the spool takes the readings).
+/// A burst of QoS 1 DDATA: nothing is skipped or lost on the way to the host, and every publish
+/// gets its PUBACK (the host resolves every token it is handed, rumqttd patch 22) once its
+/// readings are in the spool. No Kafka needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ddata_burst_is_not_skipped() {
     const MESSAGES: u64 = 2_000;
@@ -358,10 +362,22 @@ async fn a_ddata_burst_is_not_skipped() {
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (c, mut el) = AsyncClient::new(o, 100);
-    let driver = tokio::spawn(async move {
-        // Bounded by the test's own waits below; ends with the connection.
-        while el.poll().await.is_ok() {}
-    });
+    let pubacks = Arc::new(AtomicU64::new(0));
+    let driver = {
+        let pubacks = pubacks.clone();
+        tokio::spawn(async move {
+            // Aborted below; ends with the connection.
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        pubacks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    };
     let metric = |i: u64, named: bool| Metric {
         name: named.then(|| format!("m{i}")),
         alias: Some(i),
@@ -382,12 +398,12 @@ async fn a_ddata_burst_is_not_skipped() {
         ("spBv1.0/G/DBIRTH/burst/d", msg(1, true)),
     ];
     for (t, p) in births {
-        c.publish(t, QoS::AtMostOnce, false, p).await.unwrap();
+        c.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
     }
     for seq in 2..MESSAGES + 2 {
         c.publish(
             "spBv1.0/G/DDATA/burst/d",
-            QoS::AtMostOnce,
+            QoS::AtLeastOnce,
             false,
             msg(seq, false),
         )
@@ -397,9 +413,24 @@ async fn a_ddata_burst_is_not_skipped() {
     let expected = (MESSAGES + 2) * METRICS;
     let readings = "breakwater_gateway_sparkplug_readings_total";
     wait_until(Duration::from_secs(120), || {
-        gw.metric(readings, "") >= expected as f64
+        pubacks.load(Ordering::Relaxed) >= MESSAGES + 2
             || gw.metric("breakwater_gateway_link_cursor_jumps_total", "") > 0.0
     });
+    assert_eq!(
+        pubacks.load(Ordering::Relaxed),
+        MESSAGES + 2,
+        "{}",
+        gw.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#')
+                && (l.contains("sparkplug")
+                    || l.contains("standard")
+                    || l.contains("accepted")
+                    || l.contains("dropped")
+                    || l.contains("acks")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let page = gw.metrics();
     assert_eq!(
         parse_metric(&page, "breakwater_gateway_link_cursor_jumps_total", ""),

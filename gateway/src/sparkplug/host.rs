@@ -1,6 +1,24 @@
 //! The host application's thread: reads every Sparkplug publish from the gateway's `sparkplug`
-//! link, runs it through the sessions, hands readings to [`Ingest`], events to the fleet events
-//! queue, and publishes Rebirth NCMDs and the host STATE through the same link.
+//! link, runs it through the sessions, hands readings to the standard clients' [`Ingest`],
+//! events to the fleet events queue, and publishes Rebirth NCMDs and the host STATE through the
+//! same link.
+//!
+//! # How publishes arrive, and their PUBACK
+//!
+//! The link owns the PUBACKs of `spBv1.0/{group}/#` (vendor/PATCHES.md, patch 22): every edge
+//! node publish there, QoS 0 or 1, reaches the host as a `Notification::Deferred` with the
+//! publisher's client id, and a QoS 1 one with a token instead of its PUBACK. The token goes
+//! with the message's readings into [`Ingest::submit`], which PUBACKs it once they are durable
+//! (spool fsync or Kafka delivery report, by the ack mode) or closes the publisher if the
+//! pipeline cannot take them (it resends). A message with nothing to keep (a death, a message
+//! the session ignored, a payload that does not decode) is PUBACKed at once: resending it would
+//! not help. The link subscribes to NDEATH (a will reaches subscriptions only) and to its own
+//! NCMD and STATE topics ([`Filters`]), so that its publishes always match a filter (rumqttd
+//! disconnects a local link that publishes where none does).
+//!
+//! rumqttd queues deferred QoS 0 publishes for the host without a bound (QoS 1 ones are
+//! bounded per connection by `[standard] max_unacked_per_connection`); the host never waits on
+//! the pipeline (every hand-off is a `try_send`), so it drains them at decode speed.
 //!
 //! # Host STATE (Sparkplug 3.0)
 //!
@@ -12,8 +30,8 @@
 //! survives. When the gateway is back, edge nodes reconnect and see the new `online` (with a new
 //! timestamp) as soon as they subscribe.
 //!
-//! Runs on its own thread and never blocks on anything downstream (see [`super::ingest`]); the
-//! fleet events queue is `try_send` (full: counted in `breakwater_gateway_events_dropped_total`).
+//! Runs on its own thread and never blocks on anything downstream; the fleet events queue is
+//! `try_send` (full: counted in `breakwater_gateway_events_dropped_total`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,32 +40,49 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::Notification;
+use rumqttd::{AckToken, DeferredPublish, Notification};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::ingest::Ingest;
 use super::session::{Clock, Outcome, Sessions};
-use super::topic::{self, SpTopic, TopicError};
+use super::topic::{self, MessageType, SpTopic, TopicError};
 use super::{proto, rebirth_payload, state_payload};
 use crate::events::FleetInput;
 use crate::link::now_ms;
+use crate::standard::{Ingest, Publisher};
 use crate::stats as m;
 
 /// Client id of the host application's link (reserved like the other gateway links).
 pub const SPARKPLUG_LINK: &str = "breakwater-gateway-sparkplug";
 
-/// The rumqttd filters the host subscribes to: `spBv1.0/{group}/#` per served group, or
-/// `spBv1.0/#` for all (the host's own STATE and NCMDs come back too and are skipped).
-#[must_use]
-pub fn filters(groups: &[String]) -> Vec<String> {
-    if groups.is_empty() {
-        vec![format!("{}/#", topic::NAMESPACE)]
-    } else {
-        groups
+/// The host link's filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filters {
+    /// Owned (patch 22), not subscribed: `spBv1.0/{group}/#` per served group, or `spBv1.0/+/#`.
+    pub deferred: Vec<String>,
+    /// Subscribed: NDEATH (rumqttd publishes a will to subscriptions only, not to the owner of a
+    /// deferred filter, so NDEATHs are taken from here, and their deferred copy only acked);
+    /// the host's own NCMD topics and its STATE topic, so that what it publishes always matches
+    /// a filter (edge nodes may not publish NCMD: only the host's own come back, skipped).
+    pub subscribed: Vec<String>,
+}
+
+impl Filters {
+    #[must_use]
+    pub fn new(groups: &[String], host_id: &str) -> Self {
+        let ns = topic::NAMESPACE;
+        let all = [String::from("+")];
+        let groups = if groups.is_empty() { &all[..] } else { groups };
+        let deferred = groups.iter().map(|g| format!("{ns}/{g}/#")).collect();
+        let mut subscribed: Vec<String> = groups
             .iter()
-            .map(|g| format!("{}/{g}/#", topic::NAMESPACE))
-            .collect()
+            .flat_map(|g| [format!("{ns}/{g}/NCMD/+"), format!("{ns}/{g}/NDEATH/+")])
+            .collect();
+        subscribed.push(topic::state_topic(host_id));
+        Self {
+            deferred,
+            subscribed,
+        }
     }
 }
 
@@ -84,8 +119,10 @@ impl Host {
             }
             let deadline = Instant::now() + Duration::from_millis(200);
             match self.rx.recv_deadline(deadline) {
+                Ok(Some(Notification::Deferred(d))) => self.handle(*d, &mut log),
+                // NDEATH (the will, see `Filters`), and the host's own NCMD and STATE.
                 Ok(Some(Notification::Forward(f))) => {
-                    self.handle(&f.publish.topic, &f.publish.payload, &mut log);
+                    self.forwarded(&f.publish.topic, &f.publish.payload, &mut log);
                 }
                 Ok(Some(Notification::Unschedule)) => {
                     if let Err(e) = self.rx.ready() {
@@ -118,35 +155,94 @@ impl Host {
         }
     }
 
-    fn handle(&mut self, topic_bytes: &[u8], payload: &[u8], log: &mut LogLimiter) {
-        let Ok(topic) = std::str::from_utf8(topic_bytes) else {
-            return invalid("bad_topic", "<not utf-8>", &"topic is not UTF-8", log);
+    fn handle(&mut self, d: DeferredPublish, log: &mut LogLimiter) {
+        let token = d.token;
+        let publisher = Publisher {
+            source: "sparkplug",
+            client_id: d.client_id,
+            pkid: d.pkid,
+            dup: d.dup,
         };
-        let t = match SpTopic::parse(topic) {
-            Ok(t) => t,
-            // The host's own STATE (and other hosts'): not telemetry.
-            Err(TopicError::State) => return,
-            Err(e) => return invalid("bad_topic", topic, &e, log),
+        let Ok(topic) = std::str::from_utf8(&d.publish.topic) else {
+            invalid("bad_topic", "<not utf-8>", &"topic is not UTF-8", log);
+            return self.ack_now(token);
         };
+        match SpTopic::parse(topic) {
+            // Taken from the subscription (`forwarded`), where the will arrives too.
+            Ok(t) if t.kind == MessageType::NDeath => self.ack_now(token),
+            Ok(t) => self.message(&t, topic, &d.publish.payload, token, &publisher, log),
+            // Another host's STATE (ours is not deferred): not telemetry.
+            Err(TopicError::State) => self.ack_now(token),
+            Err(e) => {
+                invalid("bad_topic", topic, &e, log);
+                self.ack_now(token);
+            }
+        }
+    }
+
+    /// A publish from the host's subscriptions: NDEATHs (graceful or the will) are taken, the
+    /// host's own NCMD and STATE skipped.
+    fn forwarded(&mut self, topic: &[u8], payload: &[u8], log: &mut LogLimiter) {
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return;
+        };
+        let Ok(t) = SpTopic::parse(topic) else {
+            return;
+        };
+        if t.kind != MessageType::NDeath {
+            return;
+        }
+        // Nothing to PUBACK here (the deferred copy of a graceful NDEATH was acked; a will has
+        // no publisher any more) and an NDEATH has no readings.
+        let publisher = Publisher {
+            source: "sparkplug",
+            client_id: String::new(),
+            pkid: 0,
+            dup: false,
+        };
+        self.message(&t, topic, payload, None, &publisher, log);
+    }
+
+    fn message(
+        &mut self,
+        t: &SpTopic<'_>,
+        topic: &str,
+        payload: &[u8],
+        token: Option<AckToken>,
+        publisher: &Publisher,
+        log: &mut LogLimiter,
+    ) {
         metrics::counter!(m::SPARKPLUG_MESSAGES, "type" => t.kind.as_str()).increment(1);
         let p = match proto::decode(payload) {
             Ok(p) => p,
-            Err(e) => return invalid("malformed", topic, &e, log),
+            Err(e) => {
+                invalid("malformed", topic, &e, log);
+                return self.ack_now(token);
+            }
         };
         let clock = Clock {
             now: tokio::time::Instant::now(),
             now_ms: now_ms(),
         };
-        let out = self.sessions.handle(&t, &p, clock);
-        self.apply(&t, topic, out, clock.now_ms, log);
+        let out = self.sessions.handle(t, &p, clock);
+        self.apply(t, topic, out, clock.now_ms, token, publisher, log);
     }
 
+    fn ack_now(&self, token: Option<AckToken>) {
+        if let Some(token) = token {
+            self.ingest.ack_now(&self.tx, token);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         t: &SpTopic<'_>,
         topic: &str,
         out: Outcome,
         now_ms: u64,
+        token: Option<AckToken>,
+        publisher: &Publisher,
         log: &mut LogLimiter,
     ) {
         for ty in &out.unsupported {
@@ -183,15 +279,14 @@ impl Host {
                 metrics::counter!(m::EVENTS_DROPPED, "reason" => "queue_full").increment(1);
             }
         }
-        if let Some((device, readings)) = out.readings {
-            if !readings.is_empty() {
-                let n = readings.len();
-                metrics::counter!(m::SPARKPLUG_READINGS).increment(n as u64);
-                let taken = self.ingest.submit(&device, readings);
-                if taken < n && log.allow() {
-                    warn!(%device, dropped = n - taken, "sparkplug readings dropped: the pipeline is full");
-                }
+        match out.readings {
+            Some((device, readings)) if !readings.is_empty() => {
+                metrics::counter!(m::SPARKPLUG_READINGS).increment(readings.len() as u64);
+                // PUBACK when durable, or the publisher is closed (counted there).
+                self.ingest
+                    .submit(&self.tx, &device, readings, token, publisher);
             }
+            _ => self.ack_now(token),
         }
         metrics::gauge!(m::SPARKPLUG_EDGE_NODES_ONLINE).set(self.sessions.online() as f64);
         debug!(

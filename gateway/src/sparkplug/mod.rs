@@ -11,10 +11,10 @@
 //!    hand-written prost structs and no Sparkplug crate is said there).
 //! 3. [`session`] — per edge node: NBIRTH/DBIRTH alias tables, `bdSeq`, `seq` 0-255 wrapping,
 //!    Rebirth requests (rate-limited), metrics -> readings, BIRTH/DEATH -> fleet events.
-//! 4. [`ingest`] — readings into the sequencer and spool writer as batches with a gateway
-//!    epoch and seqs, in the agent's Kafka telemetry record format.
-//! 5. [`host`] — the thread on the gateway's `sparkplug` link that runs 1-4, publishes the host
-//!    STATE and the Rebirth NCMDs.
+//! 4. [`host`] — the thread on the gateway's `sparkplug` link that runs 1-3 and hands the
+//!    readings to the standard clients' ingest ([`crate::standard::Ingest`]: gateway epoch and
+//!    seqs, sequencer, spool, Kafka in the agent's record format, and the QoS 1 PUBACK only once
+//!    durable); it publishes the host STATE and the Rebirth NCMDs.
 //!
 //! Around it: [`config`] (`[sparkplug]`), [`authz`] (what an edge node may publish and
 //! subscribe to, part of the gateway's one policy).
@@ -37,7 +37,6 @@
 pub mod authz;
 pub mod config;
 pub mod host;
-pub mod ingest;
 pub mod proto;
 pub mod session;
 pub mod topic;

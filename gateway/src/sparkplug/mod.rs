@@ -22,10 +22,10 @@
 //! # Trust boundary
 //!
 //! Payloads and topics come from network clients and are untrusted: every decode error,
-//! unsupported metric and refused message is counted
-//! (`breakwater_gateway_sparkplug_*_total`, see [`crate::stats`]) and never panics (property
-//! tests in [`proto`], [`topic`] and [`session`]). The identity of the publisher is decided by authorization
-//! before the message reaches the host: an edge node may publish only within its own
+//! unsupported metric and refused message is counted (`breakwater_gateway_sparkplug_*_total`,
+//! see [`crate::stats`]) and never panics (property tests in [`proto`], [`topic`] and
+//! [`session`]). The identity of the publisher is decided by authorization before the message
+//! reaches the host: an edge node may publish only within its own
 //! `spBv1.0/{group}/*/{edge_node}[/...]` namespace.
 //!
 //! # Host state

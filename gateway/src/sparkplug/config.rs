@@ -33,7 +33,9 @@ pub struct SparkplugConfig {
 }
 
 /// `[[sparkplug.edge_nodes]]`: `identity` publishes as `edge_node` of `group`. This is how a
-/// plant with the same edge node id in two groups configures it: two entries, two identities.
+/// plant with the same edge node id in two groups configures it: two entries, two identities;
+/// and how an edge node whose id is not a valid client id (the gateway admits only client ids
+/// of 1-64 `[A-Za-z0-9._-]`, e.g. not `Line 1`) gets one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeNodeIdentity {
@@ -96,8 +98,10 @@ impl SparkplugConfig {
         }
         for (i, e) in self.edge_nodes.iter().enumerate() {
             let key = |k: &str| format!("sparkplug.edge_nodes[{i}].{k}");
-            if e.identity.is_empty() {
-                bad(&key("identity"), "must not be empty".into());
+            // An identity is a client id, and the gateway admits only client ids that are
+            // device ids (`crate::admission`).
+            if let Err(why) = breakwater_protocol::DeviceId::parse(e.identity.as_str()) {
+                bad(&key("identity"), format!("{:?}: {why}", e.identity));
             }
             for (k, v) in [("group", &e.group), ("edge_node", &e.edge_node)] {
                 if let Err(why) = check_id(v) {
@@ -151,6 +155,11 @@ mod tests {
                     group: "g".into(),
                     edge_node: "e".repeat(70),
                 },
+                EdgeNodeIdentity {
+                    identity: "Line 1".into(),
+                    group: "g".into(),
+                    edge_node: "Line 1".into(),
+                },
             ],
         };
         let mut keys = Vec::new();
@@ -169,6 +178,7 @@ mod tests {
                 "sparkplug.edge_nodes[0].edge_node",
                 "sparkplug.edge_nodes[0].group",
                 "sparkplug.edge_nodes[1].edge_node",
+                "sparkplug.edge_nodes[2].identity",
             ]
         );
         let mut n = 0;

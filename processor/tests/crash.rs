@@ -5,17 +5,14 @@
 
 mod common;
 
+use common::proc::Proc;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
 use breakwater_protocol::Reading;
-use common::{batch, event, In, Topics};
-use serde_json::Value;
+use common::{batch, event, In};
 
 const T: u64 = 1_700_000_000_000;
 const DEVICES: usize = 30;
@@ -66,77 +63,6 @@ fn input() -> (Vec<In>, Vec<In>) {
 
 const EXTRA: &str = "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\nallowed_lateness = \"2s\"\n[anomaly]\nwarmup = 30\n";
 
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(config: &Path) -> Self {
-        Self::start_with(config, &[])
-    }
-
-    fn start_with(config: &Path, env: &[(&str, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-processor"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let l = log.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(common::strip_ansi(&line));
-            }
-        });
-        Self { child, log }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn dump(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM and wait: a graceful stop must exit 0 after a final checkpoint.
-    fn terminate(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(200));
-                let log = self.dump();
-                assert!(s.success(), "exit {s:?}\n{log}");
-                assert!(log.contains("stopped after a final checkpoint"), "{log}");
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit after SIGTERM\n{}",
-                self.dump()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 fn scrape(port: u16) -> String {
     get(port, "/metrics")
 }
@@ -149,31 +75,6 @@ fn get(port: u16, path: &str) -> String {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
-}
-
-/// Reads all three output topics until their deduplicated sizes reach the oracle's.
-async fn outputs(
-    bootstrap: &str,
-    t: &Topics,
-    want: &BTreeMap<&'static str, BTreeMap<String, Value>>,
-) -> BTreeMap<&'static str, Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut got = BTreeMap::new();
-    for (name, topic) in [
-        ("sessions", &t.sessions),
-        ("windows", &t.windows),
-        ("anomalies", &t.anomalies),
-    ] {
-        let n = want.get(name).map_or(0, BTreeMap::len);
-        loop {
-            let v = common::read_json(bootstrap, topic, n, Duration::from_secs(10)).await;
-            if common::by_id(&v).len() >= n || Instant::now() > deadline {
-                got.insert(name, v);
-                break;
-            }
-        }
-    }
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +110,7 @@ async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
             format!("127.0.0.1:{metrics_port}"),
         )],
     );
-    let got_a = outputs(&bootstrap, &ta, &want).await;
+    let got_a = common::outputs(&bootstrap, &ta, &want).await;
     // Past a lag report (lag_interval = 1s) and a stats report.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let scrape = scrape(metrics_port);
@@ -264,12 +165,11 @@ async fn kill_9_and_restart_gives_the_same_outputs_as_an_uninterrupted_run() {
     }
     // Let it run past the last checkpoint, then crash.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    b.kill();
     assert!(!b.dump().contains("stopped after a final checkpoint"));
     common::produce(&producer, &tb, &two).await;
     let b2 = Proc::start(&cfg_b);
-    let got_b = outputs(&bootstrap, &tb, &want).await;
+    let got_b = common::outputs(&bootstrap, &tb, &want).await;
     let log = b2.terminate();
     assert!(log.contains("recovered partition state"), "{log}");
     let b_dedup = common::dedup(&got_b);

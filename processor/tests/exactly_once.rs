@@ -7,79 +7,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use common::proc::Proc;
+
 use std::time::{Duration, Instant};
 
 use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
 use breakwater_protocol::Reading;
 use common::{batch, event, In, Topics};
 use rdkafka::mocking::MockCluster;
-use serde_json::Value;
 
 const T: u64 = 1_700_000_000_000;
-
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-processor"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let l = log.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(common::strip_ansi(&line));
-            }
-        });
-        Self { child, log }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn dump(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    async fn wait_for(&self, needle: &str, n: usize, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no {n}× {needle:?}:\n{}",
-                self.dump()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Records in partition 0 of `topic` as a consumer with `isolation` sees them (read until
 /// 500 ms without a record, at most 20 s).
@@ -212,27 +149,10 @@ async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut p = p;
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
     common::produce(&producer, &t, two_c).await;
     let p2 = Proc::start(&cfg);
-    let mut got = BTreeMap::new();
-    for (name, topic) in [
-        ("sessions", &t.sessions),
-        ("windows", &t.windows),
-        ("anomalies", &t.anomalies),
-    ] {
-        let n = want.get(name).map_or(0, BTreeMap::len);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let v: Vec<Value> =
-                common::read_json(&bootstrap, topic, n, Duration::from_secs(10)).await;
-            if common::by_id(&v).len() >= n || Instant::now() > deadline {
-                got.insert(name, v);
-                break;
-            }
-        }
-    }
+    let got = common::outputs(&bootstrap, &t, &want).await;
     assert!(p2.count("exactly-once: outputs") == 1, "{}", p2.dump());
     let dedup = common::dedup(&got);
     common::assert_same("exactly-once run with a SIGKILL vs core", &dedup, &want);

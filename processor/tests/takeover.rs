@@ -8,77 +8,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use common::proc::Proc;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
 use breakwater_protocol::Reading;
 use common::{batch, event, In};
-use serde_json::Value;
 
 const T: u64 = 1_700_000_000_000;
 
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater-processor"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("BREAKWATER_PROCESSOR_ASSIGN", "")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let l = log.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(common::strip_ansi(&line));
-            }
-        });
-        Self { child, log }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn dump(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    async fn wait_for(&self, needle: &str, n: usize, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no {n}× {needle:?}:\n{}",
-                self.dump()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The binary in consumer-group mode (the shared config text assigns partitions explicitly).
+fn in_group(config: &Path) -> Proc {
+    Proc::start_with(config, &[("BREAKWATER_PROCESSOR_ASSIGN", String::new())])
 }
 
 fn noise(i: u64) -> f64 {
@@ -142,8 +85,8 @@ async fn sigkill_and_a_deleted_state_dir_the_survivor_restores_from_the_changelo
         p
     };
     let (cfg_a, cfg_b) = (config("a"), config("b"));
-    let a = Proc::start(&cfg_a);
-    let mut b = Proc::start(&cfg_b);
+    let a = in_group(&cfg_a);
+    let mut b = in_group(&cfg_b);
     // Each holds one partition of the two.
     a.wait_for("recovered partition state", 1, 90).await;
     b.wait_for("recovered partition state", 1, 90).await;
@@ -153,29 +96,12 @@ async fn sigkill_and_a_deleted_state_dir_the_survivor_restores_from_the_changelo
     a.wait_for("checkpoint committed", 2, 60).await;
     b.wait_for("checkpoint committed", 2, 60).await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    b.kill();
     std::fs::remove_dir_all(dir.path().join("b")).unwrap();
     common::produce(&producer, &t, &two).await;
     // The survivor takes b's partition once the group notices, restoring it from the changelog.
     a.wait_for("source=\"changelog\"", 1, 90).await;
-    let mut got = std::collections::BTreeMap::new();
-    for (name, topic) in [
-        ("sessions", &t.sessions),
-        ("windows", &t.windows),
-        ("anomalies", &t.anomalies),
-    ] {
-        let n = want.get(name).map_or(0, std::collections::BTreeMap::len);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let v: Vec<Value> =
-                common::read_json(&bootstrap, topic, n, Duration::from_secs(10)).await;
-            if common::by_id(&v).len() >= n || Instant::now() > deadline {
-                got.insert(name, v);
-                break;
-            }
-        }
-    }
+    let got = common::outputs(&bootstrap, &t, &want).await;
     let log = a.dump();
     common::assert_same(
         "survivor + killed instance vs core",

@@ -18,6 +18,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
+pub mod proc;
+
 pub const PARTITIONS: i32 = 2;
 
 /// The partition tests put a device in (both topics), like a key-hashing partitioner would.
@@ -385,4 +387,30 @@ pub fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// Reads the sessions, windows and anomalies topics until each holds as many distinct ids as
+/// `want` (or 90 s passed), all records included.
+pub async fn outputs(
+    bootstrap: &str,
+    t: &Topics,
+    want: &BTreeMap<&'static str, BTreeMap<String, Value>>,
+) -> BTreeMap<&'static str, Vec<Value>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut got = BTreeMap::new();
+    for (name, topic) in [
+        ("sessions", &t.sessions),
+        ("windows", &t.windows),
+        ("anomalies", &t.anomalies),
+    ] {
+        let n = want.get(name).map_or(0, BTreeMap::len);
+        loop {
+            let v = read_json(bootstrap, topic, n, Duration::from_secs(10)).await;
+            if by_id(&v).len() >= n || std::time::Instant::now() > deadline {
+                got.insert(name, v);
+                break;
+            }
+        }
+    }
+    got
 }

@@ -24,8 +24,13 @@ pub const PARTITIONS: i32 = 2;
 
 /// The partition tests put a device in (both topics), like a key-hashing partitioner would.
 pub fn partition_of(device: &str) -> i32 {
+    partition_in(device, PARTITIONS)
+}
+
+/// [`partition_of`] for topics of `n` partitions.
+pub fn partition_in(device: &str, n: i32) -> i32 {
     let h = IdHasher::new("p").str(device).finish();
-    i32::try_from(u64::from_str_radix(&h, 16).unwrap() % PARTITIONS as u64).unwrap()
+    i32::try_from(u64::from_str_radix(&h, 16).unwrap() % u64::try_from(n).unwrap()).unwrap()
 }
 
 /// One input record, in production order.
@@ -59,11 +64,16 @@ pub fn event(device: &str, epoch: u64, kind: FleetEventKind, ts: u64) -> In {
 /// opens no session): both input topics' event times move to `ts`, so every device not seen
 /// for `state.device_ttl` before it is evicted and what it held open is emitted.
 pub fn clocks(ts: u64) -> Vec<In> {
+    clocks_in(ts, PARTITIONS)
+}
+
+/// [`clocks`] for topics of `n` partitions.
+pub fn clocks_in(ts: u64, n: i32) -> Vec<In> {
     let mut v = Vec::new();
-    for p in 0..PARTITIONS {
+    for p in 0..n {
         let name = (0..)
             .map(|i| format!("clock-{i}"))
-            .find(|n| partition_of(n) == p)
+            .find(|d| partition_in(d, n) == p)
             .unwrap();
         v.push(batch(&name, 1, 1, vec![Reading::new("tick", 0i64, ts)]));
         v.push(event(&name, 1, FleetEventKind::Refused, ts));
@@ -82,21 +92,31 @@ pub struct Topics {
 }
 
 pub async fn topics(bootstrap: &str) -> Topics {
+    topics_in(bootstrap, PARTITIONS).await
+}
+
+/// [`topics`] with `n` input (and changelog) partitions.
+pub async fn topics_in(bootstrap: &str, n: i32) -> Topics {
     let k = breakwater_testkit::kafka::fresh_topic;
     Topics {
-        telemetry: k(bootstrap, "proc-tel", PARTITIONS).await,
-        events: k(bootstrap, "proc-ev", PARTITIONS).await,
+        telemetry: k(bootstrap, "proc-tel", n).await,
+        events: k(bootstrap, "proc-ev", n).await,
         sessions: k(bootstrap, "proc-sess", 1).await,
         anomalies: k(bootstrap, "proc-anom", 1).await,
         windows: k(bootstrap, "proc-win", 1).await,
         late: k(bootstrap, "proc-late", 1).await,
-        changelog: k(bootstrap, "proc-chg", PARTITIONS).await,
+        changelog: k(bootstrap, "proc-chg", n).await,
     }
 }
 
 /// Produces records in order, each to its device's partition, in the gateway's format. All are
 /// enqueued first and then awaited: the idempotent producer keeps per-partition order.
 pub async fn produce(p: &FutureProducer, t: &Topics, records: &[In]) {
+    produce_in(p, t, records, PARTITIONS).await;
+}
+
+/// [`produce`] to topics of `n` partitions.
+pub async fn produce_in(p: &FutureProducer, t: &Topics, records: &[In], n: i32) {
     let mut pending = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         let (topic, key, value, headers) = match r {
@@ -135,7 +155,7 @@ pub async fn produce(p: &FutureProducer, t: &Topics, records: &[In]) {
         let mut rec = FutureRecord::to(topic)
             .key(key)
             .payload(&value)
-            .partition(partition_of(key));
+            .partition(partition_in(key, n));
         if let Some(h) = headers {
             rec = rec.headers(h);
         }
@@ -247,6 +267,15 @@ pub fn by_id(records: &[Value]) -> BTreeMap<String, Value> {
 
 /// The pure core over the same records, per partition in production order.
 pub fn oracle(text: &str, records: &[In]) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+    oracle_in(text, records, PARTITIONS)
+}
+
+/// [`oracle`] for topics of `n` partitions.
+pub fn oracle_in(
+    text: &str,
+    records: &[In],
+    n: i32,
+) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
     let p = config(text).params;
     let mut parts: BTreeMap<i32, Partition> = BTreeMap::new();
     let mut st = Stats::default();
@@ -254,14 +283,14 @@ pub fn oracle(text: &str, records: &[In]) -> BTreeMap<&'static str, BTreeMap<Str
     for r in records {
         match r {
             In::Batch(b) => {
-                let id = partition_of(b.device.as_str());
+                let id = partition_in(b.device.as_str(), n);
                 parts
                     .entry(id)
                     .or_insert_with(|| Partition::new(id))
                     .on_batch(b, &p, &mut st, &mut out);
             }
             In::Event(e) => {
-                let id = partition_of(e.device.as_str());
+                let id = partition_in(e.device.as_str(), n);
                 parts
                     .entry(id)
                     .or_insert_with(|| Partition::new(id))

@@ -145,8 +145,14 @@ async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() 
     for agent in &agents {
         assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), 200);
     }
-    let on_a = a.metric("breakwater_gateway_connected_devices", "");
-    assert!(on_a >= 1.0, "no agent on A: {}", a.metrics());
+    // The gauge is refreshed by the status sampler (once a second).
+    assert!(
+        wait_until(Duration::from_secs(10), || a
+            .metric("breakwater_gateway_connected_devices", "")
+            >= 1.0),
+        "no agent on A: {}",
+        a.metrics()
+    );
 
     // Phase 2: A dies with readings in flight and stays down; recording goes on.
     for agent in &agents {
@@ -169,10 +175,12 @@ async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() 
             "{d} not fully acked after A died"
         );
     }
-    assert_eq!(
-        b.metric("breakwater_gateway_connected_devices", ""),
-        AGENTS as f64,
-        "every agent is on B"
+    assert!(
+        wait_until(Duration::from_secs(10), || b
+            .metric("breakwater_gateway_connected_devices", "")
+            == AGENTS as f64),
+        "every agent is on B: {}",
+        b.metric("breakwater_gateway_connected_devices", "")
     );
 
     // Phase 3: A returns; the agents keep working (new connections may go to either).

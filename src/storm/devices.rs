@@ -8,6 +8,7 @@ use breakwater_protocol::DeviceId;
 
 use super::diy::DiyFleet;
 use super::fleet::{Fleet, FleetCounters};
+use super::sparkplug::SparkplugFleet;
 use super::verify::{Expected, RecordFormat};
 
 /// How the virtual devices send.
@@ -24,6 +25,10 @@ pub enum DeviceModel {
     /// `[[json_devices]] topic = "devices/{device}/telemetry"`, `format = "object"` (each
     /// message's fields become readings, so the verifier finds its device, epoch and seq).
     JsonMqtt,
+    /// Sparkplug B edge nodes (rumqttc, QoS 1, persistent session, PUBACK = done) against the
+    /// gateway's host application (`[sparkplug] enabled = true`): NBIRTH/DBIRTH, then DDATA of
+    /// `--metrics-per-message` metrics by alias ([`super::sparkplug`]).
+    Sparkplug,
 }
 
 impl DeviceModel {
@@ -34,6 +39,7 @@ impl DeviceModel {
             Self::Breakwater => RecordFormat::Batch,
             Self::DiyJson => RecordFormat::DiyJson,
             Self::JsonMqtt => RecordFormat::JsonMqtt,
+            Self::Sparkplug => RecordFormat::Sparkplug,
         }
     }
 }
@@ -43,6 +49,7 @@ impl DeviceModel {
 pub enum Devices {
     Breakwater(Fleet),
     DiyJson(DiyFleet),
+    Sparkplug(SparkplugFleet),
 }
 
 impl Devices {
@@ -51,6 +58,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => &f.counters,
             Self::DiyJson(f) => &f.counters,
+            Self::Sparkplug(f) => &f.counters,
         }
     }
 
@@ -59,6 +67,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.devices.len(),
             Self::DiyJson(f) => f.devices.len(),
+            Self::Sparkplug(f) => f.nodes.len(),
         }
     }
 
@@ -71,6 +80,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.start(range, seed),
             Self::DiyJson(f) => f.start(range),
+            Self::Sparkplug(f) => f.start(range),
         }
     }
 
@@ -80,6 +90,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.devices.get(i).map_or(0, |d| d.produced),
             Self::DiyJson(f) => f.devices.get(i).map_or(0, |d| d.produced),
+            Self::Sparkplug(f) => f.nodes.get(i).map_or(0, |d| d.produced),
         }
     }
 
@@ -100,6 +111,10 @@ impl Devices {
                 f.produce(i, n);
                 Ok(())
             }
+            Self::Sparkplug(f) => {
+                f.produce(i, n);
+                Ok(())
+            }
         }
     }
 
@@ -107,6 +122,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.cut_all(outage),
             Self::DiyJson(f) => f.cut_all(outage),
+            Self::Sparkplug(f) => f.cut_all(outage),
         }
     }
 
@@ -115,6 +131,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.connected(),
             Self::DiyJson(f) => f.connected(),
+            Self::Sparkplug(f) => f.connected(),
         }
     }
 
@@ -123,6 +140,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.acked(),
             Self::DiyJson(f) => f.acked(),
+            Self::Sparkplug(f) => f.acked(),
         }
     }
 
@@ -131,6 +149,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.all_acked_up_to(upto),
             Self::DiyJson(f) => f.all_acked_up_to(upto),
+            Self::Sparkplug(f) => f.all_acked_up_to(upto),
         }
     }
 
@@ -146,6 +165,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.total_produced(),
             Self::DiyJson(f) => f.total_produced(),
+            Self::Sparkplug(f) => f.total_produced(),
         }
     }
 
@@ -168,6 +188,11 @@ impl Devices {
                 .iter()
                 .map(|d| one(&d.id, d.epoch, d.produced))
                 .collect(),
+            Self::Sparkplug(f) => f
+                .nodes
+                .iter()
+                .map(|d| one(&d.kafka_id, d.epoch, d.produced))
+                .collect(),
         }
     }
 
@@ -175,6 +200,7 @@ impl Devices {
         match self {
             Self::Breakwater(f) => f.shutdown(wait).await,
             Self::DiyJson(f) => f.shutdown(wait).await,
+            Self::Sparkplug(f) => f.shutdown(wait).await,
         }
     }
 }

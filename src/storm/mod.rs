@@ -9,6 +9,9 @@
 //! * `json-mqtt`: the same clients against the Breakwater gateway's standard-client ingest
 //!   (`[[json_devices]] topic = "devices/{device}/telemetry"`, `format = "object"`), where the
 //!   PUBACK comes only once the message is durable.
+//! * `sparkplug`: Sparkplug B edge nodes ([`sparkplug`]) against the gateway's host application:
+//!   NBIRTH/DBIRTH with aliases, then DDATA of `--metrics-per-message` metrics, QoS 1, PUBACK =
+//!   done (once durable).
 //!
 //! Scenarios:
 //!
@@ -26,6 +29,7 @@ pub mod devices;
 pub mod diy;
 pub mod fleet;
 pub mod report;
+pub mod sparkplug;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -43,6 +47,7 @@ use self::devices::Devices;
 use self::diy::{DiyFleet, DiyLink};
 use self::fleet::{device_ids_from, Fleet, FleetCounters};
 use self::report::{peak_rate, rss_bytes, Latency, Report, Sample};
+use self::sparkplug::SparkplugFleet;
 
 /// Which load shape to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -99,6 +104,10 @@ pub struct Options {
     pub device_model: DeviceModel,
     #[arg(long, default_value_t = 100)]
     pub readings_per_device: u64,
+    /// Metrics per Sparkplug DDATA (`--device-model sparkplug`; two of them, `epoch` and `seq`,
+    /// identify the message). `--readings-per-device` must be a multiple of it.
+    #[arg(long, default_value_t = 50)]
+    pub metrics_per_message: u64,
     /// Readings per batch (the agent's `batch_max_readings`; Breakwater model only).
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
@@ -234,6 +243,12 @@ impl Options {
             gateways.len() == 1 || self.device_model == DeviceModel::Breakwater,
             "several --gateway addresses need --device-model breakwater"
         );
+        let link = DiyLink {
+            host: host.to_owned(),
+            port,
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms)),
+        };
         Ok(match self.device_model {
             DeviceModel::Breakwater => Devices::Breakwater(Fleet::new(
                 &ids,
@@ -246,17 +261,27 @@ impl Options {
             DeviceModel::DiyJson | DeviceModel::JsonMqtt => Devices::DiyJson(DiyFleet::new(
                 &ids,
                 breakwater_agent::now_ms(),
-                DiyLink {
-                    host: host.to_owned(),
-                    port,
-                    backoff_initial: Duration::from_millis(self.backoff_initial_ms),
-                    backoff_max: Duration::from_millis(
-                        self.backoff_max_ms.max(self.backoff_initial_ms),
-                    ),
-                },
+                link,
                 counters,
                 cancel.child_token(),
             )),
+            DeviceModel::Sparkplug => {
+                anyhow::ensure!(
+                    self.metrics_per_message > 0
+                        && self
+                            .readings_per_device
+                            .is_multiple_of(self.metrics_per_message),
+                    "--readings-per-device must be a multiple of --metrics-per-message"
+                );
+                Devices::Sparkplug(SparkplugFleet::new(
+                    &ids,
+                    breakwater_agent::now_ms(),
+                    self.metrics_per_message,
+                    link,
+                    counters,
+                    cancel.child_token(),
+                )?)
+            }
         })
     }
 }

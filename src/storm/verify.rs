@@ -61,6 +61,10 @@ pub enum RecordFormat {
     /// One Breakwater batch per DIY message, made by the gateway from a `[[json_devices]]`
     /// topic with `format = "object"`: the message's `epoch` and `seq` are readings.
     JsonMqtt,
+    /// One Breakwater batch per Sparkplug DDATA, made by the gateway's host application: the
+    /// message's `epoch` and `seq` metrics say which device readings `seq..seq + n` it holds
+    /// ([`super::sparkplug`]).
+    Sparkplug,
 }
 
 /// `(device, epoch, seqs)` of one record, or `None` if it does not decode.
@@ -101,6 +105,24 @@ fn decode(
                 })
             };
             Some((batch.device.clone(), field("epoch")?, vec![field("seq")?]))
+        }
+        RecordFormat::Sparkplug => {
+            let ct = msg.headers().and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == HEADER_CONTENT_TYPE)
+                    .and_then(|h| h.value)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+            });
+            let batch = kafka::decode_record_value(payload, ct, limits).ok()?;
+            let field = |name: &str| {
+                batch.readings.iter().find_map(|r| match r.value {
+                    breakwater_protocol::Value::I64(v) if r.metric == name => u64::try_from(v).ok(),
+                    _ => None,
+                })
+            };
+            let (epoch, first) = (field("epoch")?, field("seq")?);
+            let n = batch.readings.len() as u64;
+            Some((batch.device.clone(), epoch, (first..first + n).collect()))
         }
     }
 }

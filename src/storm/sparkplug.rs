@@ -1,0 +1,622 @@
+//! The Sparkplug B device model (`--device-model sparkplug`): each simulated device is a
+//! Sparkplug B edge node with one device, publishing to the gateway's host application
+//! (`[sparkplug] enabled = true`). Payloads go through the gateway's own encoder
+//! ([`breakwater_gateway::sparkplug::proto`]), so the simulator speaks exactly the protobuf the
+//! gateway decodes.
+//!
+//! What each edge node does:
+//! * MQTT client id = edge node id = the simulator's device id (`sim-00001`), group
+//!   [`GROUP`], one device [`DEVICE`]; rumqttc with a persistent session (`clean_session =
+//!   false`), in-flight window [`INFLIGHT`], QoS 1; a reading is done when its PUBACK arrives
+//!   (from the gateway: once durable).
+//! * Each connection carries the will NDEATH with the connection's `bdSeq` (incremented before
+//!   every reconnect); after each CONNACK the node publishes NBIRTH (`bdSeq`, seq 0) and
+//!   DBIRTH (seq 1: every metric with its name, alias and datatype) **before** anything else:
+//!   they are put at the front of rumqttc's pending queue, ahead of the DDATA it republishes
+//!   from the previous connection (DATA before BIRTH would be ignored by the host).
+//! * DDATA: `--metrics-per-message` metrics by alias only (no names, no datatypes), `seq`
+//!   0-255 wrapping. A Rebirth NCMD (`Node Control/Rebirth = true`) gets a new NBIRTH + DBIRTH
+//!   (same `bdSeq`, seq restarting at 0).
+//! * After a reconnect, DDATA that rumqttc republishes (or that were encoded before the new
+//!   BIRTHs) carry seqs of the old count: the host sees one seq gap, still takes the data, and
+//!   asks for a Rebirth (rate-limited), which the node answers.
+//!
+//! How the verifier finds the readings: the gateway turns a DDATA's metrics into one batch of
+//! readings of device `spb.{group}.{edge node}.{device}` (gateway epoch and seqs, which the
+//! simulator cannot know). So alias 0 is the metric `epoch` (the node's boot epoch, Int64) and
+//! alias 1 the metric `seq` (Int64: the per-device number of the message's first reading, from
+//! 1); the message's `n` metrics (epoch and seq included) are the readings `seq ..seq + n`.
+//! The DBIRTH carries `epoch = 0`, so its readings are never taken for data.
+//!
+//! PUBACK bookkeeping is the DIY model's ([`super::diy`]): a FIFO of what was handed to
+//! `publish` (a message's first reading seq, or 0 for a BIRTH), matched to
+//! `Outgoing::Publish(pkid)` in write order.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater_gateway::sparkplug::proto::{self, datatype, Metric, MetricValue, Payload};
+use breakwater_gateway::sparkplug::{session::BDSEQ, topic, REBIRTH_METRIC};
+use breakwater_protocol::DeviceId;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Request,
+    Subscribe,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::diy::DiyLink;
+use super::fleet::FleetCounters;
+
+/// The Sparkplug group of every simulated edge node.
+pub const GROUP: &str = "storm";
+/// The one device of each edge node.
+pub const DEVICE: &str = "d1";
+/// rumqttc's in-flight window (QoS 1 publishes awaiting PUBACK), as for the DIY devices.
+pub const INFLIGHT: u16 = 100;
+/// rumqttc's request channel: small, so `publish` blocks the application.
+const REQUEST_CAP: usize = 10;
+/// Aliases of the two identifying metrics (see the module doc).
+const ALIAS_EPOCH: u64 = 0;
+const ALIAS_SEQ: u64 = 1;
+
+/// What the tasks of one edge node share.
+#[derive(Debug)]
+struct NodeState {
+    connected: AtomicBool,
+    /// Readings PUBACKed.
+    acked: AtomicU64,
+    /// The current connection's bdSeq.
+    bd_seq: AtomicU64,
+    /// The Sparkplug seq of the next message (low 8 bits count).
+    next_seq: AtomicU64,
+    /// Handed to `publish` but not yet written, oldest first: a DDATA's first reading seq, or
+    /// 0 for a BIRTH.
+    unsent: Mutex<VecDeque<u64>>,
+    /// A Rebirth NCMD came.
+    rebirth: Notify,
+}
+
+impl NodeState {
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed) % 256
+    }
+}
+
+/// One edge node.
+#[derive(Debug)]
+pub struct SpNode {
+    /// Edge node id and MQTT client id.
+    pub node: DeviceId,
+    /// The device id its DDATA readings get in Kafka.
+    pub kafka_id: DeviceId,
+    pub epoch: u64,
+    pub produced: u64,
+    produced_tx: watch::Sender<u64>,
+    cut_tx: Option<mpsc::Sender<Duration>>,
+    state: Arc<NodeState>,
+}
+
+impl SpNode {
+    #[must_use]
+    pub fn acked(&self) -> u64 {
+        self.state.acked.load(Ordering::Relaxed)
+    }
+}
+
+/// The Sparkplug fleet.
+#[derive(Debug)]
+pub struct SparkplugFleet {
+    pub nodes: Vec<SpNode>,
+    pub counters: Arc<FleetCounters>,
+    metrics_per_message: u64,
+    link: DiyLink,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl SparkplugFleet {
+    /// Builds (does not start) the edge nodes.
+    ///
+    /// # Errors
+    /// `metrics_per_message` < 2 (the two identifying metrics), or a node's Kafka device id
+    /// would be too long.
+    pub fn new(
+        ids: &[DeviceId],
+        epoch: u64,
+        metrics_per_message: u64,
+        link: DiyLink,
+        counters: Arc<FleetCounters>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            metrics_per_message >= 2,
+            "--metrics-per-message must be at least 2 (epoch and seq identify the message)"
+        );
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                Ok(SpNode {
+                    node: id.clone(),
+                    kafka_id: topic::device_id(GROUP, id.as_str(), Some(DEVICE))?,
+                    epoch,
+                    produced: 0,
+                    produced_tx: watch::channel(0).0,
+                    cut_tx: None,
+                    state: Arc::new(NodeState {
+                        connected: AtomicBool::new(false),
+                        acked: AtomicU64::new(0),
+                        bd_seq: AtomicU64::new(0),
+                        next_seq: AtomicU64::new(0),
+                        unsent: Mutex::new(VecDeque::new()),
+                        rebirth: Notify::new(),
+                    }),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            nodes,
+            counters,
+            metrics_per_message,
+            link,
+            cancel,
+            tasks: JoinSet::new(),
+        })
+    }
+
+    /// Starts nodes `range`.
+    pub fn start(&mut self, range: std::ops::Range<usize>) {
+        for i in range {
+            let Some(d) = self.nodes.get_mut(i) else {
+                continue;
+            };
+            if d.cut_tx.is_some() {
+                continue;
+            }
+            let node = d.node.as_str().to_owned();
+            let mut opts = MqttOptions::new(node.clone(), self.link.host.clone(), self.link.port);
+            opts.set_clean_session(false);
+            opts.set_keep_alive(Duration::from_secs(30));
+            opts.set_inflight(INFLIGHT);
+            opts.set_max_packet_size(1 << 20, 1 << 20);
+            opts.set_last_will(ndeath_will(&node, 0));
+            let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAP);
+            let (cut_tx, cut_rx) = mpsc::channel(1);
+            d.cut_tx = Some(cut_tx);
+            let cancel = self.cancel.child_token();
+            self.tasks.spawn(publish_loop(
+                client,
+                node.clone(),
+                d.epoch,
+                self.metrics_per_message,
+                d.produced_tx.subscribe(),
+                Arc::clone(&d.state),
+                cancel.clone(),
+            ));
+            self.tasks.spawn(
+                Connection {
+                    eventloop,
+                    node,
+                    mpm: self.metrics_per_message,
+                    state: Arc::clone(&d.state),
+                    counters: Arc::clone(&self.counters),
+                    link: self.link.clone(),
+                    cut_rx,
+                    cancel,
+                }
+                .run(),
+            );
+        }
+    }
+
+    /// Generates `n` more readings on node `i` (published in messages of
+    /// `--metrics-per-message`).
+    pub fn produce(&mut self, i: usize, n: u64) {
+        if let Some(d) = self.nodes.get_mut(i) {
+            d.produced += n;
+            d.produced_tx.send_replace(d.produced);
+        }
+    }
+
+    pub fn cut_all(&self, outage: Duration) -> usize {
+        self.nodes
+            .iter()
+            .filter_map(|d| d.cut_tx.as_ref())
+            .filter(|tx| tx.try_send(outage).is_ok())
+            .count()
+    }
+
+    #[must_use]
+    pub fn connected(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|d| d.state.connected.load(Ordering::Relaxed))
+            .count()
+    }
+
+    #[must_use]
+    pub fn acked(&self) -> u64 {
+        self.nodes.iter().map(SpNode::acked).sum()
+    }
+
+    #[must_use]
+    pub fn all_acked_up_to(&self, upto: &[u64]) -> bool {
+        self.nodes.iter().zip(upto).all(|(d, &u)| d.acked() >= u)
+    }
+
+    #[must_use]
+    pub fn total_produced(&self) -> u64 {
+        self.nodes.iter().map(|d| d.produced).sum()
+    }
+
+    pub async fn shutdown(&mut self, wait: Duration) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(wait, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+    }
+}
+
+fn topic_of(kind: &str, node: &str, device: bool) -> String {
+    if device {
+        format!("spBv1.0/{GROUP}/{kind}/{node}/{DEVICE}")
+    } else {
+        format!("spBv1.0/{GROUP}/{kind}/{node}")
+    }
+}
+
+fn long(name: Option<&str>, alias: Option<u64>, v: u64) -> Metric {
+    Metric {
+        name: name.map(str::to_owned),
+        alias,
+        timestamp: None,
+        datatype: Some(datatype::INT64),
+        is_null: None,
+        value: Some(MetricValue::LongValue(v)),
+    }
+}
+
+fn ndeath_will(node: &str, bd_seq: u64) -> LastWill {
+    let p = Payload {
+        timestamp: Some(breakwater_agent::now_ms()),
+        metrics: vec![long(Some(BDSEQ), None, bd_seq)],
+        seq: None,
+    };
+    LastWill::new(
+        topic_of("NDEATH", node, false),
+        proto::encode(&p),
+        QoS::AtLeastOnce,
+        false,
+    )
+}
+
+/// NBIRTH (seq 0) and DBIRTH (seq 1), as QoS 1 publishes. Resets the node's seq.
+fn births(node: &str, mpm: u64, state: &NodeState) -> [Publish; 2] {
+    let now = breakwater_agent::now_ms();
+    state.next_seq.store(0, Ordering::Relaxed);
+    let nbirth = Payload {
+        timestamp: Some(now),
+        metrics: vec![
+            long(Some(BDSEQ), None, state.bd_seq.load(Ordering::Relaxed)),
+            Metric {
+                name: Some(REBIRTH_METRIC.to_owned()),
+                alias: None,
+                timestamp: None,
+                datatype: Some(datatype::BOOLEAN),
+                is_null: None,
+                value: Some(MetricValue::BooleanValue(false)),
+            },
+        ],
+        seq: Some(state.seq()),
+    };
+    let mut metrics = vec![
+        long(Some("epoch"), Some(ALIAS_EPOCH), 0),
+        long(Some("seq"), Some(ALIAS_SEQ), 0),
+    ];
+    metrics.extend((2..mpm).map(|a| Metric {
+        name: Some(format!("m{a}")),
+        alias: Some(a),
+        timestamp: None,
+        datatype: Some(datatype::DOUBLE),
+        is_null: None,
+        value: Some(MetricValue::DoubleValue(0.0)),
+    }));
+    let dbirth = Payload {
+        timestamp: Some(now),
+        metrics,
+        seq: Some(state.seq()),
+    };
+    [
+        Publish::new(
+            topic_of("NBIRTH", node, false),
+            QoS::AtLeastOnce,
+            proto::encode(&nbirth),
+        ),
+        Publish::new(
+            topic_of("DBIRTH", node, true),
+            QoS::AtLeastOnce,
+            proto::encode(&dbirth),
+        ),
+    ]
+}
+
+/// A DDATA of readings `first..first + mpm`, by alias only.
+fn ddata(epoch: u64, first: u64, mpm: u64, seq: u64) -> Vec<u8> {
+    let by_alias = |alias, value| Metric {
+        name: None,
+        alias: Some(alias),
+        timestamp: None,
+        datatype: None,
+        is_null: None,
+        value: Some(value),
+    };
+    let mut metrics = Vec::with_capacity(usize::try_from(mpm).unwrap_or(0));
+    metrics.push(by_alias(ALIAS_EPOCH, MetricValue::LongValue(epoch)));
+    metrics.push(by_alias(ALIAS_SEQ, MetricValue::LongValue(first)));
+    #[allow(clippy::cast_precision_loss)]
+    metrics.extend((2..mpm).map(|a| {
+        by_alias(
+            a,
+            MetricValue::DoubleValue(20.0 + ((first + a) % 100) as f64 * 0.1),
+        )
+    }));
+    proto::encode(&Payload {
+        timestamp: Some(breakwater_agent::now_ms()),
+        metrics,
+        seq: Some(seq),
+    })
+}
+
+/// The node's application: publishes a DDATA once `mpm` more readings were generated, and
+/// answers a Rebirth request with NBIRTH + DBIRTH.
+async fn publish_loop(
+    client: AsyncClient,
+    node: String,
+    epoch: u64,
+    mpm: u64,
+    mut produced: watch::Receiver<u64>,
+    state: Arc<NodeState>,
+    cancel: CancellationToken,
+) {
+    let data_topic = topic_of("DDATA", &node, true);
+    let ncmd = topic::ncmd_topic(GROUP, &node);
+    if client.subscribe(ncmd, QoS::AtLeastOnce).await.is_err() {
+        return;
+    }
+    // No DDATA before the first CONNACK's BIRTHs reset the seq (it would be a seq gap).
+    while !state.connected.load(Ordering::Relaxed) {
+        if !sleep_unless_cancelled(&cancel, Duration::from_millis(20)).await {
+            return;
+        }
+    }
+    let mut first = 1u64;
+    loop {
+        let rebirth = tokio::select! {
+            () = cancel.cancelled() => return,
+            () = state.rebirth.notified() => true,
+            r = produced.wait_for(|&p| p >= first + mpm - 1) => {
+                if r.is_err() {
+                    return;
+                }
+                false
+            }
+        };
+        let publishes: Vec<(u64, String, Vec<u8>)> = if rebirth {
+            births(&node, mpm, &state)
+                .into_iter()
+                .map(|p| (0, p.topic, p.payload.to_vec()))
+                .collect()
+        } else {
+            let payload = ddata(epoch, first, mpm, state.seq());
+            first += mpm;
+            vec![(first - mpm, data_topic.clone(), payload)]
+        };
+        for (mark, t, payload) in publishes {
+            if let Ok(mut q) = state.unsent.lock() {
+                q.push_back(mark);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                r = client.publish(t, QoS::AtLeastOnce, false, payload) => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node's MQTT connection: rumqttc's event loop, the births after each CONNACK, the
+/// reconnect policy.
+struct Connection {
+    eventloop: EventLoop,
+    node: String,
+    mpm: u64,
+    state: Arc<NodeState>,
+    counters: Arc<FleetCounters>,
+    link: DiyLink,
+    cut_rx: mpsc::Receiver<Duration>,
+    cancel: CancellationToken,
+}
+
+impl Connection {
+    async fn run(mut self) {
+        // Packet id -> (first reading seq or 0 for a BIRTH, first written).
+        let mut inflight: HashMap<u16, (u64, Instant)> = HashMap::new();
+        let mut backoff = self.link.backoff_initial;
+        let mut was_connected = false;
+        let mut attempting = true;
+        let ncmd = topic::ncmd_topic(GROUP, &self.node);
+        loop {
+            if attempting {
+                self.counters
+                    .connect_attempts_total
+                    .fetch_add(1, Ordering::Relaxed);
+                attempting = false;
+            }
+            // Cancelling `poll` only happens at shutdown or for a network cut, after which the
+            // connection is dropped and `clean` moves every unacked publish to pending.
+            let ev = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                Some(outage) = self.cut_rx.recv() => {
+                    self.eventloop.clean();
+                    self.down();
+                    if !sleep_unless_cancelled(&self.cancel, outage).await {
+                        return;
+                    }
+                    attempting = true;
+                    continue;
+                }
+                ev = self.eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if was_connected && !ack.session_present {
+                        tracing::warn!("session lost on reconnect; unacked readings dropped");
+                        inflight.clear();
+                    }
+                    was_connected = true;
+                    backoff = self.link.backoff_initial;
+                    // BIRTHs first, ahead of what rumqttc republishes; the NCMD subscription
+                    // again in case the session was lost.
+                    let [nbirth, dbirth] = births(&self.node, self.mpm, &self.state);
+                    self.eventloop
+                        .pending
+                        .push_front(Request::Subscribe(Subscribe::new(
+                            ncmd.clone(),
+                            QoS::AtLeastOnce,
+                        )));
+                    self.eventloop.pending.push_front(Request::Publish(dbirth));
+                    self.eventloop.pending.push_front(Request::Publish(nbirth));
+                    if let Ok(mut q) = self.state.unsent.lock() {
+                        q.push_front(0);
+                        q.push_front(0);
+                    }
+                    self.state.connected.store(true, Ordering::Relaxed);
+                    self.counters.connects_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => match inflight.entry(pkid) {
+                    Entry::Occupied(_) => {
+                        self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Entry::Vacant(slot) => {
+                        let next = self
+                            .state
+                            .unsent
+                            .lock()
+                            .ok()
+                            .and_then(|mut q| q.pop_front());
+                        if let Some(first) = next {
+                            slot.insert((first, Instant::now()));
+                        }
+                    }
+                },
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some((first, sent)) = inflight.remove(&ack.pkid) {
+                        if first > 0 {
+                            self.state.acked.fetch_add(self.mpm, Ordering::Relaxed);
+                            self.counters.record_latency(sent.elapsed());
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if p.topic == ncmd && is_rebirth(&p.payload) {
+                        self.state.rebirth.notify_one();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection failed");
+                    self.down();
+                    if !sleep_unless_cancelled(&self.cancel, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.link.backoff_max);
+                    attempting = true;
+                }
+            }
+            if attempting {
+                // A new connection: a new bdSeq in its will (and in the NBIRTH after CONNACK).
+                let bd = (self.state.bd_seq.fetch_add(1, Ordering::Relaxed) + 1) % 256;
+                self.state.bd_seq.store(bd, Ordering::Relaxed);
+                self.eventloop
+                    .mqtt_options
+                    .set_last_will(ndeath_will(&self.node, bd));
+            }
+        }
+    }
+
+    fn down(&self) {
+        if self.state.connected.swap(false, Ordering::Relaxed) {
+            self.counters
+                .disconnects_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether an NCMD payload asks for a Rebirth.
+fn is_rebirth(payload: &[u8]) -> bool {
+    proto::decode(payload).is_ok_and(|p| {
+        p.metrics.iter().any(|m| {
+            m.name.as_deref() == Some(REBIRTH_METRIC)
+                && m.value == Some(MetricValue::BooleanValue(true))
+        })
+    })
+}
+
+async fn sleep_unless_cancelled(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ddata_carries_epoch_and_first_seq_by_alias() {
+        let p = proto::decode(&ddata(7, 101, 50, 255)).unwrap();
+        assert_eq!(p.seq, Some(255));
+        assert_eq!(p.metrics.len(), 50);
+        assert!(p.metrics.iter().all(|m| m.name.is_none()));
+        assert_eq!(p.metrics[0].alias, Some(ALIAS_EPOCH));
+        assert_eq!(p.metrics[0].value, Some(MetricValue::LongValue(7)));
+        assert_eq!(p.metrics[1].value, Some(MetricValue::LongValue(101)));
+    }
+
+    #[test]
+    fn births_define_every_alias_and_reset_seq() {
+        let state = NodeState {
+            connected: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
+            bd_seq: AtomicU64::new(3),
+            next_seq: AtomicU64::new(77),
+            unsent: Mutex::new(VecDeque::new()),
+            rebirth: Notify::new(),
+        };
+        let [n, d] = births("sim-00001", 50, &state);
+        let n = proto::decode(&n.payload).unwrap();
+        let d = proto::decode(&d.payload).unwrap();
+        assert_eq!((n.seq, d.seq), (Some(0), Some(1)));
+        assert_eq!(n.metrics[0].value, Some(MetricValue::LongValue(3)));
+        let aliases: Vec<_> = d.metrics.iter().map(|m| m.alias.unwrap()).collect();
+        assert_eq!(aliases, (0..50).collect::<Vec<_>>());
+        assert_eq!(state.seq(), 2);
+        assert!(is_rebirth(&breakwater_gateway::sparkplug::rebirth_payload(
+            1
+        )));
+        assert!(!is_rebirth(&proto::encode(&n)));
+    }
+}

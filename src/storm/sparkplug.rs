@@ -11,9 +11,15 @@
 //!   (from the gateway: once durable).
 //! * Each connection carries the will NDEATH with the connection's `bdSeq` (incremented before
 //!   every reconnect); after each CONNACK the node publishes NBIRTH (`bdSeq`, seq 0) and
-//!   DBIRTH (seq 1: every metric with its name, alias and datatype) **before** anything else:
-//!   they are put at the front of rumqttc's pending queue, ahead of the DDATA it republishes
-//!   from the previous connection (DATA before BIRTH would be ignored by the host).
+//!   DBIRTH (seq 1: every metric with its name, alias and datatype) **before** anything else,
+//!   then every DDATA not PUBACKed on the previous connection (DATA before BIRTH would be
+//!   ignored by the host). For that order the node takes rumqttc's pending queue (what `clean`
+//!   moved there: unacked publishes, requests not yet written) into its own hold when a
+//!   connection fails, so rumqttc cannot drop it on a lost session, and after CONNACK puts it
+//!   back behind the BIRTHs with packet ids cleared: rumqttc gives them fresh ids, so a BIRTH
+//!   never collides with an old one. A resent DDATA is a new MQTT message to the gateway
+//!   (`resends_total`); a copy that had reached Kafka before is a duplicate there, which
+//!   downstream drops by the (device, epoch, seq) the message's metrics carry.
 //! * DDATA: `--metrics-per-message` metrics by alias only (no names, no datatypes), `seq`
 //!   0-255 wrapping. A Rebirth NCMD (`Node Control/Rebirth = true`) gets a new NBIRTH + DBIRTH
 //!   (same `bdSeq`, seq restarting at 0).
@@ -28,9 +34,9 @@
 //! 1); the message's `n` metrics (epoch and seq included) are the readings `seq ..seq + n`.
 //! The DBIRTH carries `epoch = 0`, so its readings are never taken for data.
 //!
-//! PUBACK bookkeeping is the DIY model's ([`super::diy`]): a FIFO of what was handed to
-//! `publish` (a message's first reading seq, or 0 for a BIRTH), matched to
-//! `Outgoing::Publish(pkid)` in write order.
+//! PUBACK bookkeeping: a FIFO of what is queued but not yet written (a message's first reading
+//! seq, or 0 for a BIRTH), in write order, matched to `Outgoing::Publish(pkid)`; after CONNACK
+//! its front is rebuilt in the order of the re-queued requests.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -450,8 +456,9 @@ impl Connection {
     async fn run(mut self) {
         // Packet id -> (first reading seq or 0 for a BIRTH, first written).
         let mut inflight: HashMap<u16, (u64, Instant)> = HashMap::new();
+        // Requests of a failed connection, in rumqttc's order, until the next CONNACK.
+        let mut held: VecDeque<Request> = VecDeque::new();
         let mut backoff = self.link.backoff_initial;
-        let mut was_connected = false;
         let mut attempting = true;
         let ncmd = topic::ncmd_topic(GROUP, &self.node);
         loop {
@@ -468,6 +475,7 @@ impl Connection {
                 () = self.cancel.cancelled() => return,
                 Some(outage) = self.cut_rx.recv() => {
                     self.eventloop.clean();
+                    held.extend(self.eventloop.pending.drain(..));
                     self.down();
                     if !sleep_unless_cancelled(&self.cancel, outage).await {
                         return;
@@ -478,33 +486,49 @@ impl Connection {
                 ev = self.eventloop.poll() => ev,
             };
             match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    if was_connected && !ack.session_present {
-                        tracing::warn!("session lost on reconnect; unacked readings dropped");
-                        inflight.clear();
-                    }
-                    was_connected = true;
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = self.link.backoff_initial;
-                    // BIRTHs first, ahead of what rumqttc republishes; the NCMD subscription
-                    // again in case the session was lost.
+                    // BIRTHs first, then the NCMD subscription (again, in case the session was
+                    // lost), then the held requests with fresh packet ids. Marks in the same
+                    // order: the held publishes that had been written take theirs from
+                    // `inflight`; those never written already have theirs in `unsent`, in order.
                     let [nbirth, dbirth] = births(&self.node, self.mpm, &self.state);
-                    self.eventloop
-                        .pending
-                        .push_front(Request::Subscribe(Subscribe::new(
-                            ncmd.clone(),
-                            QoS::AtLeastOnce,
-                        )));
-                    self.eventloop.pending.push_front(Request::Publish(dbirth));
-                    self.eventloop.pending.push_front(Request::Publish(nbirth));
+                    let mut pending = VecDeque::with_capacity(held.len() + 3);
+                    pending.push_back(Request::Publish(nbirth));
+                    pending.push_back(Request::Publish(dbirth));
+                    pending.push_back(Request::Subscribe(Subscribe::new(
+                        ncmd.clone(),
+                        QoS::AtLeastOnce,
+                    )));
+                    let mut marks = vec![0, 0];
+                    for mut r in held.drain(..) {
+                        if let Request::Publish(p) = &mut r {
+                            if p.pkid != 0 {
+                                // u64::MAX: written and unacked but unknown here (not counted).
+                                marks.push(inflight.remove(&p.pkid).map_or(u64::MAX, |m| m.0));
+                                self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
+                                p.pkid = 0;
+                                p.dup = false;
+                            }
+                        }
+                        pending.push_back(r);
+                    }
+                    // What is left in `inflight` was written on a connection whose requests
+                    // are all re-queued now: nothing will answer those ids.
+                    inflight.clear();
+                    self.eventloop.pending = pending;
                     if let Ok(mut q) = self.state.unsent.lock() {
-                        q.push_front(0);
-                        q.push_front(0);
+                        for m in marks.into_iter().rev() {
+                            q.push_front(m);
+                        }
                     }
                     self.state.connected.store(true, Ordering::Relaxed);
                     self.counters.connects_total.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => match inflight.entry(pkid) {
                     Entry::Occupied(_) => {
+                        // rumqttc's own republish: not expected, every held publish gets a
+                        // fresh id (see the module doc).
                         self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
                     }
                     Entry::Vacant(slot) => {
@@ -521,7 +545,7 @@ impl Connection {
                 },
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some((first, sent)) = inflight.remove(&ack.pkid) {
-                        if first > 0 {
+                        if first > 0 && first != u64::MAX {
                             self.state.acked.fetch_add(self.mpm, Ordering::Relaxed);
                             self.counters.record_latency(sent.elapsed());
                         }
@@ -535,6 +559,8 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "connection failed");
+                    // `poll` has moved everything unacked to `pending` (`clean`).
+                    held.extend(self.eventloop.pending.drain(..));
                     self.down();
                     if !sleep_unless_cancelled(&self.cancel, backoff).await {
                         return;

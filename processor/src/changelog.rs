@@ -5,6 +5,8 @@
 //! Topic `kafka.changelog_topic`, compacted, with as many partitions as the input topics;
 //! changelog partition `p` holds input partition `p`'s state. Keys (UTF-8):
 //! * `"{p}/d/{device}"` → postcard [`DeviceState`]; no value (tombstone): evicted.
+//! * `"{p}/probe"` → anything: the start-up transaction probe of `kafka.exactly_once`
+//!   (`run.rs`); a restore skips it.
 //! * `"{p}/m"` → postcard [`Marker`]: a checkpoint is complete. It carries the partition
 //!   metadata, the next offsets of both input topics, the number of devices the state holds, a
 //!   sequence number (one more than the last owner's) and the [`Owner`]: the consumer group and
@@ -96,6 +98,12 @@ pub fn device_key(partition: i32, device: &str) -> String {
 #[must_use]
 pub fn marker_key(partition: i32) -> String {
     format!("{partition}/m")
+}
+
+/// The key of the start-up transaction probe's record in changelog partition `partition`.
+#[must_use]
+pub fn probe_key(partition: i32) -> String {
+    format!("{partition}/probe")
 }
 
 #[derive(Debug, Error)]
@@ -240,6 +248,9 @@ impl Rebuild {
                 )?),
             };
             self.pending.insert(device.to_owned(), state);
+            return Ok(());
+        }
+        if rest == "probe" {
             return Ok(());
         }
         if rest != "m" {
@@ -478,11 +489,26 @@ fn read(
             }
             Some(Err(e)) if crate::kafka::is_benign(&e) => {}
             Some(Err(e)) => return Err(ReadError::Kafka(e)),
-            None => {}
+            None => {
+                // A transaction's commit marker takes an offset (often the last one) but is
+                // never returned; librdkafka moves the position past it. Without this, a
+                // changelog written in transactions never reaches `high` and the read waits
+                // for `timeout`.
+                next = next.max(position(consumer, topic, p).unwrap_or(next));
+            }
         }
     }
     let _ = consumer.unassign();
     Ok(n)
+}
+
+/// The consumer's position in `topic` partition `p` (the next offset it returns), if known.
+fn position(consumer: &BaseConsumer, topic: &str, p: i32) -> Option<i64> {
+    let tpl = consumer.position().ok()?;
+    match tpl.find_partition(topic, p)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -574,6 +600,32 @@ mod tests {
             ["a", "d"],
             "rewritten (a) or deleted (d) by the next checkpoint"
         );
+    }
+
+    /// The start-up transaction probe's record (`run.rs`) sits between checkpoints of
+    /// partition 0 and changes nothing; another partition's probe key is still foreign.
+    #[test]
+    fn a_probe_record_is_skipped_and_only_in_its_partition() {
+        let s1 = state_with(&["a", "b"]);
+        let mut rb = Rebuild::empty(3, owner());
+        let m = marker_key(3).into_bytes();
+        rb.apply(0, probe_key(3).as_bytes(), Some(b"transaction probe"))
+            .unwrap();
+        rb.apply(1, device_key(3, "a").as_bytes(), Some(&dev(&s1, "a")))
+            .unwrap();
+        rb.apply(2, probe_key(3).as_bytes(), Some(b"transaction probe"))
+            .unwrap();
+        rb.apply(3, device_key(3, "b").as_bytes(), Some(&dev(&s1, "b")))
+            .unwrap();
+        rb.apply(4, &m, Some(&marker(&s1, 1))).unwrap();
+        let r = rb.finish();
+        assert_eq!((r.records, r.markers, r.repaired), (5, 1, 0));
+        assert_eq!(r.partition.devices.len(), 2);
+        let mut rb = Rebuild::empty(3, owner());
+        assert!(matches!(
+            rb.apply(0, probe_key(4).as_bytes(), Some(b"x")),
+            Err(RestoreError::ForeignKey { .. })
+        ));
     }
 
     /// A local copy that lost its last commits (redb commits without fsync) is brought forward

@@ -34,7 +34,12 @@ pub struct Deliveries {
     /// Acknowledged changelog offsets of checkpoint markers, by partition (see
     /// [`marker_opaque`]).
     pub markers: Mutex<HashMap<i32, i64>>,
+    /// Acknowledged offset of the start-up transaction probe's record ([`PROBE_OPAQUE`]).
+    pub probe: Mutex<Option<i64>>,
 }
+
+/// The delivery opaque of the start-up transaction probe's record.
+pub const PROBE_OPAQUE: usize = usize::MAX;
 
 /// The delivery opaque of partition `p`'s checkpoint marker (outputs and device records: 0).
 #[must_use]
@@ -63,7 +68,9 @@ impl ProducerContext for OutputContext {
     fn delivery(&self, r: &DeliveryResult<'_>, opaque: usize) {
         match r {
             Ok(m) => {
-                if opaque > 0 {
+                if opaque == PROBE_OPAQUE {
+                    *self.0.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.offset());
+                } else if opaque > 0 {
                     let p = i32::try_from(opaque - 1).unwrap_or(i32::MAX);
                     self.0
                         .markers

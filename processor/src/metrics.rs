@@ -33,6 +33,7 @@ pub const BELOW_LOG_START: &str = "breakwater_processor_offsets_below_log_start_
 pub const CHANGELOG_RECORDS: &str = "breakwater_processor_changelog_records_total";
 pub const TRANSACTIONS: &str = "breakwater_processor_transactions_total";
 pub const TRANSACTION_ABORTS: &str = "breakwater_processor_transaction_aborts_total";
+pub const EXACTLY_ONCE: &str = "breakwater_processor_exactly_once";
 pub const OFFSET_COMMITS: &str = "breakwater_processor_offset_commits_total";
 pub const OFFSET_COMMIT_ERRORS: &str = "breakwater_processor_offset_commit_errors_total";
 
@@ -93,6 +94,11 @@ pub fn describe() {
     describe_counter!(
         TRANSACTION_ABORTS,
         "Kafka transactions aborted (the processor then stops; a restart replays)."
+    );
+    describe_gauge!(
+        EXACTLY_ONCE,
+        "1 if outputs, changelog and offsets commit in Kafka transactions, 0 if at-least-once \
+         (kafka.exactly_once = off, or auto on a broker whose transactions failed the probe)."
     );
     describe_counter!(
         OFFSET_COMMITS,

@@ -175,3 +175,201 @@ async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
         "the open transaction's outputs were not produced again"
     );
 }
+
+/// `GET path` on the metrics listener: the whole HTTP answer.
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// A mock cluster with the topics, optionally failing every EndTxn (commit or abort) with a
+/// fatal error: a broker that answers the transactional requests but cannot commit. Returns
+/// the config text for `mode` and the state path.
+fn mock_with(
+    mode: &str,
+    broken_commits: bool,
+    dir: &std::path::Path,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Topics,
+    String,
+) {
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let name = |s: &str| breakwater_testkit::kafka::unique_topic(s);
+    let t = Topics {
+        telemetry: name("txa-tel"),
+        events: name("txa-ev"),
+        sessions: name("txa-sess"),
+        anomalies: name("txa-anom"),
+        windows: name("txa-win"),
+        late: name("txa-late"),
+        changelog: name("txa-chg"),
+    };
+    for (topic, n) in [
+        (&t.telemetry, common::PARTITIONS),
+        (&t.events, common::PARTITIONS),
+        (&t.changelog, common::PARTITIONS),
+        (&t.sessions, 1),
+        (&t.anomalies, 1),
+        (&t.windows, 1),
+        (&t.late, 1),
+    ] {
+        mock.create_topic(topic, n, 1).unwrap();
+    }
+    if broken_commits {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        mock.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE; 8],
+        );
+    }
+    let text = common::config_text_with(
+        &bootstrap,
+        &t,
+        &dir.join("s.redb"),
+        "checkpoint_interval = \"300ms\"\ncheckpoint_records = 60",
+        "[sessions]\ninactivity_gap = \"5s\"\n[windows]\nsize = \"10s\"\n[anomaly]\nwarmup = 30\n",
+    )
+    .replace(
+        "[kafka]\n",
+        &format!("[kafka]\nexactly_once = \"{mode}\"\nrestore_timeout = \"20s\"\n"),
+    )
+    .replace("device_ttl = \"60s\"", "device_ttl = \"300s\"");
+    std::fs::write(dir.join("p.toml"), &text).unwrap();
+    (mock, t, text)
+}
+
+/// Runs `mode` over the whole input: outputs by id equal the core's; returns the process (still
+/// running) and the metrics scrape.
+async fn run_over_all(
+    bootstrap: &str,
+    t: &Topics,
+    text: &str,
+    dir: &std::path::Path,
+    ready_line: &str,
+) -> (Proc, String) {
+    let (one, two) = phases();
+    let all: Vec<In> = one.iter().chain(two.iter()).cloned().collect();
+    let want = common::oracle(text, &all);
+    let producer = breakwater_testkit::kafka::producer(bootstrap);
+    common::produce(&producer, t, &all).await;
+    let port = breakwater_testkit::free_port();
+    let p = Proc::start_with(
+        &dir.join("p.toml"),
+        &[(
+            "BREAKWATER_PROCESSOR_METRICS_LISTEN",
+            format!("127.0.0.1:{port}"),
+        )],
+    );
+    p.wait_for(ready_line, 1, 60).await;
+    let got = common::outputs(bootstrap, t, &want).await;
+    common::assert_same("exactly_once = auto vs core", &common::dedup(&got), &want);
+    p.wait_for("checkpoint committed", 1, 60).await;
+    let scrape = get(port, "/metrics");
+    (p, scrape)
+}
+
+/// `exactly_once = "auto"` on a broker with transactions: the start-up probe (a transaction
+/// that commits, its record then read back with read_committed) passes, so the processor runs
+/// transactional (log line, `breakwater_processor_exactly_once 1`, transactions committed) and
+/// a fresh instance restores past the probe record in the changelog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_uses_transactions_where_the_broker_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, t, text) = mock_with("auto", false, dir.path());
+    let bootstrap = mock.bootstrap_servers();
+    let (p, scrape) = run_over_all(
+        &bootstrap,
+        &t,
+        &text,
+        dir.path(),
+        "exactly-once: outputs, changelog and offsets commit in Kafka transactions",
+    )
+    .await;
+    assert!(
+        scrape.contains("\nbreakwater_processor_exactly_once 1"),
+        "{scrape}"
+    );
+    let tx = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("breakwater_processor_transactions_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(tx >= 1.0, "no transaction committed:\n{scrape}");
+    assert_eq!(p.count("transactions are not usable"), 0, "{}", p.dump());
+    p.terminate();
+    // A fresh instance restores from the changelog, the probe record in it included.
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir2.path().join("p.toml"),
+        text.replace(
+            &dir.path().join("s.redb").display().to_string(),
+            &dir2.path().join("s.redb").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let p2 = Proc::start(&dir2.path().join("p.toml"));
+    p2.wait_for("recovery complete", 1, 60).await;
+    assert_eq!(p2.count("source=\"changelog\""), 2, "{}", p2.dump());
+    p2.terminate();
+}
+
+/// `auto` on a broker that answers the transactional requests but cannot commit (every EndTxn
+/// fails): the probe fails, the processor says so, reports `breakwater_processor_exactly_once
+/// 0` and processes everything at-least-once (outputs by id equal the core's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_at_least_once_where_commits_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, t, text) = mock_with("auto", true, dir.path());
+    let bootstrap = mock.bootstrap_servers();
+    let (p, scrape) = run_over_all(
+        &bootstrap,
+        &t,
+        &text,
+        dir.path(),
+        "exactly_once = \"auto\": the broker's transactions are not usable; outputs are at-least-once",
+    )
+    .await;
+    assert!(
+        scrape.contains("\nbreakwater_processor_exactly_once 0"),
+        "{scrape}"
+    );
+    assert!(p.count("probe commit_transaction") == 1, "{}", p.dump());
+    assert_eq!(
+        p.count("exactly-once: outputs, changelog"),
+        0,
+        "{}",
+        p.dump()
+    );
+    p.terminate();
+}
+
+/// `on` on the same broker refuses to start, with the probe's reason, before consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_refuses_to_start_where_commits_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_mock, _t, _text) = mock_with("on", true, dir.path());
+    let mut p = Proc::start(&dir.path().join("p.toml"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", p.dump());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let log = p.dump();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("exactly_once = \"on\", but the broker's transactions are not usable: probe commit_transaction"),
+        "{log}"
+    );
+    assert_eq!(p.count("explicit assignment"), 0, "{log}");
+}

@@ -4,7 +4,8 @@
 //! `auto` runs transactional. Asserted: the outputs by id equal the pure core's, and a fresh
 //! instance restores the state from the changelog written in transactions (before the restore
 //! moved past commit markers it waited for `restore_timeout` and failed, on tansu as it would on
-//! Apache Kafka). Not shown here: whether tansu hides aborted records. The fallback and the
+//! Apache Kafka). Not asserted here (measured by hand, see the README): tansu does not hide
+//! aborted records from read_committed. The fallback and the
 //! refusal of `on` are tested against the mock cluster with failing commits (`exactly_once.rs`).
 #![allow(clippy::unwrap_used)]
 

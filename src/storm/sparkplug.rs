@@ -475,6 +475,8 @@ impl Connection {
                 () = self.cancel.cancelled() => return,
                 Some(outage) = self.cut_rx.recv() => {
                     self.eventloop.clean();
+                    self.settle(&mut inflight);
+                    self.settle(&mut inflight);
                     held.extend(self.eventloop.pending.drain(..));
                     self.down();
                     if !sleep_unless_cancelled(&self.cancel, outage).await {
@@ -489,9 +491,7 @@ impl Connection {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = self.link.backoff_initial;
                     // BIRTHs first, then the NCMD subscription (again, in case the session was
-                    // lost), then the held requests with fresh packet ids. Marks in the same
-                    // order: the held publishes that had been written take theirs from
-                    // `inflight`; those never written already have theirs in `unsent`, in order.
+                    // lost), then the held requests with fresh packet ids.
                     let [nbirth, dbirth] = births(&self.node, self.mpm, &self.state);
                     let mut pending = VecDeque::with_capacity(held.len() + 3);
                     pending.push_back(Request::Publish(nbirth));
@@ -500,12 +500,18 @@ impl Connection {
                         ncmd.clone(),
                         QoS::AtLeastOnce,
                     )));
+                    // The marks of the unsent FIFO, rebuilt in the new write order: the BIRTHs,
+                    // every held publish (its first reading seq, read back from the payload;
+                    // 0 for an old BIRTH), then what is still in the request channel (the
+                    // FIFO's entries past the held publishes that were never written).
                     let mut marks = vec![0, 0];
+                    let mut unwritten_held = 0;
                     for mut r in held.drain(..) {
                         if let Request::Publish(p) = &mut r {
-                            if p.pkid != 0 {
-                                // u64::MAX: written and unacked but unknown here (not counted).
-                                marks.push(inflight.remove(&p.pkid).map_or(u64::MAX, |m| m.0));
+                            marks.push(first_seq(p));
+                            if p.pkid == 0 {
+                                unwritten_held += 1;
+                            } else {
                                 self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
                                 p.pkid = 0;
                                 p.dup = false;
@@ -513,43 +519,23 @@ impl Connection {
                         }
                         pending.push_back(r);
                     }
-                    // What is left in `inflight` was written on a connection whose requests
-                    // are all re-queued now: nothing will answer those ids.
+                    // The ids in `inflight` belong to the dead connection; their publishes are
+                    // all re-queued with fresh ids.
                     inflight.clear();
                     self.eventloop.pending = pending;
                     if let Ok(mut q) = self.state.unsent.lock() {
-                        for m in marks.into_iter().rev() {
-                            q.push_front(m);
-                        }
+                        let n = unwritten_held.min(q.len());
+                        let rest = q.split_off(n);
+                        *q = marks.into_iter().chain(rest).collect();
                     }
                     self.state.connected.store(true, Ordering::Relaxed);
                     self.counters.connects_total.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => match inflight.entry(pkid) {
-                    Entry::Occupied(_) => {
-                        // rumqttc's own republish: not expected, every held publish gets a
-                        // fresh id (see the module doc).
-                        self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Entry::Vacant(slot) => {
-                        let next = self
-                            .state
-                            .unsent
-                            .lock()
-                            .ok()
-                            .and_then(|mut q| q.pop_front());
-                        if let Some(first) = next {
-                            slot.insert((first, Instant::now()));
-                        }
-                    }
-                },
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some((first, sent)) = inflight.remove(&ack.pkid) {
-                        if first > 0 && first != u64::MAX {
-                            self.state.acked.fetch_add(self.mpm, Ordering::Relaxed);
-                            self.counters.record_latency(sent.elapsed());
-                        }
-                    }
+                Ok(
+                    ev @ (Event::Outgoing(Outgoing::Publish(_))
+                    | Event::Incoming(Packet::PubAck(_))),
+                ) => {
+                    self.account(&ev, &mut inflight);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if p.topic == ncmd && is_rebirth(&p.payload) {
@@ -560,6 +546,7 @@ impl Connection {
                 Err(e) => {
                     tracing::debug!(error = %e, "connection failed");
                     // `poll` has moved everything unacked to `pending` (`clean`).
+                    self.settle(&mut inflight);
                     held.extend(self.eventloop.pending.drain(..));
                     self.down();
                     if !sleep_unless_cancelled(&self.cancel, backoff).await {
@@ -580,6 +567,49 @@ impl Connection {
         }
     }
 
+    /// Maps a written publish to its mark, or counts a PUBACK.
+    fn account(&self, ev: &Event, inflight: &mut HashMap<u16, (u64, Instant)>) {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => match inflight.entry(*pkid) {
+                Entry::Occupied(_) => {
+                    // rumqttc's own republish: not expected, every held publish gets a fresh
+                    // id (see the module doc).
+                    self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Entry::Vacant(slot) => {
+                    let next = self
+                        .state
+                        .unsent
+                        .lock()
+                        .ok()
+                        .and_then(|mut q| q.pop_front());
+                    if let Some(first) = next {
+                        slot.insert((first, Instant::now()));
+                    }
+                }
+            },
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some((first, sent)) = inflight.remove(&ack.pkid) {
+                    if first > 0 {
+                        self.state.acked.fetch_add(self.mpm, Ordering::Relaxed);
+                        self.counters.record_latency(sent.elapsed());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After a failed connection: the events rumqttc had queued but not yet returned (writes
+    /// and PUBACKs of that connection) are accounted now, before the held requests are
+    /// re-queued, so that none of them is read as the next connection's.
+    fn settle(&mut self, inflight: &mut HashMap<u16, (u64, Instant)>) {
+        let stale: Vec<Event> = self.eventloop.state.events.drain(..).collect();
+        for ev in &stale {
+            self.account(ev, inflight);
+        }
+    }
+
     fn down(&self) {
         if self.state.connected.swap(false, Ordering::Relaxed) {
             self.counters
@@ -587,6 +617,22 @@ impl Connection {
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The mark of a publish: a DDATA's first reading seq (its `seq` metric), else 0.
+fn first_seq(p: &Publish) -> u64 {
+    if !p.topic.contains("/DDATA/") {
+        return 0;
+    }
+    proto::decode(&p.payload)
+        .ok()
+        .and_then(|d| {
+            d.metrics.iter().find_map(|m| match m.value {
+                Some(MetricValue::LongValue(v)) if m.alias == Some(ALIAS_SEQ) => Some(v),
+                _ => None,
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// Whether an NCMD payload asks for a Rebirth.

@@ -228,22 +228,23 @@ impl LinkConsumer {
     }
 }
 
-/// At most ~10 warnings a second from one thread, so a flood of bad payloads cannot flood logs.
+/// At most ~10 warnings a second from one thread, so a flood of bad payloads cannot flood logs
+/// (the link consumer's and the Sparkplug host's).
 #[derive(Debug)]
-struct LogLimiter {
+pub(crate) struct LogLimiter {
     window: Instant,
     n: u32,
 }
 
 impl LogLimiter {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             window: Instant::now(),
             n: 0,
         }
     }
 
-    fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         if self.window.elapsed() >= Duration::from_secs(1) {
             self.window = Instant::now();
             self.n = 0;

@@ -48,7 +48,7 @@ use super::session::{Clock, Outcome, Sessions};
 use super::topic::{self, MessageType, SpTopic, TopicError};
 use super::{proto, rebirth_payload, state_payload};
 use crate::events::FleetInput;
-use crate::link::now_ms;
+use crate::link::{now_ms, LogLimiter};
 use crate::standard::{Ingest, Publisher};
 use crate::stats as m;
 
@@ -307,30 +307,5 @@ fn invalid(
     metrics::counter!(m::SPARKPLUG_INVALID_PAYLOADS, "reason" => reason).increment(1);
     if log.allow() {
         warn!(topic, reason, %detail, "sparkplug payload dropped");
-    }
-}
-
-/// At most ~10 warnings a second from the host thread.
-#[derive(Debug)]
-struct LogLimiter {
-    window: Instant,
-    n: u32,
-}
-
-impl LogLimiter {
-    fn new() -> Self {
-        Self {
-            window: Instant::now(),
-            n: 0,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            self.window = Instant::now();
-            self.n = 0;
-        }
-        self.n += 1;
-        self.n <= 10
     }
 }

@@ -67,6 +67,25 @@ pub enum RecordFormat {
     Sparkplug,
 }
 
+/// The record's `content-type` header, if any.
+fn content_type<'a>(msg: &'a rdkafka::message::BorrowedMessage<'_>) -> Option<&'a str> {
+    msg.headers().and_then(|hs| {
+        hs.iter()
+            .find(|h| h.key == HEADER_CONTENT_TYPE)
+            .and_then(|h| h.value)
+            .and_then(|b| std::str::from_utf8(b).ok())
+    })
+}
+
+/// The non-negative integer value of the batch's reading named `name` (the `epoch` and `seq`
+/// the simulated standard clients put in each message).
+fn int_reading(batch: &breakwater_protocol::Batch, name: &str) -> Option<u64> {
+    batch.readings.iter().find_map(|r| match r.value {
+        breakwater_protocol::Value::I64(v) if r.metric == name => u64::try_from(v).ok(),
+        _ => None,
+    })
+}
+
 /// `(device, epoch, seqs)` of one record, or `None` if it does not decode.
 fn decode(
     msg: &rdkafka::message::BorrowedMessage<'_>,
@@ -76,13 +95,7 @@ fn decode(
     let payload = msg.payload()?;
     match format {
         RecordFormat::Batch => {
-            let ct = msg.headers().and_then(|hs| {
-                hs.iter()
-                    .find(|h| h.key == HEADER_CONTENT_TYPE)
-                    .and_then(|h| h.value)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-            });
-            let batch = kafka::decode_record_value(payload, ct, limits).ok()?;
+            let batch = kafka::decode_record_value(payload, content_type(msg), limits).ok()?;
             let seqs = batch.iter_seq().map(|(seq, _)| seq).collect();
             Some((batch.device, batch.epoch, seqs))
         }
@@ -91,35 +104,13 @@ fn decode(
             Some((DeviceId::parse(r.device).ok()?, r.epoch, vec![r.seq]))
         }
         RecordFormat::JsonMqtt => {
-            let ct = msg.headers().and_then(|hs| {
-                hs.iter()
-                    .find(|h| h.key == HEADER_CONTENT_TYPE)
-                    .and_then(|h| h.value)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-            });
-            let batch = kafka::decode_record_value(payload, ct, limits).ok()?;
-            let field = |name: &str| {
-                batch.readings.iter().find_map(|r| match r.value {
-                    breakwater_protocol::Value::I64(v) if r.metric == name => u64::try_from(v).ok(),
-                    _ => None,
-                })
-            };
+            let batch = kafka::decode_record_value(payload, content_type(msg), limits).ok()?;
+            let field = |name: &str| int_reading(&batch, name);
             Some((batch.device.clone(), field("epoch")?, vec![field("seq")?]))
         }
         RecordFormat::Sparkplug => {
-            let ct = msg.headers().and_then(|hs| {
-                hs.iter()
-                    .find(|h| h.key == HEADER_CONTENT_TYPE)
-                    .and_then(|h| h.value)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-            });
-            let batch = kafka::decode_record_value(payload, ct, limits).ok()?;
-            let field = |name: &str| {
-                batch.readings.iter().find_map(|r| match r.value {
-                    breakwater_protocol::Value::I64(v) if r.metric == name => u64::try_from(v).ok(),
-                    _ => None,
-                })
-            };
+            let batch = kafka::decode_record_value(payload, content_type(msg), limits).ok()?;
+            let field = |name: &str| int_reading(&batch, name);
             let (epoch, first) = (field("epoch")?, field("seq")?);
             let n = batch.readings.len() as u64;
             Some((batch.device.clone(), epoch, (first..first + n).collect()))

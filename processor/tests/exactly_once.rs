@@ -77,31 +77,8 @@ fn phases() -> (Vec<In>, Vec<In>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_make_outputs_exactly_once_across_a_sigkill() {
-    // One broker: with three, one of the mock's broker connections stalled in our runs (a
-    // request stuck in its out-queue) and the partitions it led were never fetched.
-    let mock = MockCluster::new(1).unwrap();
+    let (mock, t) = mock_topics("tx");
     let bootstrap = mock.bootstrap_servers();
-    let name = |s: &str| breakwater_testkit::kafka::unique_topic(s);
-    let t = Topics {
-        telemetry: name("tx-tel"),
-        events: name("tx-ev"),
-        sessions: name("tx-sess"),
-        anomalies: name("tx-anom"),
-        windows: name("tx-win"),
-        late: name("tx-late"),
-        changelog: name("tx-chg"),
-    };
-    for (topic, n) in [
-        (&t.telemetry, common::PARTITIONS),
-        (&t.events, common::PARTITIONS),
-        (&t.changelog, common::PARTITIONS),
-        (&t.sessions, 1),
-        (&t.anomalies, 1),
-        (&t.windows, 1),
-        (&t.late, 1),
-    ] {
-        mock.create_topic(topic, n, 1).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
     let text = common::config_text_with(
         &bootstrap,
@@ -187,29 +164,25 @@ fn get(port: u16, path: &str) -> String {
     body
 }
 
-/// A mock cluster with the topics, optionally failing every EndTxn (commit or abort) with a
-/// fatal error: a broker that answers the transactional requests but cannot commit. Returns
-/// the config text for `mode` and the state path.
-fn mock_with(
-    mode: &str,
-    broken_commits: bool,
-    dir: &std::path::Path,
+/// A one-broker mock cluster with the processor's topics (fresh names from `prefix`). One
+/// broker: with three, one of the mock's broker connections stalled in our runs (a request
+/// stuck in its out-queue) and the partitions it led were never fetched.
+fn mock_topics(
+    prefix: &str,
 ) -> (
     MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     Topics,
-    String,
 ) {
     let mock = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
-    let name = |s: &str| breakwater_testkit::kafka::unique_topic(s);
+    let name = |s: &str| breakwater_testkit::kafka::unique_topic(&format!("{prefix}-{s}"));
     let t = Topics {
-        telemetry: name("txa-tel"),
-        events: name("txa-ev"),
-        sessions: name("txa-sess"),
-        anomalies: name("txa-anom"),
-        windows: name("txa-win"),
-        late: name("txa-late"),
-        changelog: name("txa-chg"),
+        telemetry: name("tel"),
+        events: name("ev"),
+        sessions: name("sess"),
+        anomalies: name("anom"),
+        windows: name("win"),
+        late: name("late"),
+        changelog: name("chg"),
     };
     for (topic, n) in [
         (&t.telemetry, common::PARTITIONS),
@@ -222,6 +195,23 @@ fn mock_with(
     ] {
         mock.create_topic(topic, n, 1).unwrap();
     }
+    (mock, t)
+}
+
+/// A mock cluster with the topics, optionally failing every EndTxn (commit or abort) with a
+/// fatal error: a broker that answers the transactional requests but cannot commit. Returns
+/// the config text for `mode` and the state path.
+fn mock_with(
+    mode: &str,
+    broken_commits: bool,
+    dir: &std::path::Path,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Topics,
+    String,
+) {
+    let (mock, t) = mock_topics("txa");
+    let bootstrap = mock.bootstrap_servers();
     if broken_commits {
         use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
         mock.request_errors(

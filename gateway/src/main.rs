@@ -9,7 +9,7 @@ use anyhow::Context;
 use breakwater_gateway::config::{Config, ConfigError};
 use breakwater_gateway::Gateway;
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// jemalloc instead of glibc's malloc. The gateway allocates and frees per-connection buffers for
 /// thousands of connections from several threads (rumqttd's router and listener, the tokio
@@ -308,7 +308,24 @@ fn run(config: Option<&std::path::Path>) -> anyhow::Result<()> {
         if let Some(w) = watchdog {
             w.abort();
         }
+        // A second SIGTERM or Ctrl-C while stopping: stop waiting for Kafka (what it did not
+        // confirm stays in the spool). systemd sends only one SIGTERM; an operator at a
+        // terminal, or `systemctl kill`, may send more.
+        let hurry = gateway.hurry_handle();
+        let second = tokio::spawn(async move {
+            loop {
+                match wait_for_signal().await {
+                    Signal::Stop => {
+                        warn!("second stop signal: no longer waiting for Kafka; undelivered records stay in the spool");
+                        hurry.cancel();
+                        break;
+                    }
+                    Signal::Reload => info!("SIGHUP ignored while stopping"),
+                }
+            }
+        });
         gateway.shutdown().await;
+        second.abort();
         match failed {
             None => Ok(()),
             Some(reason) => Err(anyhow::anyhow!("{reason}")),

@@ -87,6 +87,8 @@ pub struct Gateway {
     drain: Option<tokio::task::JoinHandle<()>>,
     drain_stop: CancellationToken,
     drain_abort: CancellationToken,
+    /// Cancelled by a second stop signal: [`Gateway::shutdown`] stops waiting for Kafka.
+    hurry: CancellationToken,
     events: tokio::task::JoinHandle<()>,
     refused: tokio::task::JoinHandle<()>,
     ack_thread: Option<std::thread::JoinHandle<()>>,
@@ -488,6 +490,7 @@ impl Gateway {
             drain,
             drain_stop,
             drain_abort,
+            hurry: CancellationToken::new(),
             events,
             refused,
             ack_thread: Some(ack_thread),
@@ -527,6 +530,17 @@ impl Gateway {
                 warn!(error = %e, "credentials file not reloaded: keeping the previous one");
             }
         }
+    }
+
+    /// A handle that makes a running [`Gateway::shutdown`] stop waiting for Kafka (the
+    /// operator's second SIGTERM or Ctrl-C): the Kafka drain is aborted, events and the
+    /// producer are not flushed. Nothing acknowledged is lost: in ack mode `spool` it is in the
+    /// spool already, and the spool commit (stage 2) still runs; undelivered records stay in
+    /// the spool for the next start. What is lost is only time (and Kafka delivery of fleet
+    /// events still queued, which are not acknowledged to anyone).
+    #[must_use]
+    pub fn hurry_handle(&self) -> CancellationToken {
+        self.hurry.clone()
     }
 
     /// True while the pipeline threads run.
@@ -586,11 +600,15 @@ impl Gateway {
         // answers the abort at once unless it sits in a spool read, hence the short bound.
         self.drain_stop.cancel();
         if let Some(mut d) = self.drain.take() {
-            if tokio::time::timeout(left(self.deadline), &mut d)
-                .await
-                .is_err()
-            {
-                info!("shutdown deadline reached: undelivered records stay in the spool");
+            let delivered = tokio::select! {
+                r = tokio::time::timeout(left(self.deadline), &mut d) => r.is_ok(),
+                () = self.hurry.cancelled() => false,
+            };
+            if !delivered {
+                info!(
+                    hurried = self.hurry.is_cancelled(),
+                    "shutdown deadline reached or second stop signal: undelivered records stay in the spool"
+                );
                 self.drain_abort.cancel();
                 if tokio::time::timeout(STAGE_MIN, &mut d).await.is_err() {
                     warn!("Kafka drain did not answer the abort; stopped it");
@@ -614,11 +632,24 @@ impl Gateway {
             }
         }
         self.refused.abort();
-        let _ = tokio::time::timeout(left(self.deadline), &mut self.events).await;
+        tokio::select! {
+            _ = tokio::time::timeout(left(self.deadline), &mut self.events) => {}
+            () = self.hurry.cancelled() => {
+                warn!("second stop signal: fleet events still queued are not delivered");
+                self.events.abort();
+            }
+        }
         if let Some(p) = &self.producer {
-            let p = p.clone();
-            let t = left(self.deadline).max(Duration::from_millis(100));
-            let _ = tokio::task::spawn_blocking(move || p.flush(t)).await;
+            if !self.hurry.is_cancelled() {
+                let p = p.clone();
+                let t = left(self.deadline).max(Duration::from_millis(100));
+                let flush = tokio::task::spawn_blocking(move || p.flush(t));
+                tokio::select! {
+                    _ = flush => {}
+                    // The blocking flush is left behind; the process exits anyway.
+                    () = self.hurry.cancelled() => {}
+                }
+            }
         }
         if let Some(t) = self.ack_thread.take() {
             let _ = tokio::time::timeout(

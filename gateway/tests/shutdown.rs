@@ -1,6 +1,7 @@
 //! Issue 18, the gateway half: SIGTERM while Kafka is unreachable (a private tansu, SIGSTOPped)
 //! ends within `[shutdown] deadline` plus a margin, exits 0, keeps what Kafka did not confirm
-//! in the spool, and a restart delivers it once Kafka is back.
+//! in the spool, and a restart delivers it once Kafka is back. A second SIGTERM makes it stop
+//! waiting for Kafka at once, with the same guarantees.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -33,7 +34,25 @@ fn terminate_timed(g: &mut GatewayProc, within: Duration) -> Option<(bool, Durat
     None
 }
 
+fn signal_term(g: &GatewayProc) {
+    let c = g.child.as_ref().expect("running");
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status()
+        .unwrap();
+}
+
 fn start(mode: &str, kafka: &PrivateKafka, dir: &std::path::Path) -> GatewayProc {
+    start_with_deadline(mode, kafka, dir, DEADLINE)
+}
+
+fn start_with_deadline(
+    mode: &str,
+    kafka: &PrivateKafka,
+    dir: &std::path::Path,
+    deadline: Duration,
+) -> GatewayProc {
     GatewayProc::start_with(
         dir,
         &format!("ack_mode = \"{mode}\""),
@@ -41,7 +60,7 @@ fn start(mode: &str, kafka: &PrivateKafka, dir: &std::path::Path) -> GatewayProc
             "[kafka]\nbrokers = \"{}\"\ntopic = \"telemetry\"\nevents_topic = \"events\"\npartitions = 2\ndirect_max_in_flight_records = 2\n\
              [shutdown]\ndeadline = \"{}s\"\n",
             kafka.bootstrap(),
-            DEADLINE.as_secs()
+            deadline.as_secs()
         ),
     )
 }
@@ -111,4 +130,62 @@ async fn sigterm_with_kafka_paused_ends_at_the_deadline_ack_mode_spool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_kafka_paused_ends_at_the_deadline_ack_mode_kafka() {
     kafka_paused_during_shutdown("kafka").await;
+}
+
+/// Kafka paused, a 120 s deadline, two SIGTERMs: the second ends the wait for Kafka, so the
+/// gateway exits long before the deadline (without the second-signal handling it waits all of
+/// it), exits 0, and what was acked stays in the spool and reaches Kafka after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_waiting_for_kafka_and_loses_nothing() {
+    if breakwater_testkit::kafka::bootstrap().is_none() {
+        return;
+    }
+    const LONG: Duration = Duration::from_secs(120);
+    let kafka = PrivateKafka::start().expect("tansu binary on PATH (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_with_deadline("spool", &kafka, dir.path(), LONG);
+    let device = "stop-twice".to_owned();
+    let mut d = RawDevice::connect(gw.mqtt_port, &device).await;
+    d.send(1, 50).await;
+    d.expect_ack(50).await;
+    kafka.pause();
+    for k in 0..6 {
+        d.send(51 + k * 25, 25).await;
+    }
+    d.expect_ack(200).await;
+
+    signal_term(&gw);
+    assert!(
+        wait_until(Duration::from_secs(20), || gw
+            .log_text()
+            .contains("shutting down")),
+        "no shutdown after the first SIGTERM:\n{}",
+        gw.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        gw.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the gateway should still wait for Kafka after one SIGTERM:\n{}",
+        gw.log_text()
+    );
+    let exit = terminate_timed(&mut gw, MARGIN + DEADLINE);
+    let log = gw.log_text();
+    let Some((ok, took)) = exit else {
+        panic!(
+            "gateway still running {:?} after a second SIGTERM (deadline {LONG:?}):\n{log}",
+            MARGIN + DEADLINE
+        );
+    };
+    eprintln!("gateway exited {took:?} after the second SIGTERM");
+    assert!(ok, "exit status not success:\n{log}");
+    assert!(log.contains("second stop signal"), "{log}");
+    assert!(log.contains("gateway stopped"), "{log}");
+    drop(d);
+
+    kafka.resume();
+    gw.spawn();
+    let devices = vec![device];
+    let by = read_until_complete(&kafka.bootstrap(), "telemetry", 2, &devices, 200).await;
+    assert_complete_in_order(&by, &devices, 200);
+    assert!(gw.terminate(), "{}", gw.log_text());
 }

@@ -11,9 +11,7 @@ use common::proc::Proc;
 
 use std::time::{Duration, Instant};
 
-use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
-use breakwater_protocol::Reading;
-use common::{batch, event, In, Topics};
+use common::{In, Topics};
 use rdkafka::mocking::MockCluster;
 
 const T: u64 = 1_700_000_000_000;
@@ -47,32 +45,22 @@ fn count(bootstrap: &str, topic: &str, isolation: &str) -> usize {
 }
 
 fn phases() -> (Vec<In>, Vec<In>) {
-    let dev = |d: usize| format!("tx-{d:02}");
-    let n = 10;
-    let mut one: Vec<In> = (0..n).map(|d| event(&dev(d), 4, Birth, T)).collect();
-    let mut two = Vec::new();
-    for b in 0..40u64 {
-        let phase = if b < 25 { &mut one } else { &mut two };
-        for d in 0..n {
-            let rs: Vec<Reading> = (0..10u64)
-                .map(|j| {
-                    let i = b * 10 + j;
-                    let v = if i == 300 {
-                        70.0
-                    } else {
-                        20.0 + ((i + d as u64) % 5) as f64 * 0.1
-                    };
-                    Reading::new("temp", v, T + i * 1_000)
-                })
-                .collect();
-            phase.push(batch(&dev(d), 4, b * 10 + 1, rs));
-        }
+    common::Workload {
+        prefix: "tx",
+        devices: 10,
+        epoch: 4,
+        t: T,
+        batches: 40,
+        split: 25,
+        spike_at: 300,
+        spike_value: 70.0,
+        pause_from: None,
+        value: |i, d| ((i + d as u64) % 5) as f64 * 0.1,
+        death_every: 2,
+        death_ts: T + 420_000,
+        partitions: common::PARTITIONS,
     }
-    for d in (0..n).step_by(2) {
-        two.push(event(&dev(d), 4, Death, T + 420_000));
-    }
-    two.extend(common::clocks(T + 10_000_000));
-    (one, two)
+    .phases()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

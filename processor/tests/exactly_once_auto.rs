@@ -13,36 +13,28 @@ mod common;
 
 use common::proc::Proc;
 
-use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
-use breakwater_protocol::Reading;
-use common::{batch, event, In};
+use common::In;
 
 const T: u64 = 1_700_000_000_000;
 
 fn input() -> Vec<In> {
-    let dev = |d: usize| format!("auto-{d:02}");
-    let n = 6;
-    let mut v: Vec<In> = (0..n).map(|d| event(&dev(d), 3, Birth, T)).collect();
-    for b in 0..30u64 {
-        for d in 0..n {
-            let rs: Vec<Reading> = (0..10u64)
-                .map(|j| {
-                    let i = b * 10 + j;
-                    let v = if i == 200 {
-                        75.0
-                    } else {
-                        20.0 + ((i + d as u64) % 5) as f64 * 0.1
-                    };
-                    Reading::new("temp", v, T + i * 1_000)
-                })
-                .collect();
-            v.push(batch(&dev(d), 3, b * 10 + 1, rs));
-        }
+    let (mut v, rest) = common::Workload {
+        prefix: "auto",
+        devices: 6,
+        epoch: 3,
+        t: T,
+        batches: 30,
+        split: 30,
+        spike_at: 200,
+        spike_value: 75.0,
+        pause_from: None,
+        value: |i, d| ((i + d as u64) % 5) as f64 * 0.1,
+        death_every: 2,
+        death_ts: T + 310_000,
+        partitions: common::PARTITIONS,
     }
-    for d in (0..n).step_by(2) {
-        v.push(event(&dev(d), 3, Death, T + 310_000));
-    }
-    v.extend(common::clocks(T + 10_000_000));
+    .phases();
+    v.extend(rest);
     v
 }
 

@@ -13,9 +13,7 @@ use common::proc::Proc;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
-use breakwater_protocol::Reading;
-use common::{batch, event, In};
+use common::In;
 
 const T: u64 = 1_700_000_000_000;
 const PARTITIONS: i32 = 4;
@@ -26,33 +24,22 @@ fn in_group(config: &Path) -> Proc {
 
 /// 16 devices over the four partitions: births, readings with a spike and a pause, deaths.
 fn phases() -> (Vec<In>, Vec<In>) {
-    let dev = |d: usize| format!("so-{d:02}");
-    let n = 16;
-    let mut one: Vec<In> = (0..n).map(|d| event(&dev(d), 3, Birth, T)).collect();
-    let mut two = Vec::new();
-    for b in 0..40u64 {
-        let phase = if b < 20 { &mut one } else { &mut two };
-        for d in 0..n {
-            let rs: Vec<Reading> = (0..10u64)
-                .map(|j| {
-                    let i = b * 10 + j;
-                    let ts = T + i * 1_000 + if b >= 30 { 30_000 } else { 0 };
-                    let v = if i == 250 {
-                        80.0
-                    } else {
-                        20.0 + ((i + d as u64) % 7) as f64 * 0.1
-                    };
-                    Reading::new("temp", v, ts)
-                })
-                .collect();
-            phase.push(batch(&dev(d), 3, b * 10 + 1, rs));
-        }
+    common::Workload {
+        prefix: "so",
+        devices: 16,
+        epoch: 3,
+        t: T,
+        batches: 40,
+        split: 20,
+        spike_at: 250,
+        spike_value: 80.0,
+        pause_from: Some(30),
+        value: |i, d| ((i + d as u64) % 7) as f64 * 0.1,
+        death_every: 3,
+        death_ts: T + 430_000,
+        partitions: PARTITIONS,
     }
-    for d in (0..n).step_by(3) {
-        two.push(event(&dev(d), 3, Death, T + 430_000));
-    }
-    two.extend(common::clocks_in(T + 10_000_000, PARTITIONS));
-    (one, two)
+    .phases()
 }
 
 /// Partitions in the `rebalance` lines of `kind` ("assign" or "revoke") among `lines`.

@@ -13,9 +13,7 @@ use common::proc::Proc;
 use std::path::Path;
 use std::time::Duration;
 
-use breakwater_protocol::kafka::FleetEventKind::{Birth, Death};
-use breakwater_protocol::Reading;
-use common::{batch, event, In};
+use common::In;
 
 const T: u64 = 1_700_000_000_000;
 
@@ -31,33 +29,22 @@ fn noise(i: u64) -> f64 {
 
 /// Devices in both partitions: births, readings with a spike and a pause, deaths, clocks.
 fn phases() -> (Vec<In>, Vec<In>) {
-    let dev = |d: usize| format!("mv-{d:02}");
-    let n = 12;
-    let mut one: Vec<In> = (0..n).map(|d| event(&dev(d), 2, Birth, T)).collect();
-    let mut two = Vec::new();
-    for b in 0..40u64 {
-        let phase = if b < 20 { &mut one } else { &mut two };
-        for d in 0..n {
-            let rs: Vec<Reading> = (0..10u64)
-                .map(|j| {
-                    let i = b * 10 + j;
-                    let ts = T + i * 1_000 + if b >= 30 { 30_000 } else { 0 };
-                    let v = if i == 250 {
-                        80.0
-                    } else {
-                        20.0 + noise(i + d as u64)
-                    };
-                    Reading::new("temp", v, ts)
-                })
-                .collect();
-            phase.push(batch(&dev(d), 2, b * 10 + 1, rs));
-        }
+    common::Workload {
+        prefix: "mv",
+        devices: 12,
+        epoch: 2,
+        t: T,
+        batches: 40,
+        split: 20,
+        spike_at: 250,
+        spike_value: 80.0,
+        pause_from: Some(30),
+        value: |i, d| noise(i + d as u64),
+        death_every: 3,
+        death_ts: T + 430_000,
+        partitions: common::PARTITIONS,
     }
-    for d in (0..n).step_by(3) {
-        two.push(event(&dev(d), 2, Death, T + 430_000));
-    }
-    two.extend(common::clocks(T + 10_000_000));
-    (one, two)
+    .phases()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,72 @@ pub fn event(device: &str, epoch: u64, kind: FleetEventKind, ts: u64) -> In {
     })
 }
 
+/// The readings-and-sessions workload the multi-process tests share: `devices` devices named
+/// `{prefix}-NN`, each born at `t`, then `batches` batches of 10 `temp` readings 1 s apart
+/// (reading `i` of every device is `spike_value` at `spike_at`, else `20 + value(i, d)`),
+/// readings from batch `pause_from` on 30 s later (a session gap), deaths of every
+/// `death_every`-th device at `death_ts`, and the far-future clocks (`clocks_in(.., partitions)`).
+/// Split into what is produced before (`batches < split`) and after the test's disruption.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    pub prefix: &'static str,
+    pub devices: usize,
+    pub epoch: u64,
+    pub t: u64,
+    pub batches: u64,
+    pub split: u64,
+    pub spike_at: u64,
+    pub spike_value: f64,
+    pub pause_from: Option<u64>,
+    pub value: fn(u64, usize) -> f64,
+    pub death_every: usize,
+    pub death_ts: u64,
+    pub partitions: i32,
+}
+
+impl Workload {
+    #[must_use]
+    pub fn phases(&self) -> (Vec<In>, Vec<In>) {
+        let dev = |d: usize| format!("{}-{d:02}", self.prefix);
+        let mut one: Vec<In> = (0..self.devices)
+            .map(|d| event(&dev(d), self.epoch, FleetEventKind::Birth, self.t))
+            .collect();
+        let mut two = Vec::new();
+        for b in 0..self.batches {
+            let phase = if b < self.split { &mut one } else { &mut two };
+            let pause = if self.pause_from.is_some_and(|p| b >= p) {
+                30_000
+            } else {
+                0
+            };
+            for d in 0..self.devices {
+                let rs: Vec<Reading> = (0..10u64)
+                    .map(|j| {
+                        let i = b * 10 + j;
+                        let v = if i == self.spike_at {
+                            self.spike_value
+                        } else {
+                            20.0 + (self.value)(i, d)
+                        };
+                        Reading::new("temp", v, self.t + i * 1_000 + pause)
+                    })
+                    .collect();
+                phase.push(batch(&dev(d), self.epoch, b * 10 + 1, rs));
+            }
+        }
+        for d in (0..self.devices).step_by(self.death_every) {
+            two.push(event(
+                &dev(d),
+                self.epoch,
+                FleetEventKind::Death,
+                self.death_ts,
+            ));
+        }
+        two.extend(clocks_in(self.t + 10_000_000, self.partitions));
+        (one, two)
+    }
+}
+
 /// Per partition, a far-future reading and a far-future fleet event (a refused connect, which
 /// opens no session): both input topics' event times move to `ts`, so every device not seen
 /// for `state.device_ttl` before it is evicted and what it held open is emitted.

@@ -524,14 +524,21 @@ pub async fn read_until_complete(
 #[derive(Debug)]
 pub struct PrivateKafka {
     pub child: Child,
+    pub host: String,
     pub port: u16,
 }
 
 impl PrivateKafka {
     pub fn start() -> Option<Self> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Like [`Self::start`], listening on (and advertising) `host`, an address of this
+    /// machine: clients in other network namespaces reach it there (tests/keepalived.rs).
+    pub fn start_on(host: &str) -> Option<Self> {
         let bin = which("tansu")?;
         let port = breakwater_testkit::free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://{host}:{port}");
         let child = Command::new(bin)
             .args([
                 "broker",
@@ -546,14 +553,18 @@ impl PrivateKafka {
             .spawn()
             .ok()?;
         let ok = wait_until(Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            TcpStream::connect((host, port)).is_ok()
         });
         assert!(ok, "private tansu did not listen");
-        Some(Self { child, port })
+        Some(Self {
+            child,
+            host: host.to_owned(),
+            port,
+        })
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn signal(&self, sig: &str) {

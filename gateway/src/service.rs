@@ -344,18 +344,34 @@ impl Gateway {
             None => None,
             Some((stx, srx)) => {
                 let sp = &cfg.sparkplug;
+                let mut sessions = crate::sparkplug::session::Sessions::new(
+                    crate::sparkplug::session::SessionConfig {
+                        rebirth_interval: sp.rebirth_interval,
+                        max_edge_nodes: sp.max_edge_nodes,
+                        max_devices: sp.max_devices_per_edge_node,
+                        ..Default::default()
+                    },
+                );
+                // The last BIRTHs before a restart: restored, not online (sparkplug::store).
+                let (store, state) = crate::sparkplug::store::Store::open(&cfg.spool.dir);
+                let restored = sessions.restore(state);
+                metrics::gauge!(crate::stats::SPARKPLUG_RESTORED).set(restored.edge_nodes as f64);
+                if restored.skipped > 0 {
+                    metrics::counter!(crate::stats::SPARKPLUG_STORE_ERRORS, "reason" => "over_bounds")
+                        .increment(restored.skipped as u64);
+                    tracing::warn!(skipped = restored.skipped, "sparkplug session store: edge nodes or devices beyond the session bounds not restored");
+                }
+                tracing::info!(
+                    edge_nodes = restored.edge_nodes,
+                    devices = restored.devices,
+                    "sparkplug sessions restored"
+                );
                 let host = crate::sparkplug::host::Host {
                     rx: srx,
                     tx: stx,
                     host_id: sp.host_id.clone(),
-                    sessions: crate::sparkplug::session::Sessions::new(
-                        crate::sparkplug::session::SessionConfig {
-                            rebirth_interval: sp.rebirth_interval,
-                            max_edge_nodes: sp.max_edge_nodes,
-                            max_devices: sp.max_devices_per_edge_node,
-                            ..Default::default()
-                        },
-                    ),
+                    sessions,
+                    store,
                     // The standard clients' ingest (epoch, seqs, PUBACK when durable), with
                     // the same device tracks as the ack publisher.
                     ingest: crate::standard::Ingest::new(

@@ -312,6 +312,22 @@ fn describe_sparkplug() {
         SPARKPLUG_EDGE_NODES_ONLINE,
         "Sparkplug edge nodes with a live session"
     );
+    describe_counter!(
+        SPARKPLUG_BEFORE_BIRTH,
+        "Sparkplug DATA of an edge node not online, taken with the table it has, by table"
+    );
+    describe_counter!(
+        SPARKPLUG_UNRESOLVED_METRICS,
+        "Sparkplug metrics by an unknown alias, stored as alias:{n} with their raw value"
+    );
+    describe_counter!(
+        SPARKPLUG_STORE_ERRORS,
+        "Sparkplug session store problems, by reason"
+    );
+    describe_gauge!(
+        SPARKPLUG_RESTORED,
+        "Sparkplug edge nodes restored from the session store at start"
+    );
 }
 
 // Sparkplug B host application (`crate::sparkplug`).
@@ -339,3 +355,16 @@ pub const SPARKPLUG_REBIRTHS_SUPPRESSED: &str =
 pub const SPARKPLUG_READINGS: &str = "breakwater_gateway_sparkplug_readings_total";
 /// Edge nodes with a live session (NBIRTH seen, no NDEATH since).
 pub const SPARKPLUG_EDGE_NODES_ONLINE: &str = "breakwater_gateway_sparkplug_edge_nodes_online";
+/// DATA (or a DBIRTH) of an edge node that is not online, taken with the table it has, by
+/// `table` (`restored`: from the session store after a restart; `last_birth`: a dead device's
+/// last DBIRTH; `none`).
+pub const SPARKPLUG_BEFORE_BIRTH: &str = "breakwater_gateway_sparkplug_before_birth_total";
+/// Metrics by an alias no table resolves, stored as `alias:{n}` with their raw value.
+pub const SPARKPLUG_UNRESOLVED_METRICS: &str =
+    "breakwater_gateway_sparkplug_unresolved_metrics_total";
+/// Session store problems, by `reason` (`bad_magic`, `bad_length`, `bad_checksum`,
+/// `bad_record`, `too_large`, `read`, `write`, `queue_full`, `writer_gone`,
+/// `over_bounds`: restored nodes or devices beyond the session bounds).
+pub const SPARKPLUG_STORE_ERRORS: &str = "breakwater_gateway_sparkplug_store_errors_total";
+/// Edge nodes restored from the session store at start.
+pub const SPARKPLUG_RESTORED: &str = "breakwater_gateway_sparkplug_restored_edge_nodes";

@@ -12,7 +12,10 @@
 //! (spool fsync or Kafka delivery report, by the ack mode) or closes the publisher if the
 //! pipeline cannot take them (it resends). A message with nothing to keep (a death, a message
 //! the session ignored, a payload that does not decode) is PUBACKed at once: resending it would
-//! not help. The link subscribes to NDEATH (a will reaches subscriptions only) and to its own
+//! not help. DATA of a node that is not born is not one of those: it is taken with the restored
+//! (or no) table ([`super::session`], "Restart" and "Unresolved aliases") and PUBACKed when
+//! durable. The BIRTHs the sessions take go to the session store ([`super::store`]) through a
+//! bounded queue; the host never waits for the disk. The link subscribes to NDEATH (a will reaches subscriptions only) and to its own
 //! NCMD and STATE topics ([`Filters`]), so that its publishes always match a filter (rumqttd
 //! disconnects a local link that publishes where none does).
 //!
@@ -45,6 +48,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::session::{Clock, Outcome, Sessions};
+use super::store::Store;
 use super::topic::{self, MessageType, SpTopic, TopicError};
 use super::{proto, rebirth_payload, state_payload};
 use crate::events::FleetInput;
@@ -91,6 +95,8 @@ pub struct Host {
     pub tx: LinkTx,
     pub host_id: String,
     pub sessions: Sessions,
+    /// Where BIRTHs are persisted for a restart ([`super::store`]).
+    pub store: Store,
     pub ingest: Ingest,
     pub events: mpsc::Sender<FleetInput>,
     pub stop: Arc<AtomicBool>,
@@ -143,6 +149,7 @@ impl Host {
         }
         self.publish(&state, state_payload(false, state_ts), true);
         info!(host_id = %self.host_id, "sparkplug host application offline");
+        self.store.close();
     }
 
     fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
@@ -263,6 +270,22 @@ impl Host {
                     "sparkplug message ignored"
                 );
             }
+        }
+        if let Some(table) = out.before_birth {
+            metrics::counter!(m::SPARKPLUG_BEFORE_BIRTH, "table" => table.as_str()).increment(1);
+        }
+        if out.unresolved > 0 {
+            metrics::counter!(m::SPARKPLUG_UNRESOLVED_METRICS).increment(out.unresolved as u64);
+            if log.allow() {
+                warn!(
+                    topic,
+                    metrics = out.unresolved,
+                    "sparkplug metrics by an alias no BIRTH defined: stored as alias:{{n}} with their raw value"
+                );
+            }
+        }
+        for op in out.persist {
+            self.store.record(op);
         }
         if let Some(reason) = out.rebirth_suppressed {
             metrics::counter!(m::SPARKPLUG_REBIRTHS_SUPPRESSED, "reason" => reason.as_str())

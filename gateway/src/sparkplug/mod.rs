@@ -17,7 +17,9 @@
 //!    durable); it publishes the host STATE and the Rebirth NCMDs.
 //!
 //! Around it: [`config`] (`[sparkplug]`), [`authz`] (what an edge node may publish and
-//! subscribe to, part of the gateway's one policy).
+//! subscribe to, part of the gateway's one policy), [`store`] (the sessions' BIRTH tables on
+//! disk, `{spool dir}/sparkplug-sessions.log`, so that a restarted gateway decodes the DATA
+//! edge nodes resend before their new NBIRTH).
 //!
 //! # Trust boundary
 //!
@@ -39,6 +41,7 @@ pub mod config;
 pub mod host;
 pub mod proto;
 pub mod session;
+pub mod store;
 pub mod topic;
 
 use proto::{datatype, Metric, MetricValue, Payload};

@@ -14,9 +14,11 @@
 //! * NDATA, DBIRTH, DDATA and DDEATH continue the node's `seq` (0-255, wrapping). A message
 //!   whose `seq` is not the expected one is still taken (its data is valid) and a Rebirth is
 //!   requested: a gap means the host may have missed messages, possibly BIRTHs.
-//! * DATA (or DBIRTH, DDEATH) before the node's NBIRTH, or DDATA before the device's DBIRTH, is
-//!   not taken (its aliases cannot be resolved) and a Rebirth is requested; an alias no BIRTH
-//!   defined drops that metric and requests a Rebirth.
+//! * DATA (or a DBIRTH) before the node's NBIRTH, or DDATA before the device's DBIRTH, is taken
+//!   with the table the host has for it (see "Restart" below) and a Rebirth is requested
+//!   (`breakwater_gateway_sparkplug_before_birth_total{table}`); a DDEATH before birth has
+//!   nothing to take and is ignored. An alias no table defines is kept raw ("Unresolved
+//!   aliases") and requests a Rebirth.
 //! * NDEATH ends the session only if its `bdSeq` equals the NBIRTH's: an NDEATH with another
 //!   `bdSeq` is the will of an older connection delivered late (the node reconnected before the
 //!   broker noticed the old one was gone) and is ignored.
@@ -43,6 +45,30 @@
 //! strings up to 256 bytes, finite floats; `breakwater_protocol::limits`) is
 //! [`Outcome::invalid`], by reason. Nothing is dropped without one of the two.
 //!
+//! # Restart
+//!
+//! The tables of every node's last NBIRTH and DBIRTHs are persisted ([`Outcome::persist`] ->
+//! [`super::store`]) and loaded at start by [`Sessions::restore`] as *restored* sessions: not
+//! online (no `seq` to continue, NDEATH has no session to end, a Rebirth is requested at the
+//! first message), but their DATA is decoded with the restored aliases and datatypes
+//! (`table="restored"`). This is for the DATA an edge node with a persistent MQTT session
+//! resends after a gateway kill -9, before its new NBIRTH. The node's next NBIRTH replaces the
+//! restored table as any NBIRTH does. Restored sessions count against `max_edge_nodes` and are
+//! evicted first-come like any offline node; their devices and aliases are cut at
+//! `max_devices` and `max_aliases`.
+//!
+//! # Unresolved aliases
+//!
+//! A metric by an alias that no table resolves (a node never seen, a BIRTH lost, a table
+//! that lacks the alias) is neither dropped nor PUBACKed empty: it becomes a reading named
+//! `alias:{n}`, its value read by the metric's own datatype if it carries one, else as the
+//! wire field is (`int_value` zero-extended, `long_value` bit-cast to `i64`, floats, booleans,
+//! strings as they are), counted in `breakwater_gateway_sparkplug_unresolved_metrics_total`
+//! (and logged, rate-limited, by the host). Downstream can rename it with the node's BIRTH
+//! (whose readings are in Kafka too). A real metric named `alias:{n}` is indistinguishable from
+//! it. Metrics that carry their name need no table (DATA with names and datatypes is taken
+//! whole without a BIRTH).
+//!
 //! # Bounds
 //!
 //! At most `max_edge_nodes` sessions (a full table evicts an offline node, else refuses the new
@@ -57,6 +83,7 @@ use breakwater_protocol::{limits, CompactString, DeviceId, Limits, Reading, Valu
 use tokio::time::Instant;
 
 use super::proto::{datatype as dt, Metric, MetricValue, Payload};
+use super::store::{State, StoreOp, StoredMetric};
 use super::topic::{self, MessageType, SpTopic};
 
 /// Name of the birth/death sequence metric of NBIRTH and NDEATH.
@@ -166,6 +193,38 @@ pub struct Outcome {
     pub unsupported: Vec<&'static str>,
     /// Metrics not taken because they are malformed: one reason each.
     pub invalid: Vec<&'static str>,
+    /// Metrics by an alias no table resolves, stored as `alias:{n}` (see "Unresolved aliases").
+    pub unresolved: usize,
+    /// DATA (or a DBIRTH) of a node that is not online, taken with the table it has: the
+    /// restored one ([`Sessions::restore`]) or none.
+    pub before_birth: Option<BeforeBirth>,
+    /// What the session store must keep ([`super::store`]): the BIRTH just taken, or the
+    /// node just evicted.
+    pub persist: Vec<StoreOp>,
+}
+
+/// The table DATA of a node that is not online was decoded with: the `table` label of
+/// `breakwater_gateway_sparkplug_before_birth_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeforeBirth {
+    /// The restored table of the node's last BIRTH before a restart.
+    Restored,
+    /// A device of a live node that is not born (DDEATH, or no DBIRTH since the NBIRTH): the
+    /// table of its last DBIRTH.
+    LastBirth,
+    /// No table (a node never seen, or dead): named metrics only, aliases unresolved.
+    None,
+}
+
+impl BeforeBirth {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restored => "restored",
+            Self::LastBirth => "last_birth",
+            Self::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +263,48 @@ impl Aliases {
             }
         }
     }
+
+    /// A table from the session store, within the same bound.
+    fn restore(metrics: &[StoredMetric], max: usize) -> Self {
+        let mut a = Self::default();
+        for m in metrics.iter().take(max) {
+            let name = CompactString::from(m.name.as_str());
+            a.by_name.insert(name.clone(), m.datatype);
+            if let Some(alias) = m.alias {
+                a.by_alias.entry(alias).or_insert(MetricDef {
+                    name,
+                    datatype: m.datatype,
+                });
+            }
+        }
+        a
+    }
+
+    /// The table as the session store keeps it.
+    fn stored(&self) -> Vec<StoredMetric> {
+        let mut out: Vec<StoredMetric> = self
+            .by_alias
+            .iter()
+            .map(|(alias, d)| StoredMetric {
+                name: d.name.to_string(),
+                datatype: d.datatype,
+                alias: Some(*alias),
+            })
+            .collect();
+        let aliased: std::collections::HashSet<&str> =
+            self.by_alias.values().map(|d| d.name.as_str()).collect();
+        out.extend(
+            self.by_name
+                .iter()
+                .filter(|(n, _)| !aliased.contains(n.as_str()))
+                .map(|(n, t)| StoredMetric {
+                    name: n.to_string(),
+                    datatype: *t,
+                    alias: None,
+                }),
+        );
+        out
+    }
 }
 
 #[derive(Debug)]
@@ -223,6 +324,33 @@ struct Node {
     aliases: Aliases,
     devices: HashMap<String, Device>,
     last_rebirth: Option<Instant>,
+    /// Its tables come from the session store (the last BIRTHs before a restart) and no
+    /// NBIRTH has come since.
+    restored: bool,
+}
+
+impl Node {
+    fn new(id: DeviceId) -> Self {
+        Self {
+            id,
+            online: false,
+            bd_seq: None,
+            next_seq: 0,
+            aliases: Aliases::default(),
+            devices: HashMap::new(),
+            last_rebirth: None,
+            restored: false,
+        }
+    }
+}
+
+/// What [`Sessions::restore`] took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub edge_nodes: usize,
+    pub devices: usize,
+    /// Nodes or devices beyond the table's bounds, or whose id is too long.
+    pub skipped: usize,
 }
 
 /// Every edge node's session. Not thread-safe by itself: one host task owns it.
@@ -267,6 +395,53 @@ impl Sessions {
         self.nodes.values().filter(|n| n.online).count()
     }
 
+    /// Loads the session store's state as restored sessions: not online, with the tables of
+    /// their last BIRTHs, within `max_edge_nodes`, `max_devices` and `max_aliases` (what does
+    /// not fit is skipped and counted in [`Restored::skipped`]).
+    pub fn restore(&mut self, state: State) -> Restored {
+        let mut r = Restored::default();
+        for ((group, edge_node), stored) in state.nodes {
+            let key = (group, edge_node);
+            if self.nodes.contains_key(&key) {
+                continue;
+            }
+            if self.nodes.len() >= self.cfg.max_edge_nodes {
+                r.skipped += 1 + stored.devices.len();
+                continue;
+            }
+            let Ok(id) = topic::device_id(&key.0, &key.1, None) else {
+                r.skipped += 1 + stored.devices.len();
+                continue;
+            };
+            let mut node = Node::new(id);
+            node.restored = true;
+            node.bd_seq = stored.bd_seq;
+            node.aliases = Aliases::restore(&stored.metrics, self.cfg.max_aliases);
+            for (dev, metrics) in stored.devices {
+                if node.devices.len() >= self.cfg.max_devices {
+                    r.skipped += 1;
+                    continue;
+                }
+                let Ok(id) = topic::device_id(&key.0, &key.1, Some(&dev)) else {
+                    r.skipped += 1;
+                    continue;
+                };
+                node.devices.insert(
+                    dev,
+                    Device {
+                        id,
+                        online: false,
+                        aliases: Aliases::restore(&metrics, self.cfg.max_aliases),
+                    },
+                );
+                r.devices += 1;
+            }
+            self.nodes.insert(key, node);
+            r.edge_nodes += 1;
+        }
+        r
+    }
+
     /// Handles one message of `t.group`/`t.edge_node`.
     pub fn handle(&mut self, t: &SpTopic<'_>, p: &Payload, clock: Clock) -> Outcome {
         let mut out = Outcome::default();
@@ -288,31 +463,27 @@ impl Sessions {
                 out.ignored = Some(Ignored::DeviceIdTooLong);
                 return;
             };
-            if self.nodes.len() >= self.cfg.max_edge_nodes && !self.evict_offline() {
+            if self.nodes.len() >= self.cfg.max_edge_nodes && !self.evict_offline(out) {
                 out.ignored = Some(Ignored::TooManyNodes);
                 return;
             }
-            self.nodes.insert(
-                key.clone(),
-                Node {
-                    id,
-                    online: false,
-                    bd_seq: None,
-                    next_seq: 0,
-                    aliases: Aliases::default(),
-                    devices: HashMap::new(),
-                    last_rebirth: None,
-                },
-            );
+            self.nodes.insert(key.clone(), Node::new(id));
         }
         let Some(node) = self.nodes.get_mut(&key) else {
             return;
         };
         node.online = true;
+        node.restored = false;
         node.bd_seq = bd_seq(p);
         node.next_seq = next(p.seq.unwrap_or(0));
         node.devices.clear();
         node.aliases.learn(&p.metrics, self.cfg.max_aliases, out);
+        out.persist.push(StoreOp::NodeBirth {
+            group: key.0.clone(),
+            edge_node: key.1.clone(),
+            bd_seq: node.bd_seq,
+            metrics: node.aliases.stored(),
+        });
         let readings = readings(p, &node.aliases, &self.cfg.limits, clock.now_ms, out);
         out.events.push(event(
             &node.id,
@@ -353,46 +524,18 @@ impl Sessions {
     /// NDATA, DBIRTH, DDATA, DDEATH: messages that continue the node's `seq`.
     fn in_session(&mut self, t: &SpTopic<'_>, p: &Payload, clock: Clock, out: &mut Outcome) {
         let key = (t.group.to_owned(), t.edge_node.to_owned());
-        let cfg = &self.cfg;
-        let Some(node) = self.nodes.get_mut(&key) else {
-            // Not even a rate-limit entry yet: create one only if the table has room, so a
-            // flood of unknown nodes cannot grow it past its bound.
-            out.ignored = Some(Ignored::BeforeBirth);
-            if self.nodes.len() < self.cfg.max_edge_nodes {
-                if let Ok(id) = topic::device_id(t.group, t.edge_node, None) {
-                    let node = self.nodes.entry(key.clone()).or_insert(Node {
-                        id,
-                        online: false,
-                        bd_seq: None,
-                        next_seq: 0,
-                        aliases: Aliases::default(),
-                        devices: HashMap::new(),
-                        last_rebirth: None,
-                    });
-                    rebirth(
-                        node,
-                        t,
-                        RebirthReason::BeforeBirth,
-                        clock,
-                        self.cfg.rebirth_interval,
-                        out,
-                    );
-                }
+        if !self.nodes.contains_key(&key) && self.nodes.len() < self.cfg.max_edge_nodes {
+            // A rate-limit entry for the Rebirth, only if the table has room, so a flood of
+            // unknown nodes cannot grow it past its bound.
+            if let Ok(id) = topic::device_id(t.group, t.edge_node, None) {
+                self.nodes.insert(key.clone(), Node::new(id));
             }
-            return;
-        };
-        if !node.online {
-            out.ignored = Some(Ignored::BeforeBirth);
-            rebirth(
-                node,
-                t,
-                RebirthReason::BeforeBirth,
-                clock,
-                cfg.rebirth_interval,
-                out,
-            );
-            return;
         }
+        let cfg = &self.cfg;
+        let node = match self.nodes.get_mut(&key) {
+            Some(node) if node.online => node,
+            other => return not_born(other, t, p, cfg, clock, out),
+        };
         match p.seq {
             None => {
                 rebirth(
@@ -420,9 +563,9 @@ impl Sessions {
         }
         let Some(dev_name) = t.device else {
             // NDATA
-            let before = out.invalid.len();
+            let before = out.unresolved;
             let r = readings(p, &node.aliases, &cfg.limits, clock.now_ms, out);
-            if out.invalid[before..].contains(&"unknown_alias") {
+            if out.unresolved > before {
                 rebirth(
                     node,
                     t,
@@ -460,6 +603,12 @@ impl Sessions {
                 };
                 dev.online = true;
                 dev.aliases.learn(&p.metrics, cfg.max_aliases, out);
+                out.persist.push(StoreOp::DeviceBirth {
+                    group: key.0.clone(),
+                    edge_node: key.1.clone(),
+                    device: dev_name.to_owned(),
+                    metrics: dev.aliases.stored(),
+                });
                 let r = readings(p, &dev.aliases, &cfg.limits, clock.now_ms, out);
                 out.events
                     .push(event(&dev.id, node.bd_seq, FleetEventKind::Birth, p, clock));
@@ -477,7 +626,25 @@ impl Sessions {
             _ => {
                 // DDATA
                 let Some(dev) = node.devices.get(dev_name).filter(|d| d.online) else {
-                    out.ignored = Some(Ignored::BeforeBirth);
+                    // A device not born (or dead) on a live node: decoded with the table of
+                    // its last DBIRTH, if any; a Rebirth is requested.
+                    let table = node
+                        .devices
+                        .get(dev_name)
+                        .map(|d| (d.id.clone(), &d.aliases));
+                    let (id, aliases, label) = match table {
+                        Some((id, aliases)) => (id, aliases, BeforeBirth::LastBirth),
+                        None => match topic::device_id(t.group, t.edge_node, Some(dev_name)) {
+                            Ok(id) => (id, &*EMPTY, BeforeBirth::None),
+                            Err(_) => {
+                                out.ignored = Some(Ignored::DeviceIdTooLong);
+                                return;
+                            }
+                        },
+                    };
+                    out.before_birth = Some(label);
+                    let r = readings(p, aliases, &cfg.limits, clock.now_ms, out);
+                    out.readings = Some((id, r));
                     rebirth(
                         node,
                         t,
@@ -488,10 +655,10 @@ impl Sessions {
                     );
                     return;
                 };
-                let before = out.invalid.len();
+                let before = out.unresolved;
                 let r = readings(p, &dev.aliases, &cfg.limits, clock.now_ms, out);
                 let id = dev.id.clone();
-                if out.invalid[before..].contains(&"unknown_alias") {
+                if out.unresolved > before {
                     rebirth(
                         node,
                         t,
@@ -506,8 +673,9 @@ impl Sessions {
         }
     }
 
-    /// Removes one offline node; `false` if every node is online.
-    fn evict_offline(&mut self) -> bool {
+    /// Removes one offline node (and tells the store to forget it); `false` if every node is
+    /// online.
+    fn evict_offline(&mut self, out: &mut Outcome) -> bool {
         let Some(key) = self
             .nodes
             .iter()
@@ -517,7 +685,67 @@ impl Sessions {
             return false;
         };
         self.nodes.remove(&key);
+        out.persist.push(StoreOp::Forget {
+            group: key.0,
+            edge_node: key.1,
+        });
         true
+    }
+}
+
+static EMPTY: std::sync::LazyLock<Aliases> = std::sync::LazyLock::new(Aliases::default);
+
+/// DATA (or DBIRTH, DDEATH) of a node that is not online: a restored node (its tables from the
+/// session store), a dead one, one never seen (`node` is its rate-limit entry, or `None` if the
+/// table was full). Its metrics are taken with the table it has (see "Restart" in the module
+/// doc); a Rebirth is requested.
+fn not_born(
+    node: Option<&mut Node>,
+    t: &SpTopic<'_>,
+    p: &Payload,
+    cfg: &SessionConfig,
+    clock: Clock,
+    out: &mut Outcome,
+) {
+    if t.kind == MessageType::DDeath {
+        out.ignored = Some(Ignored::BeforeBirth);
+    } else {
+        let dev = t.device.and_then(|d| node.as_ref()?.devices.get(d));
+        let aliases = match (t.device, &node, dev) {
+            (Some(_), _, Some(dev)) => Some((dev.id.clone(), &dev.aliases)),
+            (None, Some(n), _) => Some((n.id.clone(), &n.aliases)),
+            _ => None,
+        };
+        let restored = node.as_ref().is_some_and(|n| n.restored);
+        let (id, aliases) = match aliases {
+            Some(a) => a,
+            None => match topic::device_id(t.group, t.edge_node, t.device) {
+                Ok(id) => (id, &*EMPTY),
+                Err(_) => {
+                    out.ignored = Some(Ignored::DeviceIdTooLong);
+                    return;
+                }
+            },
+        };
+        // The restored table, or (a dead node's tables are cleared) none.
+        let has_table = restored && !(aliases.by_alias.is_empty() && aliases.by_name.is_empty());
+        out.before_birth = Some(if has_table {
+            BeforeBirth::Restored
+        } else {
+            BeforeBirth::None
+        });
+        let r = readings(p, aliases, &cfg.limits, clock.now_ms, out);
+        out.readings = Some((id, r));
+    }
+    if let Some(node) = node {
+        rebirth(
+            node,
+            t,
+            RebirthReason::BeforeBirth,
+            clock,
+            cfg.rebirth_interval,
+            out,
+        );
     }
 }
 
@@ -601,8 +829,8 @@ fn readings(
             (None, Some(alias)) => match aliases.by_alias.get(&alias) {
                 Some(def) => (def.name.clone(), m.datatype.or(Some(def.datatype))),
                 None => {
-                    out.invalid.push("unknown_alias");
-                    continue;
+                    out.unresolved += 1;
+                    (unresolved_name(alias), m.datatype.or(Some(RAW)))
                 }
             },
             (None, None) => {
@@ -618,7 +846,12 @@ fn readings(
             out.unsupported.push("null");
             continue;
         }
-        let value = match value_of(datatype, m.value.as_ref()) {
+        let converted = if datatype == RAW {
+            raw_value(m.value.as_ref())
+        } else {
+            value_of(datatype, m.value.as_ref())
+        };
+        let value = match converted {
             Ok((v, rounded)) => {
                 if rounded {
                     out.invalid.push("uint64_rounded");
@@ -626,7 +859,11 @@ fn readings(
                 v
             }
             Err(Problem::Unsupported) => {
-                out.unsupported.push(dt::label(datatype));
+                out.unsupported.push(if datatype == RAW {
+                    raw_label(m.value.as_ref())
+                } else {
+                    dt::label(datatype)
+                });
                 continue;
             }
             Err(Problem::Mismatch) => {
@@ -650,6 +887,43 @@ fn readings(
 enum Problem {
     Unsupported,
     Mismatch,
+}
+
+/// Not a Sparkplug datatype (those are u32 wire values below 35): "no datatype, no table",
+/// the value is taken as it is on the wire ([`raw_value`]).
+const RAW: u32 = u32::MAX;
+
+/// The metric name of a value whose alias no table resolves: `alias:{n}`.
+#[must_use]
+pub fn unresolved_name(alias: u64) -> CompactString {
+    CompactString::from(format!("alias:{alias}"))
+}
+
+/// A value with no datatype to read it by: the wire field as it is (`int_value` zero-extended,
+/// `long_value` bit-cast to `i64`, floats, booleans and strings as they are), so that
+/// downstream can reinterpret it with the BIRTH (the raw bits are kept).
+#[allow(clippy::cast_possible_wrap)]
+fn raw_value(v: Option<&MetricValue>) -> Result<(Value, bool), Problem> {
+    use MetricValue as V;
+    let value = match v.ok_or(Problem::Mismatch)? {
+        V::IntValue(x) => Value::I64(i64::from(*x)),
+        V::LongValue(x) => Value::I64(*x as i64),
+        V::FloatValue(x) => Value::F64(f64::from(*x)),
+        V::DoubleValue(x) => Value::F64(*x),
+        V::BooleanValue(b) => Value::Bool(*b),
+        V::StringValue(s) => Value::Str(s.as_str().into()),
+        _ => return Err(Problem::Unsupported),
+    };
+    Ok((value, false))
+}
+
+fn raw_label(v: Option<&MetricValue>) -> &'static str {
+    match v {
+        Some(MetricValue::DatasetValue(_)) => "dataset",
+        Some(MetricValue::TemplateValue(_)) => "template",
+        Some(MetricValue::ExtensionValue(_)) => "extension",
+        _ => "bytes",
+    }
 }
 
 /// The reading value of a scalar metric, and whether it was rounded (a UInt64 above
@@ -860,25 +1134,34 @@ mod tests {
                 vec![Reading::new("Inputs/A", true, 1_000)]
             )
         );
-        // The node's aliases are not the device's.
+        // The node's aliases are not the device's: kept under the alias, raw.
         let o = s.handle(
             &t(DD),
             &payload(Some(3), vec![by_alias(1, MetricValue::DoubleValue(1.0))]),
             clock(),
         );
-        assert_eq!(o.invalid, vec!["unknown_alias"]);
+        assert_eq!(o.unresolved, 1);
+        assert!(o.invalid.is_empty());
+        assert_eq!(
+            o.readings.unwrap().1,
+            vec![Reading::new("alias:1", 1.0, 1_000)]
+        );
         assert_eq!(o.rebirth.unwrap().reason, RebirthReason::UnknownAlias);
         let o = s.handle(&t(DX), &payload(Some(4), vec![]), clock());
         assert_eq!(o.events[0].kind, FleetEventKind::Death);
         assert_eq!(o.events[0].device.as_str(), "spb.g.e.d");
-        // DDATA after DDEATH: before birth.
+        // DDATA after DDEATH: before birth, decoded with the device's last DBIRTH.
         let o = s.handle(
             &t(DD),
             &payload(Some(5), vec![by_alias(10, MetricValue::BooleanValue(true))]),
             clock(),
         );
-        assert_eq!(o.ignored, Some(Ignored::BeforeBirth));
-        assert_eq!(o.readings, None);
+        assert_eq!(o.ignored, None);
+        assert_eq!(o.before_birth, Some(BeforeBirth::LastBirth));
+        assert_eq!(
+            o.readings.unwrap().1,
+            vec![Reading::new("Inputs/A", true, 1_000)]
+        );
     }
 
     #[test]
@@ -920,7 +1203,7 @@ mod tests {
             now_ms: ms,
         };
         let o = s.handle(&t(ND), &payload(Some(0), vec![]), at(0));
-        assert_eq!(o.ignored, Some(Ignored::BeforeBirth));
+        assert_eq!(o.before_birth, Some(BeforeBirth::None));
         assert_eq!(o.rebirth.unwrap().reason, RebirthReason::BeforeBirth);
         // Within the interval: suppressed, for this node only.
         let o = s.handle(&t(ND), &payload(Some(1), vec![]), at(4_000));
@@ -965,9 +1248,18 @@ mod tests {
         // Twice: the second has no session to end.
         let o = s.handle(&t(NX), &ndeath(4), clock());
         assert_eq!(o.ignored, Some(Ignored::DeathWithoutBirth));
-        // Data after death: before birth, rebirth requested.
-        let o = s.handle(&t(ND), &payload(Some(2), vec![]), clock());
-        assert_eq!(o.ignored, Some(Ignored::BeforeBirth));
+        // Data after death: before birth (no table: the death forgot it), rebirth requested.
+        let o = s.handle(
+            &t(ND),
+            &payload(Some(2), vec![by_alias(1, MetricValue::DoubleValue(3.0))]),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::None));
+        assert_eq!(
+            o.readings.unwrap().1,
+            vec![Reading::new("alias:1", 3.0, 1_000)]
+        );
+        assert_eq!(o.rebirth.unwrap().reason, RebirthReason::BeforeBirth);
     }
 
     #[test]
@@ -976,8 +1268,14 @@ mod tests {
         s.handle(&t(NB), &nbirth(0, 0), clock());
         s.handle(&t(DB), &payload(Some(1), vec![]), clock());
         s.handle(&t(NB), &nbirth(1, 0), clock());
-        let o = s.handle(&t(DD), &payload(Some(1), vec![]), clock());
-        assert_eq!(o.ignored, Some(Ignored::BeforeBirth));
+        let o = s.handle(
+            &t(DD),
+            &payload(Some(1), vec![by_alias(1, MetricValue::DoubleValue(3.0))]),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::None));
+        assert_eq!(o.unresolved, 1);
+        assert_eq!(o.rebirth.unwrap().reason, RebirthReason::BeforeBirth);
     }
 
     #[test]
@@ -1107,9 +1405,11 @@ mod tests {
         s.handle(&t("spBv1.0/g/NBIRTH/b"), &nbirth(0, 0), clock());
         let o = s.handle(&t("spBv1.0/g/NBIRTH/c"), &nbirth(0, 0), clock());
         assert_eq!(o.ignored, Some(Ignored::TooManyNodes));
-        // Unknown nodes sending data do not grow it either.
+        // Unknown nodes sending data do not grow it either (their data is taken, with no
+        // table, and no Rebirth entry is made for them).
         let o = s.handle(&t("spBv1.0/g/NDATA/z"), &payload(Some(0), vec![]), clock());
-        assert_eq!(o.ignored, Some(Ignored::BeforeBirth));
+        assert_eq!(o.before_birth, Some(BeforeBirth::None));
+        assert_eq!(o.rebirth, None);
         assert_eq!(s.len(), 2);
         // An offline node makes room.
         s.handle(&t("spBv1.0/g/NDEATH/a"), &ndeath(0), clock());
@@ -1131,6 +1431,266 @@ mod tests {
         s.handle(&t("spBv1.0/g/NDEATH/b"), &ndeath(0), clock());
         let o = s.handle(&t(&long), &nbirth(0, 0), clock());
         assert_eq!(o.ignored, Some(Ignored::DeviceIdTooLong));
+    }
+
+    /// The store's state after `ops`, through the file format (frames encoded and decoded).
+    fn stored(ops: &[StoreOp]) -> State {
+        let mut file = b"BWSPS001".to_vec();
+        for op in ops {
+            super::super::store::encode_frame(op, &mut file);
+        }
+        let l = super::super::store::decode(&file);
+        assert_eq!((l.records, l.corrupt), (ops.len(), None));
+        l.state
+    }
+
+    /// A gateway that took NBIRTH (`temp` Double alias 1, `count` Int32 alias 2) and the
+    /// DBIRTH of `d` (`Inputs/A` Boolean alias 10), then died: its persisted ops.
+    fn before_the_crash() -> Vec<StoreOp> {
+        let mut s = sessions();
+        let mut ops = s.handle(&t(NB), &nbirth(7, 0), clock()).persist;
+        let db = payload(
+            Some(1),
+            vec![metric(
+                Some("Inputs/A"),
+                Some(10),
+                dt::BOOLEAN,
+                MetricValue::BooleanValue(false),
+            )],
+        );
+        ops.extend(s.handle(&t(DB), &db, clock()).persist);
+        assert_eq!(ops.len(), 2);
+        ops
+    }
+
+    #[test]
+    fn data_after_a_restore_is_decoded_with_the_restored_names() {
+        let mut s = sessions();
+        let r = s.restore(stored(&before_the_crash()));
+        assert_eq!(
+            r,
+            Restored {
+                edge_nodes: 1,
+                devices: 1,
+                skipped: 0
+            }
+        );
+        assert_eq!((s.len(), s.online()), (1, 0));
+        // The resent DDATA (any seq: a restored node has no seq to continue), by alias only.
+        let o = s.handle(
+            &t(DD),
+            &payload(
+                Some(40),
+                vec![by_alias(10, MetricValue::BooleanValue(true))],
+            ),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::Restored));
+        assert_eq!(o.ignored, None);
+        assert_eq!(
+            o.readings.unwrap(),
+            (
+                DeviceId::parse("spb.g.e.d").unwrap(),
+                vec![Reading::new("Inputs/A", true, 1_000)]
+            )
+        );
+        // A Rebirth is still requested (counted as before_birth), then rate-limited.
+        assert_eq!(o.rebirth.unwrap().reason, RebirthReason::BeforeBirth);
+        // NDATA: the datatype is restored too (Int32 in int_value is sign-extended).
+        let o = s.handle(
+            &t(ND),
+            &payload(
+                Some(41),
+                vec![
+                    by_alias(2, MetricValue::IntValue(u32::MAX)),
+                    by_alias(9, MetricValue::IntValue(5)),
+                ],
+            ),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::Restored));
+        assert_eq!(o.rebirth_suppressed, Some(RebirthReason::BeforeBirth));
+        // An alias the restored table lacks: kept raw under its alias.
+        assert_eq!(o.unresolved, 1);
+        assert_eq!(
+            o.readings.unwrap().1,
+            vec![
+                Reading::new("count", -1i64, 1_000),
+                Reading::new("alias:9", 5i64, 1_000)
+            ]
+        );
+        assert!(o.persist.is_empty());
+        // A device the restored node never had: no table.
+        let o = s.handle(
+            &t("spBv1.0/g/DDATA/e/other"),
+            &payload(
+                Some(42),
+                vec![by_alias(10, MetricValue::BooleanValue(true))],
+            ),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::None));
+        assert_eq!(
+            o.readings.unwrap(),
+            (
+                DeviceId::parse("spb.g.e.other").unwrap(),
+                vec![Reading::new("alias:10", true, 1_000)]
+            )
+        );
+        // Without the store (the gateway before it), the same DDATA has no names.
+        let mut fresh = sessions();
+        let o = fresh.handle(
+            &t(DD),
+            &payload(
+                Some(40),
+                vec![by_alias(10, MetricValue::BooleanValue(true))],
+            ),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::None));
+        assert_eq!(
+            o.readings.unwrap().1,
+            vec![Reading::new("alias:10", true, 1_000)]
+        );
+    }
+
+    #[test]
+    fn a_new_nbirth_replaces_the_restored_table() {
+        let mut s = sessions();
+        s.restore(stored(&before_the_crash()));
+        let p = payload(
+            Some(0),
+            vec![
+                metric(Some(BDSEQ), None, dt::INT64, MetricValue::LongValue(8)),
+                metric(
+                    Some("other"),
+                    Some(1),
+                    dt::FLOAT,
+                    MetricValue::FloatValue(1.0),
+                ),
+            ],
+        );
+        let o = s.handle(&t(NB), &p, clock());
+        assert_eq!(o.before_birth, None);
+        assert_eq!(s.online(), 1);
+        assert_eq!(
+            o.persist,
+            vec![StoreOp::NodeBirth {
+                group: "g".into(),
+                edge_node: "e".into(),
+                bd_seq: Some(8),
+                metrics: vec![
+                    StoredMetric {
+                        name: "other".into(),
+                        datatype: dt::FLOAT,
+                        alias: Some(1)
+                    },
+                    StoredMetric {
+                        name: BDSEQ.into(),
+                        datatype: dt::INT64,
+                        alias: None
+                    }
+                ]
+            }]
+        );
+        let o = s.handle(
+            &t(ND),
+            &payload(
+                Some(1),
+                vec![
+                    by_alias(1, MetricValue::FloatValue(2.5)),
+                    by_alias(2, MetricValue::IntValue(1)),
+                ],
+            ),
+            clock(),
+        );
+        assert_eq!(o.before_birth, None);
+        assert_eq!(
+            o.readings.unwrap().1,
+            vec![
+                Reading::new("other", 2.5, 1_000),
+                Reading::new("alias:2", 1i64, 1_000)
+            ]
+        );
+        assert_eq!(o.rebirth.unwrap().reason, RebirthReason::UnknownAlias);
+        // The restored device is gone with the new NBIRTH: its DDATA has no table.
+        let o = s.handle(
+            &t(DD),
+            &payload(Some(2), vec![by_alias(10, MetricValue::BooleanValue(true))]),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::None));
+        assert_eq!(o.unresolved, 1);
+        // The node is live now: an NDEATH with the new bdSeq ends it.
+        let o = s.handle(&t(NX), &ndeath(8), clock());
+        assert_eq!(o.ignored, None);
+        assert_eq!(s.online(), 0);
+    }
+
+    #[test]
+    fn restored_sessions_are_bounded_and_evictable() {
+        let big = |n: &str| StoreOp::NodeBirth {
+            group: "g".into(),
+            edge_node: n.into(),
+            bd_seq: None,
+            metrics: (0..5)
+                .map(|i| StoredMetric {
+                    name: format!("m{i}"),
+                    datatype: dt::INT64,
+                    alias: Some(i),
+                })
+                .collect(),
+        };
+        let dev = |n: &str, d: &str| StoreOp::DeviceBirth {
+            group: "g".into(),
+            edge_node: n.into(),
+            device: d.into(),
+            metrics: vec![],
+        };
+        let state = stored(&[
+            big("a"),
+            dev("a", "d1"),
+            dev("a", "d2"),
+            big("b"),
+            big("c"),
+            big(&"x".repeat(70)),
+        ]);
+        let mut s = Sessions::new(SessionConfig {
+            max_edge_nodes: 2,
+            max_devices: 1,
+            max_aliases: 2,
+            ..SessionConfig::default()
+        });
+        let r = s.restore(state);
+        assert_eq!(r.edge_nodes, 2);
+        assert_eq!(s.len(), 2);
+        // 4 nodes and 2 devices: 2 nodes restored; the rest skipped (a too-long id, a node
+        // beyond the table, a device beyond max_devices, or a's devices with a).
+        assert_eq!(r.edge_nodes + r.skipped, 4 + 2 - r.devices);
+        assert!(r.devices <= 1);
+        // Aliases beyond max_aliases are not restored.
+        let (g, n) = s.nodes.keys().next().cloned().unwrap();
+        let topic = format!("spBv1.0/{g}/NDATA/{n}");
+        let o = s.handle(
+            &t(&topic),
+            &payload(
+                Some(0),
+                vec![
+                    by_alias(0, MetricValue::LongValue(1)),
+                    by_alias(1, MetricValue::LongValue(2)),
+                    by_alias(4, MetricValue::LongValue(3)),
+                ],
+            ),
+            clock(),
+        );
+        assert_eq!(o.before_birth, Some(BeforeBirth::Restored));
+        assert_eq!(o.unresolved, 1);
+        // Restored nodes are not online: a new node's NBIRTH evicts one, and the store is told.
+        let o = s.handle(&t("spBv1.0/g/NBIRTH/new"), &nbirth(0, 0), clock());
+        assert_eq!(o.ignored, None);
+        assert_eq!(s.len(), 2);
+        assert!(matches!(o.persist[0], StoreOp::Forget { .. }));
+        assert!(matches!(o.persist[1], StoreOp::NodeBirth { .. }));
     }
 
     proptest::proptest! {

@@ -335,7 +335,7 @@ fn describe_sparkplug() {
 pub const SPARKPLUG_MESSAGES: &str = "breakwater_gateway_sparkplug_messages_total";
 /// Sparkplug publishes dropped before the session: `reason` = `bad_topic`, `malformed`.
 pub const SPARKPLUG_INVALID_PAYLOADS: &str = "breakwater_gateway_sparkplug_invalid_payloads_total";
-/// Messages the session did not take, by `reason` (`before_birth`, `stale_death`,
+/// Messages the session did not take, by `reason` (`before_birth`: a DDEATH only, `stale_death`,
 /// `death_without_birth`, `command`, `too_many_edge_nodes`, `too_many_devices`,
 /// `device_id_too_long`; see `sparkplug::session::Ignored`).
 pub const SPARKPLUG_IGNORED: &str = "breakwater_gateway_sparkplug_ignored_messages_total";
@@ -343,7 +343,7 @@ pub const SPARKPLUG_IGNORED: &str = "breakwater_gateway_sparkplug_ignored_messag
 /// `bytes`, `file`, `array`, `null`, ...).
 pub const SPARKPLUG_UNSUPPORTED_METRICS: &str =
     "breakwater_gateway_sparkplug_unsupported_metrics_total";
-/// Malformed metrics, by `reason` (`unknown_alias`, `type_mismatch`, `bad_metric`, ...).
+/// Malformed metrics, by `reason` (`type_mismatch`, `bad_metric`, `no_name`, ...).
 pub const SPARKPLUG_INVALID_METRICS: &str = "breakwater_gateway_sparkplug_invalid_metrics_total";
 /// NCMD `Node Control/Rebirth` sent, by `reason` (`seq_gap`, `missing_seq`, `unknown_alias`,
 /// `before_birth`).

@@ -445,3 +445,175 @@ async fn a_ddata_burst_is_not_skipped() {
     drop(c);
     driver.abort();
 }
+
+/// A gateway kill -9 while an edge node with a persistent MQTT session streams DDATA by alias
+/// at QoS 1 (Paho with `clean_session=False`, payloads encoded by pysparkplug; see
+/// `fixtures/sparkplug_persistent_node.py` for why not pysparkplug's own client). After the
+/// restart on the same spool dir the node resends its unacknowledged DDATA before its new
+/// NBIRTH: they must be in Kafka with the BIRTH's metric names and datatypes (restored from the
+/// session store), and every DDATA the node got a PUBACK for must be there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_ddata_after_a_kill9_is_decoded_with_the_restored_aliases() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    let Some(pypath) = pysparkplug() else { return };
+    let topic = breakwater_testkit::kafka::unique_topic("gw-sp-restart");
+    let events = breakwater_testkit::kafka::unique_topic("gw-sp-restart-ev");
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = GatewayProc::start(
+        dir.path(),
+        &format!(
+            "[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"{topic}\"\nevents_topic = \"{events}\"\npartitions = 1\n[sparkplug]\nenabled = true\nhost_id = \"bw-test\"\ngroups = [\"G\"]\n"
+        ),
+    );
+    const COUNT: u64 = 3_000;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sparkplug_persistent_node.py"
+    );
+    let mut edge = Command::new("python3")
+        .arg(script)
+        .args([&gw.mqtt_port.to_string(), "G", "e7", &COUNT.to_string()])
+        .env("PYTHONPATH", &pypath)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = edge.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let acked = |lines: &[String]| -> std::collections::BTreeSet<u64> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("ACK ")?.parse().ok())
+            .collect()
+    };
+    // Stream, then crash mid-stream.
+    let mut before = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked(&before).len() < 500 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            before.push(l);
+        }
+    }
+    assert!(
+        acked(&before).len() >= 500,
+        "no progress before the kill: {before:?}\n{}",
+        gw.log_text()
+    );
+    gw.kill9();
+    let acked_before_kill = acked(&before);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.spawn();
+    let mut after = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(170);
+    while !after.iter().any(|l: &String| l.starts_with("DONE")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge node did not finish: {after:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            after.push(l);
+        }
+    }
+    let _ = edge.kill();
+    let _ = edge.wait();
+    let said: Vec<&str> = after
+        .iter()
+        .filter(|l| !l.starts_with("ACK "))
+        .map(String::as_str)
+        .collect();
+    assert!(
+        said.iter().any(|l| l.starts_with("CONNECTED"))
+            && said.contains(&"RESENT_ACKED")
+            && said.contains(&"REBORN"),
+        "{said:?}"
+    );
+    assert_eq!(
+        said.last().copied(),
+        Some(format!("DONE acked={COUNT} published={COUNT}").as_str()),
+        "{said:?}"
+    );
+
+    // Kafka: every DDATA, named by the BIRTH (Inputs/C is an Int32: -i only if the restored
+    // datatype was used), the resent ones (DUP) among them.
+    let device = "spb.G.e7.press_2e1";
+    let mut expected = 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let (values, resent) = loop {
+        let records = read_topic(&bootstrap, &topic, 1, expected).await;
+        let mut values = std::collections::BTreeSet::new();
+        let mut resent = 0;
+        for r in &records {
+            let b = r.batch();
+            if b.device.as_str() != device {
+                continue;
+            }
+            let dup = r.header("bw-mqtt-dup") == Some("1");
+            let mut by_name = std::collections::BTreeMap::new();
+            for reading in &b.readings {
+                assert!(
+                    !reading.metric.starts_with("alias:"),
+                    "unresolved metric in Kafka: {reading:?}"
+                );
+                by_name.insert(reading.metric.to_string(), reading.value.clone());
+            }
+            let (Some(Value::I64(bv)), Some(Value::I64(cv))) =
+                (by_name.get("Inputs/B"), by_name.get("Inputs/C"))
+            else {
+                panic!("unexpected readings {:?}", b.readings);
+            };
+            if *bv == 0 {
+                // A DBIRTH (value 0).
+                continue;
+            }
+            assert_eq!(*cv, -*bv, "{:?}", b.readings);
+            assert_eq!(b.readings[0].ts, 1_700_000_000_000 + *bv as u64);
+            values.insert(*bv as u64);
+            resent += usize::from(dup);
+        }
+        if values.len() as u64 >= COUNT || std::time::Instant::now() > deadline {
+            break (values, resent);
+        }
+        expected = records.len() + 1;
+    };
+    let lost: Vec<u64> = acked_before_kill.difference(&values).copied().collect();
+    assert!(lost.is_empty(), "PUBACKed, not in Kafka: {lost:?}");
+    let missing: Vec<u64> = (1..=COUNT).filter(|v| !values.contains(v)).collect();
+    assert!(missing.is_empty(), "published, not in Kafka: {missing:?}");
+    assert!(resent >= 1, "no DDATA was resent (DUP) after the restart");
+
+    // The restarted gateway restored the node, and took DATA with the restored table.
+    let page = gw.metrics();
+    assert_eq!(
+        parse_metric(
+            &page,
+            "breakwater_gateway_sparkplug_restored_edge_nodes",
+            ""
+        ),
+        1.0
+    );
+    let restored = parse_metric(
+        &page,
+        "breakwater_gateway_sparkplug_before_birth_total",
+        "table=\"restored\"",
+    );
+    assert!(restored >= 1.0, "no DATA was taken before the new NBIRTH");
+    assert_eq!(
+        parse_metric(
+            &page,
+            "breakwater_gateway_sparkplug_unresolved_metrics_total",
+            ""
+        ),
+        0.0
+    );
+    eprintln!(
+        "{} PUBACKed before the kill, {resent} resent DDATA records in Kafka, {restored} DATA taken with the restored table",
+        acked_before_kill.len()
+    );
+}

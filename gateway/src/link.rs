@@ -71,8 +71,14 @@ impl LinkConsumer {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let deadline = Instant::now() + Duration::from_millis(200);
-            match self.rx.recv_deadline(deadline) {
+            // Parked standard-client publishes (writer queue full) go first, and are retried
+            // every few ms while any is left.
+            let parked = self
+                .standard
+                .as_ref()
+                .is_some_and(|ingest| ingest.retry_parked(&self.tx));
+            let wait = Duration::from_millis(if parked { 2 } else { 200 });
+            match self.rx.recv_deadline(Instant::now() + wait) {
                 Ok(Some(Notification::Forward(f))) => {
                     self.handle(&f.publish.topic, &f.publish.payload, &mut log_limit);
                 }

@@ -382,6 +382,7 @@ impl Gateway {
                         tracks.clone(),
                         crate::standard::JsonTopics::default(),
                         Limits::DEFAULT,
+                        cfg.standard.max_parked_publishes,
                     ),
                     events: events_tx.clone(),
                     stop: link_stop.clone(),
@@ -403,6 +404,7 @@ impl Gateway {
                 tracks.clone(),
                 json_topics,
                 Limits::DEFAULT,
+                cfg.standard.max_parked_publishes,
             ))
         });
         let consumer = LinkConsumer {
@@ -442,9 +444,11 @@ impl Gateway {
             let spool = spool.clone();
             let depth = depth.clone();
             let sequencer = sequencer.clone();
+            let tracks = tracks.clone();
             Arc::new(move || {
                 #[allow(clippy::cast_precision_loss)]
                 {
+                    metrics::gauge!(m::STANDARD_PARKED_NOW).set(tracks.parked() as f64);
                     metrics::gauge!(m::SPOOL_BYTES).set(spool.bytes() as f64);
                     metrics::gauge!(m::SPOOL_RECORDS).set(spool.records() as f64);
                     metrics::gauge!(m::QUEUE_DEPTH).set(depth.load(Ordering::Relaxed) as f64);

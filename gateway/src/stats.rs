@@ -79,6 +79,11 @@ pub const STANDARD_PUBLISHES: &str = "breakwater_gateway_standard_publishes_tota
 pub const STANDARD_REFUSED: &str = "breakwater_gateway_standard_refused_total";
 /// Standard clients' PUBACKs sent after durability.
 pub const STANDARD_PUBACKS: &str = "breakwater_gateway_standard_pubacks_total";
+/// Standard clients' publishes parked because the writer queue was full (their PUBACK is
+/// delayed, `crate::standard`).
+pub const STANDARD_PARKED: &str = "breakwater_gateway_standard_parked_total";
+/// Standard clients' publishes parked now, waiting for room in the writer queue.
+pub const STANDARD_PARKED_NOW: &str = "breakwater_gateway_standard_parked_publishes";
 /// Time a batch spends in one stage of the ack path, seconds. Labels: `stage` =
 /// * `spooled`: received from the broker -> handed to the Kafka producer (writer queue, spool
 ///   commit, drain read; ms resolution, from the record's receive time), for batches that went
@@ -113,6 +118,7 @@ pub fn zero() {
         KAFKA_DELIVERED_BATCHES,
         KAFKA_ERRORS,
         ACKS_SENT,
+        STANDARD_PARKED,
         "breakwater_gateway_connects_admitted_total",
         "breakwater_gateway_connects_abandoned_total",
         "breakwater_gateway_reconnect_bursts_total",
@@ -150,6 +156,7 @@ pub fn zero() {
     metrics::gauge!("breakwater_gateway_connects_waiting").increment(0.0);
     metrics::gauge!(PRESSURE).set(0.0);
     metrics::gauge!(KAFKA_IN_FLIGHT).increment(0.0);
+    metrics::gauge!(STANDARD_PARKED_NOW).set(0.0);
 }
 
 /// Registers descriptions with the installed recorder.
@@ -271,6 +278,14 @@ pub fn describe() {
     describe_counter!(
         STANDARD_PUBACKS,
         "PUBACKs sent to standard MQTT clients once their publish was durable"
+    );
+    describe_counter!(
+        STANDARD_PARKED,
+        "Publishes of standard MQTT clients parked because the writer queue was full (PUBACK delayed)"
+    );
+    describe_gauge!(
+        STANDARD_PARKED_NOW,
+        "Publishes of standard MQTT clients parked now, waiting for room in the writer queue"
     );
     describe_histogram!(
         STAGE_SECONDS,

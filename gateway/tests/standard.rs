@@ -320,7 +320,7 @@ fn check_config_names_every_bad_json_devices_key() {
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,
-        "[standard]\npuback_timeout_ms = 10\n\n[[json_devices]]\ntopic = \"plant/+/x\"\n\n[[json_devices]]\ntopic = \"bw/{device}/telemetry\"\n\n[[json_devices]]\ntopic = \"ok/{device}\"\nformat = \"object\"\ntimestamp_field = \"\"\n",
+        "[standard]\npuback_timeout_ms = 10\nmax_parked_publishes = 0\n\n[[json_devices]]\ntopic = \"plant/+/x\"\n\n[[json_devices]]\ntopic = \"bw/{device}/telemetry\"\n\n[[json_devices]]\ntopic = \"ok/{device}\"\nformat = \"object\"\ntimestamp_field = \"\"\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -337,6 +337,7 @@ fn check_config_names_every_bad_json_devices_key() {
     assert!(!out.status.success(), "{text}");
     for key in [
         "standard.puback_timeout_ms",
+        "standard.max_parked_publishes",
         "json_devices[0].topic",
         "json_devices[1].topic",
         "json_devices[2].timestamp_field",
@@ -441,4 +442,87 @@ async fn stalled_pubacks_close_the_client_and_nothing_is_lost_when_kafka_returns
     };
     let missing: Vec<u64> = (1..=total).filter(|v| !have.contains(v)).collect();
     assert!(missing.is_empty(), "published, not in Kafka: {missing:?}");
+}
+
+/// A writer queue of one batch and four Paho clients streaming at once: the queue is full most
+/// of the time. Their publishes are parked and their PUBACKs delayed, never refused
+/// (`standard_refused_total{reason="queue_full"}` stays 0; the old refusal closed the client
+/// hundreds of thousands of times here and it made almost no progress), no client is
+/// disconnected, and every reading is in Kafka exactly once and PUBACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_queue_delays_pubacks_and_refuses_nothing() {
+    let bootstrap = breakwater_testkit::require_kafka!();
+    if !paho_available() {
+        return;
+    }
+    let topic = breakwater_testkit::kafka::unique_topic("gw-standard-full");
+    let events = breakwater_testkit::kafka::unique_topic("gw-standard-full-ev");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start_with(
+        dir.path(),
+        "ack_mode = \"kafka\"",
+        &format!(
+            "[kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"{topic}\"\nevents_topic = \"{events}\"\npartitions = 1\n[pipeline]\nqueue_capacity = 1\n{JSON_DEVICES}"
+        ),
+    );
+    let total: u64 = 1_000;
+    let clients: Vec<(String, Paho)> = (1..=4)
+        .map(|i| {
+            let id = format!("press-{i}");
+            let paho = Paho::start(
+                gw.mqtt_port,
+                &id,
+                &format!("plant/{id}/telemetry"),
+                &[
+                    "--count",
+                    &total.to_string(),
+                    "--persistent",
+                    "--timeout",
+                    "120",
+                ],
+            );
+            (id, paho)
+        })
+        .collect();
+    let mut acked_by = BTreeMap::new();
+    for (id, paho) in clients {
+        let (acked, published, lines) = paho.finish(Duration::from_secs(130));
+        assert_eq!(published, total, "{id}: {lines:?}");
+        assert_eq!(
+            acked.len() as u64,
+            total,
+            "{id}: not every publish PUBACKed"
+        );
+        // One connection to the end (the script's own DISCONNECT comes after its last ACK).
+        let events: Vec<&String> = lines.iter().filter(|l| !l.starts_with("ACK ")).collect();
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("CONNECTED")).count(),
+            1,
+            "{id} was disconnected: {events:?}"
+        );
+        acked_by.insert(id, acked);
+    }
+    let refused = gw.metric(
+        "breakwater_gateway_standard_refused_total",
+        "reason=\"queue_full\"",
+    );
+    let parked = gw.metric("breakwater_gateway_standard_parked_total", "");
+    assert_eq!(refused, 0.0, "refused under load:\n{}", gw.metrics());
+    assert!(
+        parked > 0.0,
+        "the writer queue never filled:\n{}",
+        gw.metrics()
+    );
+
+    let want = 4 * total as usize;
+    let recs = read_topic(&bootstrap, &topic, 1, want).await;
+    let (by, _) = values_by_device(&recs);
+    for (id, acked) in &acked_by {
+        let mut got = by.get(id).cloned().unwrap_or_default();
+        got.sort_unstable();
+        let expected: Vec<u64> = (1..=total).collect();
+        assert_eq!(got, expected, "{id}: not exactly once in Kafka");
+        assert!(acked.iter().all(|v| got.binary_search(v).is_ok()));
+    }
+    eprintln!("{parked} publishes parked, 0 refused, {want} readings exactly once");
 }

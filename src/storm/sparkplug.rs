@@ -501,17 +501,26 @@ impl Connection {
                         QoS::AtLeastOnce,
                     )));
                     // The marks of the unsent FIFO, rebuilt in the new write order: the BIRTHs,
-                    // every held publish (its first reading seq, read back from the payload;
-                    // 0 for an old BIRTH), then what is still in the request channel (the
-                    // FIFO's entries past the held publishes that were never written).
+                    // every held DDATA (its first reading seq, read back from the payload),
+                    // then what is still in the request channel (the FIFO's entries past the
+                    // held publishes that were never written).
                     let mut marks = vec![0, 0];
                     let mut unwritten_held = 0;
                     for mut r in held.drain(..) {
                         if let Request::Publish(p) = &mut r {
-                            marks.push(first_seq(p));
                             if p.pkid == 0 {
                                 unwritten_held += 1;
-                            } else {
+                            }
+                            // A BIRTH of the failed connection is superseded by the new ones
+                            // (a real node never resends an old BIRTH). Resent, an NBIRTH
+                            // would carry the old bdSeq: the host would then take the old
+                            // connection's will NDEATH, forwarded late, for this session's
+                            // death, and ignore this connection's DATA as before birth.
+                            if is_birth(p) {
+                                continue;
+                            }
+                            marks.push(first_seq(p));
+                            if p.pkid != 0 {
                                 self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
                                 p.pkid = 0;
                                 p.dup = false;
@@ -617,6 +626,11 @@ impl Connection {
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether `p` is an NBIRTH or a DBIRTH.
+fn is_birth(p: &Publish) -> bool {
+    p.topic.contains("/NBIRTH/") || p.topic.contains("/DBIRTH/")
 }
 
 /// The mark of a publish: a DDATA's first reading seq (its `seq` metric), else 0.

@@ -9,8 +9,9 @@
 //! node publish there, QoS 0 or 1, reaches the host as a `Notification::Deferred` with the
 //! publisher's client id, and a QoS 1 one with a token instead of its PUBACK. The token goes
 //! with the message's readings into [`Ingest::submit`], which PUBACKs it once they are durable
-//! (spool fsync or Kafka delivery report, by the ack mode) or closes the publisher if the
-//! pipeline cannot take them (it resends). A message with nothing to keep (a death, a message
+//! (spool fsync or Kafka delivery report, by the ack mode), parks them while the writer queue is
+//! full (the PUBACK is delayed; the loop retries parked ones every 2 ms), or closes the
+//! publisher if the pipeline cannot take them (it resends). A message with nothing to keep (a death, a message
 //! the session ignored, a payload that does not decode) is PUBACKed at once: resending it would
 //! not help. DATA of a node that is not born is not one of those: it is taken with the restored
 //! (or no) table ([`super::session`], "Restart" and "Unresolved aliases") and PUBACKed when
@@ -123,8 +124,11 @@ impl Host {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let deadline = Instant::now() + Duration::from_millis(200);
-            match self.rx.recv_deadline(deadline) {
+            // Parked publishes (writer queue full) go first, retried every few ms while any
+            // is left (see `crate::standard`).
+            let parked = self.ingest.retry_parked(&self.tx);
+            let wait = Duration::from_millis(if parked { 2 } else { 200 });
+            match self.rx.recv_deadline(Instant::now() + wait) {
                 Ok(Some(Notification::Deferred(d))) => self.handle(*d, &mut log),
                 // NDEATH (the will, see `Filters`), and the host's own NCMD and STATE.
                 Ok(Some(Notification::Forward(f))) => {

@@ -15,6 +15,9 @@ pub struct StandardConfig {
     /// A connection with publishes waiting for their PUBACK is closed when none was acked for
     /// this long, ms (the client resends after reconnecting).
     pub puback_timeout_ms: u64,
+    /// Publishes parked, over the process, while the writer queue is full (their PUBACK is
+    /// delayed). Past it a publish is refused (its connection closed, it resends).
+    pub max_parked_publishes: usize,
 }
 
 impl Default for StandardConfig {
@@ -22,6 +25,7 @@ impl Default for StandardConfig {
         Self {
             max_unacked_per_connection: 100,
             puback_timeout_ms: 60_000,
+            max_parked_publishes: 50_000,
         }
     }
 }
@@ -73,6 +77,9 @@ pub fn validate(
 ) {
     if standard.max_unacked_per_connection == 0 {
         bad("standard.max_unacked_per_connection", "must be > 0".into());
+    }
+    if standard.max_parked_publishes == 0 {
+        bad("standard.max_parked_publishes", "must be > 0".into());
     }
     if standard.puback_timeout_ms < 1_000 {
         bad("standard.puback_timeout_ms", "must be at least 1000".into());

@@ -25,17 +25,32 @@
 //!   in ack mode `kafka`), or at once for a publish that holds nothing to keep (a payload that
 //!   does not decode: counted in `breakwater_gateway_invalid_payloads_total{reason}` and
 //!   dropped, since resending it would not help; a publish with no readings).
-//! * **A refusal closes the client.** When the pipeline cannot take a batch (writer queue full,
-//!   spool full, shutting down, the sequencer lost its state) the publisher's connection is
-//!   closed without a PUBACK (`LinkTx::disconnect`, counted in
+//! * **Backpressure is a delayed PUBACK.** When the writer queue (`[pipeline] queue_capacity`)
+//!   is full, a publish is *parked*, decoded but before the sequencer sees it, in its
+//!   [`Ingest`]'s FIFO; while anything is parked every later publish of that ingest parks behind
+//!   it (one FIFO, not one per device: simpler, and it keeps each device's publishes in order
+//!   into the sequencer). The owning thread (the link consumer, the Sparkplug host) retries the
+//!   parked ones oldest first before each read, every 2 ms while any is left
+//!   ([`Ingest::retry_parked`]); a queue slot is reserved before the sequencer admits a batch,
+//!   so a full queue changes nothing. The PUBACK waits meanwhile, so the client's inflight
+//!   window, then rumqttd's read stop at `[standard] max_unacked_per_connection` waiting
+//!   publishes, throttle it: parked publishes are bounded by that times the connections, and
+//!   by `[standard] max_parked_publishes` over the process (gauge
+//!   `breakwater_gateway_standard_parked_publishes`, counter
+//!   `breakwater_gateway_standard_parked_total`). Nothing is dropped because the gateway is
+//!   busy.
+//! * **A refusal closes the client.** When the pipeline cannot take a batch (spool full,
+//!   shutting down, the sequencer lost its state, the parked cap reached) the publisher's
+//!   connection is closed without a PUBACK (`LinkTx::disconnect`, counted in
 //!   `breakwater_gateway_standard_refused_total{reason}`, logged rate-limited): an MQTT 3.1.1
-//!   client resends unacked publishes only after a reconnect. A batch the spool writer or the
-//!   Kafka drain drops later (`Sequencer::reject`) is never acked; the next publish of that
-//!   device meets the sequencer's gap and closes the client, or, if none comes, rumqttd closes
-//!   it once no PUBACK was released for `[standard] puback_timeout_ms`.
-//! * **Backpressure is a delayed PUBACK.** rumqttd stops reading a connection at `[standard]
-//!   max_unacked_per_connection` waiting publishes; the client's own inflight window throttles
-//!   it. Nothing is dropped because the gateway is busy.
+//!   client resends unacked publishes only after a reconnect. The device starts a new epoch,
+//!   and the connections of its publishes still waiting for durability are closed too (they
+//!   would hold every later PUBACK of their connection: rumqttd releases them in order). A
+//!   batch the spool writer or the Kafka drain drops later (`Sequencer::reject`) is never
+//!   acked; the next publish of that device meets the sequencer's gap and closes the client,
+//!   or, if none comes, rumqttd closes it once no PUBACK was released for `[standard]
+//!   puback_timeout_ms`. A parked publish whose connection was closed meanwhile is still
+//!   taken (its token is then a no-op): its resend is a redelivery duplicate.
 //! * **`(device, epoch, seq)` never names two different readings.** The gateway assigns them:
 //!   a device's epoch is drawn at random (64 bits, `OsRng`) when this process first takes a
 //!   batch of it, and again after every refusal; its seqs run from 1 with no reuse within an
@@ -55,10 +70,11 @@
 //! ingest.submit(&link_tx, &device_id, readings, Some(token), &publisher)  // one batch
 //! ingest.ack_now(&link_tx, token)          // a publish with nothing to keep (e.g. NDEATH)
 //! ingest.refuse(&link_tx, token, reason)   // close the publisher (it resends)
+//! ingest.retry_parked(&link_tx)            // in the thread's loop, before each read
 //! ```
 //!
-//! `submit` takes care of epoch, seqs, spool, Kafka and the PUBACK (or the refusal); `publisher`
-//! ([`Publisher`]) names the source (`"sparkplug"`), client id, pkid and DUP flag for the Kafka
+//! `submit` takes care of epoch, seqs, spool, Kafka and the PUBACK (or parking, or the
+//! refusal); `publisher` ([`Publisher`]) names the source (`"sparkplug"`), client id, pkid and DUP flag for the Kafka
 //! headers. Several devices may share one publisher connection: rumqttd releases a connection's
 //! PUBACKs in arrival order whatever order they become durable in.
 
@@ -147,6 +163,9 @@ fn fresh_epoch() -> u64 {
 #[derive(Debug, Default)]
 pub struct Tracks {
     devices: Mutex<HashMap<DeviceId, Track>>,
+    /// Publishes parked for room in the writer queue, over every [`Ingest`] of the process
+    /// (their cap, `[standard] max_parked_publishes`, and the `/metrics` gauge).
+    parked: AtomicUsize,
 }
 
 impl Tracks {
@@ -174,6 +193,29 @@ impl Tracks {
     pub fn waiting(&self) -> usize {
         self.devices.lock().values().map(|t| t.waiting.len()).sum()
     }
+
+    /// Publishes parked for room in the writer queue (`/metrics` gauge).
+    #[must_use]
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+}
+
+/// A publish waiting for room in the writer queue: decoded, not yet seen by the sequencer.
+#[derive(Debug)]
+struct Parked {
+    device: DeviceId,
+    readings: Vec<Reading>,
+    token: Option<AckToken>,
+    publisher: Publisher,
+}
+
+/// Why [`Ingest::take`] did not take a batch.
+#[derive(Debug)]
+enum NotTaken {
+    /// The writer queue has no room; nothing was changed, the readings come back.
+    Full(Vec<Reading>),
+    Refused(Refusal),
 }
 
 /// A `[[json_devices]]` topic, matched level by level.
@@ -254,6 +296,11 @@ pub struct Ingest {
     pub tracks: Arc<Tracks>,
     pub json: JsonTopics,
     pub limits: Limits,
+    /// This ingest's parked publishes, oldest first; only its owning thread's loop adds and
+    /// retries them ([`Ingest::retry_parked`]).
+    parked: Mutex<VecDeque<Parked>>,
+    /// `[standard] max_parked_publishes`, over the process ([`Tracks::parked`]).
+    max_parked: usize,
     log: Mutex<LogWindow>,
 }
 
@@ -265,6 +312,7 @@ impl std::fmt::Debug for Ingest {
 
 impl Ingest {
     #[must_use]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sequencer: Arc<Sequencer>,
         spool: Arc<Spool>,
@@ -273,6 +321,7 @@ impl Ingest {
         tracks: Arc<Tracks>,
         json: JsonTopics,
         limits: Limits,
+        max_parked: usize,
     ) -> Self {
         Self {
             sequencer,
@@ -282,6 +331,8 @@ impl Ingest {
             tracks,
             json,
             limits,
+            parked: Mutex::new(VecDeque::new()),
+            max_parked,
             log: Mutex::new(LogWindow::new()),
         }
     }
@@ -338,12 +389,15 @@ impl Ingest {
     }
 
     /// Hands `readings` of `device` to the pipeline as one batch; `token`'s PUBACK goes out
-    /// when it is durable, or the publisher is closed if it cannot be taken. Never blocks.
+    /// when it is durable. When the writer queue is full the publish is parked (and behind it
+    /// every later one of this ingest) until [`Ingest::retry_parked`] finds room; the publisher
+    /// is closed only if it cannot be taken at all (spool full, shutting down, the parked cap
+    /// reached). Never blocks.
     pub fn submit(
         &self,
         link: &LinkTx,
         device: &DeviceId,
-        mut readings: Vec<Reading>,
+        readings: Vec<Reading>,
         token: Option<AckToken>,
         publisher: &Publisher,
     ) {
@@ -353,34 +407,136 @@ impl Ingest {
             }
             return;
         }
-        let limit = self.limits.max_readings_per_batch;
-        // Several batches for a long message (a Sparkplug payload may exceed the protocol's
-        // batch limit); the token waits for the last.
-        while readings.len() > limit {
-            let rest = readings.split_off(limit);
-            let head = std::mem::replace(&mut readings, rest);
-            if let Err(refusal) = self.take(device, head, None, publisher) {
-                if let Some(token) = token {
-                    self.refuse(link, token, refusal, publisher);
-                }
-                return;
-            }
+        let parked = Parked {
+            device: device.clone(),
+            readings,
+            token,
+            publisher: publisher.clone(),
+        };
+        // Behind what is parked already: a device's publishes enter the sequencer in order.
+        if !self.parked.lock().is_empty() {
+            return self.park(link, parked);
         }
-        if let Err(refusal) = self.take(device, readings, token, publisher) {
-            if let Some(token) = token {
-                self.refuse(link, token, refusal, publisher);
+        if let Some(rest) = self.submit_now(link, parked) {
+            self.park(link, rest);
+        }
+    }
+
+    /// Retries the parked publishes, oldest first, until one finds the writer queue full
+    /// again. Returns whether some are still parked (the caller polls again soon). Called from
+    /// the owning thread's loop.
+    pub fn retry_parked(&self, link: &LinkTx) -> bool {
+        loop {
+            let Some(p) = self.parked.lock().pop_front() else {
+                return false;
+            };
+            match self.submit_now(link, p) {
+                None => {
+                    self.tracks.parked.fetch_sub(1, Ordering::Relaxed);
+                }
+                Some(rest) => {
+                    self.parked.lock().push_front(rest);
+                    return true;
+                }
             }
         }
     }
 
-    /// One batch into the pipeline. On a refusal the device starts a new epoch.
+    /// Whether this ingest holds parked publishes.
+    #[must_use]
+    pub fn has_parked(&self) -> bool {
+        !self.parked.lock().is_empty()
+    }
+
+    /// Parks `p` at the back, or refuses it (closing its publisher) past the cap.
+    fn park(&self, link: &LinkTx, p: Parked) {
+        if self.tracks.parked.fetch_add(1, Ordering::Relaxed) >= self.max_parked {
+            self.tracks.parked.fetch_sub(1, Ordering::Relaxed);
+            if let Some(token) = p.token {
+                self.refuse(link, token, Refusal::QueueFull, &p.publisher);
+            } else {
+                // No token (QoS 0 before patch 22 gave one, or a forwarded message): nothing
+                // to close; the readings are dropped, counted and logged.
+                metrics::counter!(m::STANDARD_REFUSED, "reason" => Refusal::QueueFull.reason())
+                    .increment(1);
+                if let Some(unlogged) = self.log.lock().allow() {
+                    warn!(client_id = %p.publisher.client_id, unlogged, "standard client's publish without a token dropped: writer queue and parked publishes full");
+                }
+            }
+            return;
+        }
+        metrics::counter!(m::STANDARD_PARKED).increment(1);
+        self.parked.lock().push_back(p);
+    }
+
+    /// Takes `p`'s readings as one or more batches (a Sparkplug payload may exceed the
+    /// protocol's batch limit; the token waits for the last). Returns what is left, with the
+    /// token, if the writer queue filled up; refuses the publisher on any other problem.
+    fn submit_now(&self, link: &LinkTx, p: Parked) -> Option<Parked> {
+        let Parked {
+            device,
+            mut readings,
+            token,
+            publisher,
+        } = p;
+        let limit = self.limits.max_readings_per_batch;
+        loop {
+            let rest = if readings.len() > limit {
+                readings.split_off(limit)
+            } else {
+                Vec::new()
+            };
+            let last = rest.is_empty();
+            let result = self.take(
+                link,
+                &device,
+                readings,
+                if last { token } else { None },
+                &publisher,
+            );
+            match result {
+                Ok(()) if last => return None,
+                Ok(()) => readings = rest,
+                Err(NotTaken::Full(mut head)) => {
+                    head.extend(rest);
+                    return Some(Parked {
+                        device,
+                        readings: head,
+                        token,
+                        publisher,
+                    });
+                }
+                Err(NotTaken::Refused(refusal)) => {
+                    if let Some(token) = token {
+                        self.refuse(link, token, refusal, &publisher);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// One batch into the pipeline. A full writer queue changes nothing; on a refusal the
+    /// device starts a new epoch.
     fn take(
         &self,
+        link: &LinkTx,
         device: &DeviceId,
         readings: Vec<Reading>,
         token: Option<AckToken>,
         publisher: &Publisher,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), NotTaken> {
+        // A queue slot first, before the sequencer sees the batch: a full queue then leaves
+        // sequencer, spool and track as they were.
+        let permit = match self.queue.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => return Err(NotTaken::Full(readings)),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                metrics::counter!(m::DROPPED_BATCHES, "reason" => Refusal::ShuttingDown.reason())
+                    .increment(1);
+                return Err(NotTaken::Refused(Refusal::ShuttingDown));
+            }
+        };
         let mut devices = self.tracks.devices.lock();
         let track = devices.entry(device.clone()).or_insert_with(Track::new);
         let batch = Batch {
@@ -390,8 +546,7 @@ impl Ingest {
             readings,
         };
         let n = batch.readings.len() as u64;
-        let result = self.pipeline(batch, publisher);
-        match result {
+        match self.pipeline(batch, publisher, permit) {
             Ok(last) => {
                 track.next_seq = last + 1;
                 if let Some(token) = token {
@@ -401,16 +556,29 @@ impl Ingest {
                 Ok(())
             }
             Err(refusal) => {
-                // Whatever of the old epoch is still in flight becomes durable unacked (its
-                // publisher is being closed and resends); the new epoch never meets it.
-                *track = Track::new();
-                Err(refusal)
+                // Whatever of the old epoch is still in flight becomes durable unacked; the new
+                // epoch never meets it. Its waiting tokens would hold every later PUBACK of
+                // their connection (rumqttd releases them in order) until the PUBACK timeout:
+                // their publishers are closed now instead (usually the refused publish's own
+                // connection, whose other tokens are then stale no-ops) and resend.
+                let old = std::mem::replace(track, Track::new());
+                drop(devices);
+                for (_, t) in old.waiting {
+                    link.disconnect(t).ok();
+                }
+                Err(NotTaken::Refused(refusal))
             }
         }
     }
 
-    /// Sequencer, spool reservation, writer queue: the agent path's hand-off (`crate::link`).
-    fn pipeline(&self, batch: Batch, publisher: &Publisher) -> Result<u64, Refusal> {
+    /// Sequencer, spool reservation, writer queue (its slot reserved already): the agent
+    /// path's hand-off (`crate::link`).
+    fn pipeline(
+        &self,
+        batch: Batch,
+        publisher: &Publisher,
+        permit: mpsc::Permit<'_, Accepted>,
+    ) -> Result<u64, Refusal> {
         let device = batch.device.clone();
         let (epoch, first) = (batch.epoch, batch.first_seq);
         let b = match self.sequencer.admit(batch) {
@@ -438,21 +606,11 @@ impl Ingest {
             return Err(Refusal::SpoolFull);
         }
         self.depth.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.queue.try_send(Accepted {
+        permit.send(Accepted {
             device: device.clone(),
             record,
             size,
-        }) {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-            self.spool.release(size);
-            self.sequencer.reject(&device, epoch, first);
-            let refusal = match e {
-                mpsc::error::TrySendError::Full(_) => Refusal::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => Refusal::ShuttingDown,
-            };
-            metrics::counter!(m::DROPPED_BATCHES, "reason" => refusal.reason()).increment(1);
-            return Err(refusal);
-        }
+        });
         Ok(last)
     }
 

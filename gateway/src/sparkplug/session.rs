@@ -1694,6 +1694,55 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any store content (arbitrary ops, as a hostile or stale file could hold) restores
+        /// within the bounds, and the sessions then take any message without panicking.
+        #[test]
+        fn restored_sessions_stay_within_bounds(
+            ops in proptest::collection::vec(
+                (0u8..3, 0usize..6, 0usize..4, 0usize..6, 0u64..8),
+                0..40,
+            ),
+            alias in 0u64..8,
+        ) {
+            let ops: Vec<StoreOp> = ops
+                .into_iter()
+                .map(|(k, n, d, metrics, a)| {
+                    let metrics: Vec<StoredMetric> = (0..metrics)
+                        .map(|i| StoredMetric {
+                            name: format!("m{i}"),
+                            datatype: u32::try_from(i).unwrap_or(0) * 3,
+                            alias: Some(a + i as u64),
+                        })
+                        .collect();
+                    match k {
+                        0 => StoreOp::NodeBirth { group: "g".into(), edge_node: format!("n{n}"), bd_seq: Some(a), metrics },
+                        1 => StoreOp::DeviceBirth { group: "g".into(), edge_node: format!("n{n}"), device: format!("d{d}"), metrics },
+                        _ => StoreOp::Forget { group: "g".into(), edge_node: format!("n{n}") },
+                    }
+                })
+                .collect();
+            let mut s = Sessions::new(SessionConfig { max_edge_nodes: 3, max_devices: 2, max_aliases: 3, ..SessionConfig::default() });
+            s.restore(stored(&ops));
+            proptest::prop_assert!(s.len() <= 3);
+            for node in s.nodes.values() {
+                proptest::prop_assert!(node.devices.len() <= 2);
+                proptest::prop_assert!(node.aliases.by_name.len() <= 3);
+                proptest::prop_assert!(!node.online && node.restored);
+            }
+            for n in 0..6 {
+                for topic in [format!("spBv1.0/g/NDATA/n{n}"), format!("spBv1.0/g/DDATA/n{n}/d1")] {
+                    let o = s.handle(&t(&topic), &payload(Some(0), vec![by_alias(alias, MetricValue::LongValue(1))]), clock());
+                    proptest::prop_assert!(o.before_birth.is_some());
+                    // Taken, or counted as unsupported or invalid: never lost silently.
+                    let taken = o.readings.map_or(0, |r| r.1.len());
+                    proptest::prop_assert_eq!(taken + o.unsupported.len() + o.invalid.len(), 1);
+                }
+            }
+            proptest::prop_assert!(s.len() <= 3);
+        }
+    }
+
+    proptest::proptest! {
         /// Hostile edge nodes: any sequence of messages (topics of every type for a few nodes
         /// and devices, payloads from arbitrary bytes that decode, or arbitrary metrics) never
         /// panics, and the table stays within its bound.

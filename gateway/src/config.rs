@@ -67,6 +67,10 @@ pub struct MqttConfig {
     pub max_saved_sessions: usize,
     /// Seconds a persistent session is kept after its client has gone (rumqttd patch 21).
     pub saved_session_expiry_secs: u64,
+    /// Keep persistent sessions (client id, subscriptions) in `{spool.dir}/sessions.jsonl`, so
+    /// they survive a gateway restart (`crate::sessions`, rumqttd patch 23). `false`: in memory
+    /// only; after a restart every client gets `session present = 0`.
+    pub persist_sessions: bool,
     /// The TLS listener, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -109,6 +113,7 @@ impl Default for MqttConfig {
             segment_count: 4,
             max_saved_sessions: 10_000,
             saved_session_expiry_secs: 3_600,
+            persist_sessions: true,
             tls: None,
         }
     }

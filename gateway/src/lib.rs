@@ -45,6 +45,7 @@ pub mod kafka;
 pub mod link;
 pub mod sequencer;
 pub mod service;
+pub mod sessions;
 pub mod sparkplug;
 pub mod spool;
 pub mod standard;

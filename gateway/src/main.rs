@@ -175,23 +175,33 @@ fn main() -> ExitCode {
             println!("{}", breakwater_gateway::admission::hash_secret(secret));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig => match Config::load(cli.config.as_deref()) {
-            Ok(_) => {
-                println!("configuration OK");
-                ExitCode::SUCCESS
-            }
-            Err(ConfigError::Invalid(problems)) => {
-                for p in &problems {
-                    eprintln!("error: {p}");
+        Command::CheckConfig => {
+            match Config::load(cli.config.as_deref()) {
+                Ok(cfg) => {
+                    if cfg.mqtt.persist_sessions {
+                        println!(
+                            "persistent MQTT sessions: {}",
+                            breakwater_gateway::sessions::path(&cfg.spool.dir).display()
+                        );
+                    } else {
+                        println!("persistent MQTT sessions: in memory only (mqtt.persist_sessions = false)");
+                    }
+                    println!("configuration OK");
+                    ExitCode::SUCCESS
                 }
-                eprintln!("{} problem(s) found", problems.len());
-                ExitCode::FAILURE
+                Err(ConfigError::Invalid(problems)) => {
+                    for p in &problems {
+                        eprintln!("error: {p}");
+                    }
+                    eprintln!("{} problem(s) found", problems.len());
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Spool {
             command: SpoolCommand::Export { dir },
         } => {

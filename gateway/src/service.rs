@@ -208,7 +208,7 @@ impl Gateway {
         admission.set_json_topics(json_topics.clone());
         let deferred = json_topics.filters();
         let standard_on = !deferred.is_empty();
-        let rcfg = crate::broker::rumqttd_config(
+        let mut rcfg = crate::broker::rumqttd_config(
             &cfg.mqtt,
             &cfg.standard,
             admission.max_connections(),
@@ -222,6 +222,29 @@ impl Gateway {
             admission.set_sparkplug(crate::sparkplug::authz::Acl::new(&cfg.sparkplug));
             crate::sparkplug::host::Filters::new(&cfg.sparkplug.groups, &cfg.sparkplug.host_id)
         });
+        // Persistent sessions on disk (vendor/PATCHES.md patch 23). After the policy is
+        // complete: each restored subscription is decided again by it.
+        if cfg.mqtt.persist_sessions {
+            let adm = Arc::clone(&admission);
+            let allow: crate::sessions::Allow = Arc::new(move |client_id, filter, qos| {
+                adm.authorize(&rumqttd::hooks::AuthzRequest {
+                    client_id,
+                    principal: client_id,
+                    action: rumqttd::hooks::AuthzAction::Subscribe { filter, qos },
+                })
+            });
+            let limits = crate::sessions::Limits {
+                max_records: cfg.mqtt.max_saved_sessions + admission.max_connections(),
+            };
+            let dir = cfg.spool.dir.clone();
+            let (store, _) = tokio::task::spawn_blocking(move || {
+                crate::sessions::DiskSessionStore::open(&dir, limits, &allow)
+            })
+            .await
+            .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
+            .map_err(StartError::Thread)?;
+            rcfg.router.session_store = Some(store);
+        }
         let links = tokio::task::spawn_blocking(move || {
             crate::broker::start(rcfg, &listens, sparkplug_filters.as_ref(), &deferred)
         })

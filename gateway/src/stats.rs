@@ -343,7 +343,42 @@ fn describe_sparkplug() {
         SPARKPLUG_RESTORED,
         "Sparkplug edge nodes restored from the session store at start"
     );
+    describe_gauge!(
+        SESSIONS_STORED,
+        "Persistent MQTT sessions in the session file"
+    );
+    describe_counter!(
+        SESSIONS_LOAD_ERRORS,
+        "Parts of the session file not restored at start, by reason"
+    );
+    describe_counter!(SESSIONS_WRITE_ERRORS, "Failed writes of the session file");
+    describe_counter!(
+        SESSIONS_DROPPED_CHANGES,
+        "Session changes not stored because the session writer was behind"
+    );
+    describe_counter!(
+        SESSIONS_NOT_STORED,
+        "Persistent sessions not stored, by reason"
+    );
+    metrics::describe_histogram!(
+        SESSIONS_WRITE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to rewrite and fsync the session file"
+    );
 }
+
+// Persistent MQTT sessions on disk (`crate::sessions`, vendor/PATCHES.md patch 23).
+/// Sessions in the file after its last write.
+pub const SESSIONS_STORED: &str = "breakwater_gateway_sessions_stored";
+/// Labels: `reason` = `unreadable`, `bad_header`, `bad_record`, `line_too_long`, `truncated`,
+/// `too_many`, `too_many_filters`, `denied`.
+pub const SESSIONS_LOAD_ERRORS: &str = "breakwater_gateway_sessions_load_errors_total";
+pub const SESSIONS_WRITE_ERRORS: &str = "breakwater_gateway_sessions_write_errors_total";
+/// Changes dropped because `max_records` client ids were already pending.
+pub const SESSIONS_DROPPED_CHANGES: &str = "breakwater_gateway_sessions_dropped_changes_total";
+/// Labels: `reason` = `too_many_filters`.
+pub const SESSIONS_NOT_STORED: &str = "breakwater_gateway_sessions_not_stored_total";
+pub const SESSIONS_WRITE_SECONDS: &str = "breakwater_gateway_sessions_write_seconds";
 
 // Sparkplug B host application (`crate::sparkplug`).
 /// Sparkplug messages received, by `type` (`NBIRTH`, `NDATA`, ...).

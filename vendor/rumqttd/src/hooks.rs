@@ -130,3 +130,49 @@ pub struct AuthzRequest<'a> {
 /// Decides about one action; `true` allows it. Called on the connection's task for every
 /// PUBLISH and SUBSCRIBE filter: keep it cheap and never block.
 pub type AuthzHandler = Arc<dyn Fn(&AuthzRequest<'_>) -> bool + Send + Sync>;
+
+/// Breakwater patch 23: a persistent session as a [`SessionStore`] keeps it: what the router
+/// needs to rebuild it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub client_id: String,
+    /// The session's subscriptions with their QoS. Shared subscriptions (`$share/...`) are not
+    /// included: the router does not restore them.
+    pub subscriptions: Vec<(String, crate::protocol::QoS)>,
+    /// When its client went, if it had; `None` while it is connected. The router counts a
+    /// restored session's expiry (`RouterConfig::saved_session_expiry_secs`) from here, or from
+    /// the restart when `None` (the client was connected when the broker stopped).
+    pub disconnected_at: Option<std::time::SystemTime>,
+}
+
+/// Breakwater patch 23: where persistent sessions (`clean_session = false`) outlive the
+/// process. Set on [`RouterConfig::session_store`](crate::RouterConfig::session_store).
+///
+/// The router calls [`load`](SessionStore::load) once, on its own thread, before it takes any
+/// connection, and puts what it returns in its saved sessions (they count against
+/// `max_saved_sessions` and expire per `saved_session_expiry_secs`). A client that then connects
+/// with `clean_session = false` and a restored client id gets `session present = 1` and its
+/// subscriptions back. Then it reports every change: [`save`](SessionStore::save) when a
+/// persistent session connects, subscribes, unsubscribes or is saved on disconnect (the whole
+/// record each time), [`forget`](SessionStore::forget) when one is discarded (a clean session
+/// with its client id, the cap, the expiry).
+///
+/// Only subscriptions are kept: not the messages queued to the client, not QoS 2 state.
+///
+/// `save` and `forget` are called on the router thread, for every connect of a persistent
+/// session: they must not block (hand the change to another thread; see the implementation's
+/// documentation for what it does when that thread falls behind).
+pub trait SessionStore: Send + Sync {
+    /// The sessions saved by an earlier process.
+    fn load(&self) -> Vec<StoredSession>;
+    /// The session's record is now `session` (replacing any earlier one).
+    fn save(&self, session: StoredSession);
+    /// The session of `client_id` is gone.
+    fn forget(&self, client_id: &str);
+}
+
+impl std::fmt::Debug for dyn SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionStore")
+    }
+}

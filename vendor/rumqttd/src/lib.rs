@@ -267,6 +267,10 @@ pub struct RouterConfig {
     /// Default (`None`): 3,600.
     #[serde(default)]
     pub saved_session_expiry_secs: Option<u64>,
+    /// Breakwater patch 23: where persistent sessions outlive the process (see
+    /// [`hooks::SessionStore`]). Default (`None`): in memory only.
+    #[serde(skip)]
+    pub session_store: Option<Arc<dyn hooks::SessionStore>>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

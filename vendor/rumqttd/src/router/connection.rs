@@ -42,6 +42,9 @@ pub struct Connection {
     pub(crate) deferred: super::deferred::DeferredQueue,
     /// Breakwater patch 22: shared with the connection's link (`LinkTx::deferred`).
     pub(crate) deferred_shared: std::sync::Arc<super::deferred::DeferredShared>,
+    /// Breakwater patch 23: a persistent session's subscriptions with their QoS, as reported
+    /// to the session store (shared subscriptions are not).
+    pub(crate) stored_filters: std::collections::BTreeMap<Filter, crate::protocol::QoS>,
 }
 
 /// Breakwater patch 9: the next [`Connection::generation`]. Starts at 1: 0 is never registered.
@@ -81,6 +84,7 @@ impl Connection {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             deferred: Default::default(),
             deferred_shared: Default::default(),
+            stored_filters: Default::default(),
         }
     }
 

@@ -1,6 +1,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::protocol::QoS;
+use crate::Filter;
+
 use super::{
     scheduler::{PauseReason, Tracker},
     ConnectionEvents,
@@ -15,6 +18,9 @@ use super::{
 /// Saving one more than the cap drops the oldest; an expired one is dropped when the next
 /// session is saved (or retrieved). Dropped sessions are returned to the router, which
 /// releases what their subscriptions held.
+///
+/// Breakwater patch 23: sessions restored from a session store are saved here with the age
+/// they had (`save_state_at`).
 pub struct Graveyard {
     connections: HashMap<String, SavedState>,
     /// Breakwater patch 21: saved sessions by age: (saved at, sequence) -> client id.
@@ -48,21 +54,33 @@ impl Graveyard {
     /// expired (Breakwater patch 21).
     pub fn save_state(
         &mut self,
-        mut tracker: Tracker,
+        tracker: Tracker,
         subscriptions: HashSet<String>,
+        stored_filters: BTreeMap<Filter, QoS>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
     ) -> Vec<SessionState> {
-        tracker.pause(PauseReason::Busy);
-        let id = tracker.id.clone();
-
         let session_state = SessionState {
             tracker,
             subscriptions,
+            stored_filters,
             unacked_pubrels,
         };
+        self.save_state_at(session_state, metrics, Instant::now())
+    }
 
-        let age = (Instant::now(), self.next_seq);
+    /// Breakwater patch 23: saves a session as if it had been saved at `saved_at` (a restored
+    /// one keeps the age it had). Returns what `save_state` returns.
+    pub fn save_state_at(
+        &mut self,
+        mut session_state: SessionState,
+        metrics: ConnectionEvents,
+        saved_at: Instant,
+    ) -> Vec<SessionState> {
+        session_state.tracker.pause(PauseReason::Busy);
+        let id = session_state.tracker.id.clone();
+
+        let age = (saved_at, self.next_seq);
         self.next_seq += 1;
         if let Some(previous) = self.connections.insert(
             id.clone(),
@@ -98,9 +116,13 @@ impl Graveyard {
     }
 
     /// Breakwater patch 21: sessions saved now.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Breakwater patch 23: how long a session is kept.
+    pub fn expiry(&self) -> Duration {
+        self.expiry
     }
 }
 
@@ -116,6 +138,8 @@ pub struct SavedState {
 pub struct SessionState {
     pub tracker: Tracker,
     pub subscriptions: HashSet<String>,
+    /// Breakwater patch 23: see `Connection::stored_filters`.
+    pub stored_filters: BTreeMap<Filter, QoS>,
     // used for pubrel in qos2
     pub unacked_pubrels: VecDeque<u16>,
 }
@@ -128,6 +152,7 @@ mod tests {
         g.save_state(
             Tracker::new(id.to_owned()),
             HashSet::new(),
+            BTreeMap::new(),
             ConnectionEvents::default(),
             VecDeque::new(),
         )

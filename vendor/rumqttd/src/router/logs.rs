@@ -612,6 +612,7 @@ mod test {
             shared_subscriptions_strategy: Strategy::RoundRobin,
             max_saved_sessions: None,
             saved_session_expiry_secs: None,
+            session_store: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -634,6 +635,7 @@ mod test {
             shared_subscriptions_strategy: Strategy::RoundRobin,
             max_saved_sessions: None,
             saved_session_expiry_secs: None,
+            session_store: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");
@@ -657,6 +659,7 @@ mod test {
             shared_subscriptions_strategy: Strategy::RoundRobin,
             max_saved_sessions: None,
             saved_session_expiry_secs: None,
+            session_store: None,
         };
         let filters = ["a/b/c", "a/#", "#", "+/b/+", "$SYS/up", "d/e", "a/b", ""];
         let topics = ["a/b/c", "a/b", "a/x/c", "d/e", "$SYS/up", "x/y", "q", "", "a/b/c/d"];
@@ -703,6 +706,7 @@ mod test {
                 shared_subscriptions_strategy: Strategy::RoundRobin,
                 max_saved_sessions: None,
                 saved_session_expiry_secs: None,
+                session_store: None,
             })
             .unwrap()
         }

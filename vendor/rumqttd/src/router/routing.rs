@@ -30,6 +30,19 @@ use super::{
     ShadowRequest, MAX_CHANNEL_CAPACITY, MAX_SCHEDULE_ITERATIONS,
 };
 
+/// Breakwater patch 23: a persistent session's record for the session store.
+fn stored_session(
+    client_id: &str,
+    filters: &std::collections::BTreeMap<Filter, QoS>,
+    disconnected_at: Option<SystemTime>,
+) -> crate::hooks::StoredSession {
+    crate::hooks::StoredSession {
+        client_id: client_id.to_owned(),
+        subscriptions: filters.iter().map(|(f, q)| (f.clone(), *q)).collect(),
+        disconnected_at,
+    }
+}
+
 #[derive(Error, Debug)]
 pub enum RouterError {
     #[error("Receive error = {0}")]
@@ -114,6 +127,8 @@ pub struct Router {
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
     /// Breakwater patch 22: filters whose QoS 1 PUBACKs a local link owns, with that link.
     deferred_filters: Vec<(String, ConnectionId)>,
+    /// Breakwater patch 23: where persistent sessions outlive the process, if anywhere.
+    session_store: Option<std::sync::Arc<dyn crate::hooks::SessionStore>>,
 }
 
 impl Router {
@@ -133,6 +148,7 @@ impl Router {
         };
 
         let max_connections = config.max_connections;
+        let session_store = config.session_store.clone();
         Router {
             id: router_id,
             config: config.clone(),
@@ -166,6 +182,7 @@ impl Router {
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
             deferred_filters: Vec::new(),
+            session_store,
         }
     }
 
@@ -189,6 +206,8 @@ impl Router {
         let link = self.link();
         router
             .spawn(move || {
+                // Breakwater patch 23: before any connection.
+                self.restore_sessions();
                 let e = self.run(0);
                 error!(reason=?e, "Router done!");
             })
@@ -408,16 +427,20 @@ impl Router {
 
             // if session's state is present, restore that session
             // otherwise, just start new one
-            saved_state.map_or_else(
+            let tracker = saved_state.map_or_else(
                 || Tracker::new(client_id.clone()),
                 |session_state| {
                     connection.subscriptions = session_state.subscriptions;
+                    connection.stored_filters = session_state.stored_filters;
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
                     outgoing.unacked_pubrels = session_state.unacked_pubrels;
                     session_state.tracker
                 },
-            )
+            );
+            // Breakwater patch 23: a persistent session exists from its CONNECT on.
+            self.store_session(&client_id, &connection.stored_filters, None);
+            tracker
         } else {
             // Only retrieve metrics in clean session
             // Breakwater patch 21: a saved persistent session the clean one discards releases
@@ -644,9 +667,16 @@ impl Router {
                 }
             }
 
+            // Breakwater patch 23: its expiry runs from now, also after a restart.
+            self.store_session(
+                &client_id,
+                &connection.stored_filters,
+                Some(SystemTime::now()),
+            );
             let dropped = self.graveyard.save_state(
                 tracker,
                 connection.subscriptions,
+                connection.stored_filters,
                 connection.events,
                 outgoing.unacked_pubrels,
             );
@@ -675,10 +705,118 @@ impl Router {
     /// session with its client id): its data requests stop pinning their logs, and filters
     /// nobody reads any more are forgotten.
     fn release_saved_session(&mut self, session: super::graveyard::SessionState) {
+        // Breakwater patch 23: and it is gone from the store.
+        if let Some(store) = &self.session_store {
+            store.forget(&session.tracker.id);
+        }
+        self.release_saved_session_readers(session);
+    }
+
+    fn release_saved_session_readers(&mut self, session: super::graveyard::SessionState) {
         for request in session.tracker.data_requests.iter() {
             self.datalog.remove_reader(request.filter_idx, true);
             self.datalog.forget_if_unused(request.filter_idx);
         }
+    }
+
+    /// Breakwater patch 23: reports a persistent session's record to the store, if any.
+    fn store_session(
+        &self,
+        client_id: &str,
+        filters: &std::collections::BTreeMap<Filter, QoS>,
+        disconnected_at: Option<SystemTime>,
+    ) {
+        if let Some(store) = &self.session_store {
+            store.save(stored_session(client_id, filters, disconnected_at));
+        }
+    }
+
+    /// Breakwater patch 23: puts the sessions of the session store, if any, in the graveyard,
+    /// as saved when their clients went (or now, if they were connected when the broker
+    /// stopped): a session older than the expiry, or beyond the cap, is dropped (and forgotten
+    /// by the store) right away. Each subscription gets a data request at the end of its
+    /// (new, empty) log, as a new subscription would, retained messages included. Shared
+    /// subscriptions and invalid client ids or filters are skipped.
+    pub(crate) fn restore_sessions(&mut self) {
+        let Some(store) = self.session_store.clone() else {
+            return;
+        };
+        let sessions = store.load();
+        let count = sessions.len();
+        let now = SystemTime::now();
+        let start = std::time::Instant::now();
+        for stored in sessions {
+            if validate_clientid(&stored.client_id).is_err() {
+                warn!(
+                    client_id = stored.client_id,
+                    "stored session: invalid client id, skipped"
+                );
+                store.forget(&stored.client_id);
+                continue;
+            }
+            // Restored before: a store that repeats a client id has the last word.
+            if let Some(previous) = self.graveyard.retrieve(&stored.client_id) {
+                if let Some(session) = previous.session_state {
+                    self.release_saved_session_readers(session);
+                }
+            }
+            let mut tracker = Tracker::new(stored.client_id.clone());
+            let mut subscriptions = HashSet::new();
+            let mut stored_filters = std::collections::BTreeMap::new();
+            for (filter, qos) in stored.subscriptions {
+                if extract_group(&filter).is_some() || filter.is_empty() {
+                    debug!(filter, "stored session: filter not restored");
+                    continue;
+                }
+                if !subscriptions.insert(filter.clone()) {
+                    continue;
+                }
+                let (filter_idx, cursor) = self.datalog.next_native_offset(&filter);
+                self.datalog.add_reader(filter_idx, true);
+                tracker.register_data_request(DataRequest {
+                    filter: filter.clone(),
+                    filter_idx,
+                    qos: qos as u8,
+                    cursor,
+                    read_count: 0,
+                    max_count: 100,
+                    forward_retained: true,
+                    group: None,
+                });
+                stored_filters.insert(filter, qos);
+            }
+            let age = stored
+                .disconnected_at
+                .and_then(|at| now.duration_since(at).ok())
+                .unwrap_or_default();
+            if age >= self.graveyard.expiry() {
+                store.forget(&stored.client_id);
+                continue;
+            }
+            // (An age beyond the monotonic clock's start, after a reboot: from now, so at most
+            // one expiry more.)
+            let saved_at = start.checked_sub(age).unwrap_or(start);
+            let session = super::graveyard::SessionState {
+                tracker,
+                subscriptions,
+                stored_filters,
+                unacked_pubrels: VecDeque::new(),
+            };
+            let dropped =
+                self.graveyard
+                    .save_state_at(session, ConnectionEvents::default(), saved_at);
+            for session in dropped {
+                self.release_saved_session(session);
+            }
+        }
+        for session in self.graveyard.evict() {
+            self.release_saved_session(session);
+        }
+        info!(
+            stored = count,
+            restored = self.graveyard.len(),
+            "persistent sessions restored"
+        );
     }
 
     /// Handles new incoming data on a topic
@@ -914,10 +1052,17 @@ impl Router {
                     let ackslog = self.ackslog.get_mut(id).unwrap();
                     ackslog.suback(suback);
                     force_ack = true;
+                    // Breakwater patch 23: before the SUBACK leaves (with this batch's acks).
+                    if let Some(connection) = self.connections.get(id) {
+                        if !connection.clean {
+                            self.store_session(&client_id, &connection.stored_filters, None);
+                        }
+                    }
                 }
                 Packet::Unsubscribe(unsubscribe, _) => {
                     let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    let stored_before = connection.stored_filters.len();
                     for filter in &unsubscribe.filters {
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
@@ -939,6 +1084,7 @@ impl Router {
                                 );
                                 continue;
                             }
+                            connection.stored_filters.remove(filter);
 
                             // Remove connections from all groups
                             // discard empty group ( group with no client )
@@ -979,6 +1125,16 @@ impl Router {
                                 self.subscription_map.remove(filter);
                             }
                             force_ack = true;
+                        }
+                    }
+                    // Breakwater patch 23.
+                    if connection.stored_filters.len() != stored_before {
+                        if let Some(store) = &self.session_store {
+                            store.save(stored_session(
+                                &client_id,
+                                &connection.stored_filters,
+                                None,
+                            ));
                         }
                     }
                 }
@@ -1200,6 +1356,12 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            // Breakwater patch 23: what the session store keeps (the handler reports it).
+            if !connection.clean && group.is_none() {
+                connection
+                    .stored_filters
+                    .insert(filter_path.clone(), filter.qos);
+            }
             // Breakwater patch 11: a reader of this filter's log; one that may read it again
             // (persistent session, shared subscription) keeps the log from being released.
             self.datalog
@@ -2677,6 +2839,7 @@ mod stale_disconnect_tests {
             shared_subscriptions_strategy: Strategy::RoundRobin,
             max_saved_sessions: None,
             saved_session_expiry_secs: None,
+            session_store: None,
         };
         Router::new(0, config).spawn()
     }
@@ -2759,6 +2922,7 @@ mod release_tests {
                 shared_subscriptions_strategy: Strategy::RoundRobin,
                 max_saved_sessions: None,
                 saved_session_expiry_secs: None,
+                session_store: None,
             },
         )
     }
@@ -2900,6 +3064,7 @@ mod pending_ack_tests {
                 shared_subscriptions_strategy: Strategy::RoundRobin,
                 max_saved_sessions: None,
                 saved_session_expiry_secs: None,
+                session_store: None,
             },
         )
     }
@@ -3031,6 +3196,7 @@ mod deferred_ack_tests {
                 shared_subscriptions_strategy: Strategy::RoundRobin,
                 max_saved_sessions: None,
                 saved_session_expiry_secs: None,
+                session_store: None,
             },
         )
     }
@@ -3203,6 +3369,7 @@ mod per_id_tests {
                 shared_subscriptions_strategy: Strategy::RoundRobin,
                 max_saved_sessions,
                 saved_session_expiry_secs: None,
+                session_store: None,
             },
         )
     }
@@ -3315,5 +3482,243 @@ mod per_id_tests {
         let (filters, _, _) = router.datalog.table_sizes();
         // device-49's filter is in use again, device-48's is gone.
         assert_eq!(filters, filters_before + 4);
+    }
+}
+
+/// Breakwater patch 23: persistent sessions through a session store, across a restart.
+#[cfg(test)]
+mod session_store_tests {
+    use super::Router;
+    use crate::hooks::{SessionStore, StoredSession};
+    use crate::local::{LinkBuilder, LinkRx, LinkTx};
+    use crate::protocol::QoS;
+    use crate::router::{Ack, Notification};
+    use crate::RouterConfig;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant, SystemTime};
+
+    /// What a store on disk would keep, in memory.
+    #[derive(Default)]
+    struct MemStore {
+        sessions: Mutex<BTreeMap<String, StoredSession>>,
+        forgotten: Mutex<Vec<String>>,
+    }
+
+    impl SessionStore for MemStore {
+        fn load(&self) -> Vec<StoredSession> {
+            self.sessions.lock().unwrap().values().cloned().collect()
+        }
+        fn save(&self, session: StoredSession) {
+            self.sessions
+                .lock()
+                .unwrap()
+                .insert(session.client_id.clone(), session);
+        }
+        fn forget(&self, client_id: &str) {
+            self.sessions.lock().unwrap().remove(client_id);
+            self.forgotten.lock().unwrap().push(client_id.to_owned());
+        }
+    }
+
+    impl MemStore {
+        fn get(&self, client_id: &str) -> Option<StoredSession> {
+            self.sessions.lock().unwrap().get(client_id).cloned()
+        }
+    }
+
+    fn router(
+        store: &Arc<MemStore>,
+        max_saved_sessions: Option<usize>,
+        expiry_secs: Option<u64>,
+    ) -> Router {
+        let store: Arc<dyn SessionStore> = store.clone();
+        let mut router = Router::new(
+            0,
+            RouterConfig {
+                max_connections: 100,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1024,
+                max_segment_count: 10,
+                max_saved_sessions,
+                saved_session_expiry_secs: expiry_secs,
+                session_store: Some(store),
+                ..Default::default()
+            },
+        );
+        router.restore_sessions();
+        router
+    }
+
+    fn settle(router: &mut Router) {
+        while !router.router_rx.is_empty() || !router.scheduler.readyqueue.is_empty() {
+            router.run_inner().unwrap();
+        }
+    }
+
+    /// Connects; returns the links and the CONNACK's session present flag.
+    fn connect(router: &mut Router, client_id: &str, clean: bool) -> (LinkTx, LinkRx, bool) {
+        let tx = router.link();
+        let client_id = client_id.to_owned();
+        let builder = std::thread::spawn(move || {
+            LinkBuilder::new(&client_id, tx)
+                .clean_session(clean)
+                .build()
+                .unwrap()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !builder.is_finished() {
+            assert!(Instant::now() < deadline, "no CONNACK");
+            settle(router);
+            std::thread::yield_now();
+        }
+        let (tx, rx, connack) = builder.join().unwrap();
+        let Notification::DeviceAck(Ack::ConnAck(_, ack, _)) = connack else {
+            panic!("not a CONNACK: {connack:?}");
+        };
+        (tx, rx, ack.session_present)
+    }
+
+    fn disconnect(router: &mut Router, client_id: &str) {
+        let id = router.connection_map[client_id];
+        router.handle_disconnection(id, None);
+        settle(router);
+    }
+
+    /// The topics of the publishes `rx` has been sent.
+    fn received(router: &mut Router, rx: &mut LinkRx) -> Vec<String> {
+        settle(router);
+        let mut topics = Vec::new();
+        while let Ok(Some(n)) = rx.recv_deadline(Instant::now() + Duration::from_millis(100)) {
+            if let Notification::Forward(f) = n {
+                topics.push(String::from_utf8(f.publish.topic.to_vec()).unwrap());
+            }
+        }
+        topics
+    }
+
+    fn stored(client_id: &str, filters: &[&str], gone_for: Option<Duration>) -> StoredSession {
+        StoredSession {
+            client_id: client_id.to_owned(),
+            subscriptions: filters
+                .iter()
+                .map(|f| ((*f).to_owned(), QoS::AtLeastOnce))
+                .collect(),
+            disconnected_at: gone_for.map(|d| SystemTime::now() - d),
+        }
+    }
+
+    #[test]
+    fn a_session_outlives_the_router_with_its_subscriptions() {
+        let store = Arc::new(MemStore::default());
+        let mut first = router(&store, None, None);
+        let (mut device, _rx, present) = connect(&mut first, "device-1", false);
+        assert!(!present);
+        // On the store from the CONNECT on, then with its subscriptions.
+        assert_eq!(store.get("device-1"), Some(stored("device-1", &[], None)));
+        device.subscribe("d/1/cmd").unwrap();
+        device.subscribe("d/1/other").unwrap();
+        settle(&mut first);
+        device.unsubscribe("d/1/other").unwrap();
+        settle(&mut first);
+        let record = store.get("device-1").unwrap();
+        assert_eq!(
+            record.subscriptions,
+            [("d/1/cmd".to_owned(), QoS::AtMostOnce)]
+        );
+        assert_eq!(record.disconnected_at, None);
+        // A clean session is never stored.
+        let _clean = connect(&mut first, "clean-1", true);
+        assert!(store.get("clean-1").is_none());
+
+        // The broker dies with the device connected; a new one starts on the same store.
+        drop(first);
+        let mut second = router(&store, None, None);
+        assert_eq!(second.graveyard.len(), 1);
+        let (mut gateway, _grx, _) = connect(&mut second, "gateway", true);
+        let (_device, mut rx, present) = connect(&mut second, "device-1", false);
+        assert!(present, "a restored session is present");
+        gateway.publish("d/1/cmd", "hello").unwrap();
+        gateway.publish("d/1/other", "not subscribed").unwrap();
+        assert_eq!(received(&mut second, &mut rx), ["d/1/cmd"]);
+        // An id the store never had starts afresh.
+        let (_other, _orx, present) = connect(&mut second, "device-2", false);
+        assert!(!present);
+
+        // Saved on disconnect with its time; restored again after another restart.
+        disconnect(&mut second, "device-1");
+        assert!(store.get("device-1").unwrap().disconnected_at.is_some());
+        drop(second);
+        let mut third = router(&store, None, None);
+        let (_device, _rx, present) = connect(&mut third, "device-1", false);
+        assert!(present);
+    }
+
+    #[test]
+    fn restored_sessions_count_against_the_cap_and_expire() {
+        let store = Arc::new(MemStore::default());
+        for (i, minutes) in [50u64, 10, 40, 20, 30].into_iter().enumerate() {
+            store.save(stored(
+                &format!("device-{i}"),
+                &["d/x/cmd"],
+                Some(Duration::from_secs(minutes * 60)),
+            ));
+        }
+        // Gone for longer than the expiry: not restored.
+        store.save(stored("old", &[], Some(Duration::from_secs(7200))));
+        // Connected when the broker stopped: its expiry runs from the restart.
+        store.save(stored("connected", &[], None));
+        let mut router = router(&store, Some(4), Some(3600));
+        assert_eq!(router.graveyard.len(), 4);
+        let mut forgotten = store.forgotten.lock().unwrap().clone();
+        forgotten.sort();
+        // The cap drops the oldest: device-0 (50 min) and device-2 (40 min).
+        assert_eq!(forgotten, ["device-0", "device-2", "old"]);
+        for (id, present) in [
+            ("device-0", false),
+            ("device-1", true),
+            ("device-2", false),
+            ("old", false),
+            ("connected", true),
+        ] {
+            assert_eq!(connect(&mut router, id, false).2, present, "{id}");
+        }
+    }
+
+    #[test]
+    fn a_restored_session_expires_with_the_age_it_had() {
+        let store = Arc::new(MemStore::default());
+        store.save(stored(
+            "device-1",
+            &["d/1/cmd"],
+            Some(Duration::from_secs(1)),
+        ));
+        let mut router = router(&store, None, Some(2));
+        assert_eq!(router.graveyard.len(), 1);
+        std::thread::sleep(Duration::from_millis(1500));
+        let (_device, _rx, present) = connect(&mut router, "device-1", false);
+        assert!(!present, "expired");
+        assert_eq!(store.forgotten.lock().unwrap()[..], ["device-1"]);
+        // Its client's new session is stored afresh, without the old subscriptions.
+        assert_eq!(store.get("device-1"), Some(stored("device-1", &[], None)));
+    }
+
+    #[test]
+    fn a_clean_connect_forgets_a_stored_session() {
+        let store = Arc::new(MemStore::default());
+        store.save(stored("device-1", &["d/1/cmd"], None));
+        store.save(stored("device-2", &["d/2/cmd"], None));
+        let mut router = router(&store, None, None);
+        let (_device, _rx, present) = connect(&mut router, "device-1", true);
+        assert!(!present);
+        assert!(store.get("device-1").is_none());
+        assert_eq!(router.graveyard.len(), 1);
+        // A live persistent session replaced by a clean one with its id is forgotten too.
+        let (_device, _rx, present) = connect(&mut router, "device-2", false);
+        assert!(present);
+        let (_device, _rx, present) = connect(&mut router, "device-2", true);
+        assert!(!present);
+        assert!(store.get("device-2").is_none());
+        assert_eq!(router.graveyard.len(), 0);
     }
 }

@@ -67,7 +67,7 @@ pub struct MqttConfig {
     pub max_saved_sessions: usize,
     /// Seconds a persistent session is kept after its client has gone (rumqttd patch 21).
     pub saved_session_expiry_secs: u64,
-    /// Keep persistent sessions (client id, subscriptions) in `{spool.dir}/sessions.jsonl`, so
+    /// Keep persistent sessions (client id, subscriptions) in `{spool.dir}/mqtt-sessions.jsonl`, so
     /// they survive a gateway restart (`crate::sessions`, rumqttd patch 23). `false`: in memory
     /// only; after a restart every client gets `session present = 0`.
     pub persist_sessions: bool,

@@ -18,11 +18,11 @@
 //! Shared subscriptions (`$share/...`) are not restored (the gateway's policy refuses them
 //! anyway).
 //!
-//! # Layout (`{dir}/sessions.jsonl`)
+//! # Layout (`{dir}/mqtt-sessions.jsonl`)
 //!
 //! JSON lines: a header `{"format":1}`, then one session per line,
 //! `{"c":"<client id>","s":[["<filter>",<qos>],...],"d":<unix ms when its client went>|null}`.
-//! Rewritten whole, atomically: `sessions.jsonl.tmp` is written and fsynced, renamed over the
+//! Rewritten whole, atomically: `mqtt-sessions.jsonl.tmp` is written and fsynced, renamed over the
 //! file, and the directory is fsynced. Mode 0600.
 //!
 //! # When a record is durable
@@ -53,7 +53,7 @@
 //! * Loading reads at most [`MAX_FILE_BYTES`], [`MAX_LINE_BYTES`] per line and `max_records`
 //!   sessions; beyond that, and for any line that does not parse, it counts
 //!   `breakwater_gateway_sessions_load_errors_total{reason}` and goes on. A file that cannot be
-//!   read or has no valid header is moved aside to `sessions.jsonl.corrupt` and the gateway
+//!   read or has no valid header is moved aside to `mqtt-sessions.jsonl.corrupt` and the gateway
 //!   starts with no sessions. Nothing in the file can stop the gateway.
 //!
 //! # Trust boundary
@@ -83,7 +83,7 @@ use crate::admission::LogWindow;
 use crate::stats as m;
 
 /// The file in the data directory.
-pub const FILE_NAME: &str = "sessions.jsonl";
+pub const FILE_NAME: &str = "mqtt-sessions.jsonl";
 /// The layout version in the header.
 pub const FORMAT: u32 = 1;
 /// How long the writer waits after the first unwritten change, gathering more.
@@ -342,7 +342,7 @@ impl std::fmt::Debug for DiskSessionStore {
 }
 
 impl DiskSessionStore {
-    /// Reads `{dir}/sessions.jsonl` (see the module doc for what it does with a bad one) and
+    /// Reads `{dir}/mqtt-sessions.jsonl` (see the module doc for what it does with a bad one) and
     /// starts the writer thread. `allow` decides each restored subscription again.
     ///
     /// # Errors
@@ -563,7 +563,7 @@ mod tests {
         let (store, loaded) = DiskSessionStore::open(dir.path(), limits, &allow_all()).unwrap();
         assert!(loaded.moved_aside && loaded.errors == 1, "{loaded:?}");
         assert!(store.load().is_empty());
-        assert!(dir.path().join("sessions.jsonl.corrupt").exists());
+        assert!(dir.path().join("mqtt-sessions.jsonl.corrupt").exists());
 
         let long = "x".repeat(MAX_LINE_BYTES * 3);
         let text = format!(

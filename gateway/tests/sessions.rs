@@ -179,7 +179,7 @@ fn a_paho_session_survives_kill9_with_its_subscription() {
         l.starts_with(&format!("MSG {ack_filter}"))
     });
     // The session file is written within ~50 ms of the change; a write takes milliseconds.
-    let file = gw.dir.join("spool").join("sessions.jsonl");
+    let file = gw.dir.join("spool").join("mqtt-sessions.jsonl");
     assert!(
         wait_until(Duration::from_secs(5), || std::fs::read_to_string(&file)
             .is_ok_and(|t| t.contains(&ack_filter))),

@@ -617,3 +617,29 @@ async fn resent_ddata_after_a_kill9_is_decoded_with_the_restored_aliases() {
         acked_before_kill.len()
     );
 }
+
+/// A corrupt session store (here: a frame claiming 4 GiB) does not stop the gateway nor make it
+/// allocate: it starts, counts and logs the problem, and rewrites the file with what it kept
+/// (nothing).
+#[test]
+fn a_corrupt_session_store_is_counted_and_started_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let store = spool.join(breakwater_gateway::sparkplug::store::FILE_NAME);
+    let mut bytes = b"BWSPS001".to_vec();
+    bytes.extend(u32::MAX.to_le_bytes());
+    bytes.extend([0u8; 64]);
+    std::fs::write(&store, &bytes).unwrap();
+    let gw = GatewayProc::start(dir.path(), "[sparkplug]\nenabled = true\n");
+    assert!(wait_until(Duration::from_secs(10), || gw.metric(
+        "breakwater_gateway_sparkplug_store_errors_total",
+        "reason=\"bad_length\""
+    ) == 1.0));
+    assert_eq!(
+        gw.metric("breakwater_gateway_sparkplug_restored_edge_nodes", ""),
+        0.0
+    );
+    assert_eq!(std::fs::read(&store).unwrap(), b"BWSPS001");
+    assert!(gw.log_text().contains("sparkplug session store"));
+}

@@ -9,6 +9,11 @@
 //! `death` fleet event after the BIRTH events; a client publishing in another edge node's
 //! namespace is refused, counted, and nothing of it reaches Kafka; the processor's core takes
 //! the records unchanged.
+//!
+//! After a gateway kill -9 (`fixtures/sparkplug_persistent_node.py`: Paho with a persistent
+//! session, pysparkplug payloads): the DDATA the node resends before its new NBIRTH come out of
+//! Kafka with the BIRTH's names (from the session store), and every DDATA it published (so
+//! every one it got a PUBACK for) is there. A corrupt session store does not stop the gateway.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -87,9 +87,7 @@ impl LinkConsumer {
                     // Cannot happen (no deferred filter without the ingest); closing the
                     // publisher makes it resend rather than wait for a PUBACK.
                     None => {
-                        if let Some(token) = d.token {
-                            self.tx.disconnect(token).ok();
-                        }
+                        self.tx.disconnect(d.token).ok();
                     }
                 },
                 Ok(Some(Notification::Unschedule)) => {

@@ -77,7 +77,8 @@ pub const STANDARD_PUBLISHES: &str = "breakwater_gateway_standard_publishes_tota
 /// Standard clients' publishes refused (their connection closed, they resend), by `reason` =
 /// `queue_full`, `spool_full`, `shutting_down`, `sequencer`, `unknown_topic`.
 pub const STANDARD_REFUSED: &str = "breakwater_gateway_standard_refused_total";
-/// Standard clients' PUBACKs sent after durability.
+/// Standard clients' PUBACKs sent after durability (QoS 0 publishes' tokens released, which
+/// sends no PUBACK, count too).
 pub const STANDARD_PUBACKS: &str = "breakwater_gateway_standard_pubacks_total";
 /// Standard clients' publishes parked because the writer queue was full (their PUBACK is
 /// delayed, `crate::standard`).

@@ -526,3 +526,72 @@ async fn a_full_writer_queue_delays_pubacks_and_refuses_nothing() {
     }
     eprintln!("{parked} publishes parked, 0 refused, {want} readings exactly once");
 }
+
+/// Patch 22 gives QoS 0 publishes a token too: with Kafka paused in ack mode `kafka` nothing
+/// becomes durable, so a client flooding QoS 0 stops being read once
+/// `max_unacked_per_connection` of its publishes wait (the gateway takes a few hundred of
+/// 20,000, not all of them into memory); once Kafka is back every one is in Kafka, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_flood_is_throttled_while_nothing_becomes_durable() {
+    if breakwater_testkit::kafka::bootstrap().is_none() || !paho_available() {
+        return;
+    }
+    let kafka = PrivateKafka::start().expect("tansu binary on PATH (scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start_with(
+        dir.path(),
+        "ack_mode = \"kafka\"",
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"telemetry\"\nevents_topic = \"events\"\npartitions = 1\n{JSON_DEVICES}",
+            kafka.bootstrap()
+        ),
+    );
+    let taken = |gw: &GatewayProc| {
+        gw.metric(
+            "breakwater_gateway_standard_publishes_total",
+            "source=\"json\"",
+        )
+    };
+    // Kafka answers first (the gateway's producer is up), then stops.
+    let warm = Paho::start(
+        gw.mqtt_port,
+        "press-9",
+        "plant/press-9/telemetry",
+        &["--count", "10", "--timeout", "60"],
+    );
+    let (acked, _, _) = warm.finish(Duration::from_secs(60));
+    assert_eq!(acked.len(), 10);
+    kafka.pause();
+    let total: u64 = 20_000;
+    let paho = Paho::start(
+        gw.mqtt_port,
+        "press-4",
+        "plant/press-4/telemetry",
+        &[
+            "--count",
+            &total.to_string(),
+            "--qos",
+            "0",
+            "--timeout",
+            "120",
+        ],
+    );
+    // Let it flood; the gateway's intake stops at its bound.
+    wait_until(Duration::from_secs(20), || taken(&gw) >= 10.0 + 100.0);
+    std::thread::sleep(Duration::from_secs(3));
+    let while_paused = taken(&gw) - 10.0;
+    kafka.resume();
+    assert!(
+        while_paused < (total / 4) as f64,
+        "{while_paused} of {total} QoS 0 publishes taken while nothing became durable"
+    );
+    let (_, published, lines) = paho.finish(Duration::from_secs(130));
+    assert_eq!(published, total, "{:?}", lines.last());
+
+    let recs = read_topic(&kafka.bootstrap(), "telemetry", 1, 10 + total as usize).await;
+    let (by, _) = values_by_device(&recs);
+    let mut got = by.get("press-4").cloned().unwrap_or_default();
+    got.sort_unstable();
+    assert_eq!(got, (1..=total).collect::<Vec<u64>>(), "not exactly once");
+    eprintln!("{while_paused} of {total} QoS 0 publishes taken while Kafka was paused");
+}

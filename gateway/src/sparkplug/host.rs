@@ -7,11 +7,13 @@
 //!
 //! The link owns the PUBACKs of `spBv1.0/{group}/#` (vendor/PATCHES.md, patch 22): every edge
 //! node publish there, QoS 0 or 1, reaches the host as a `Notification::Deferred` with the
-//! publisher's client id, and a QoS 1 one with a token instead of its PUBACK. The token goes
-//! with the message's readings into [`Ingest::submit`], which PUBACKs it once they are durable
-//! (spool fsync or Kafka delivery report, by the ack mode), parks them while the writer queue is
-//! full (the PUBACK is delayed; the loop retries parked ones every 2 ms), or closes the
-//! publisher if the pipeline cannot take them (it resends). A message with nothing to keep (a death, a message
+//! publisher's client id and a token: a QoS 1 one's token stands for its PUBACK, a QoS 0 one's
+//! for its slot among the connection's waiting publishes (released without a PUBACK). The token
+//! goes with the message's readings into [`Ingest::submit`], which releases it once they are
+//! durable (spool fsync or Kafka delivery report, by the ack mode), parks them while the writer
+//! queue is full (the release is delayed; the loop retries parked ones every 2 ms), or closes
+//! the publisher if the pipeline cannot take them (a QoS 1 publisher resends). A message with
+//! nothing to keep (a death, a message
 //! the session ignored, a payload that does not decode) is PUBACKed at once: resending it would
 //! not help. DATA of a node that is not born is not one of those: it is taken with the restored
 //! (or no) table ([`super::session`], "Restart" and "Unresolved aliases") and PUBACKed when
@@ -20,9 +22,11 @@
 //! NCMD and STATE topics ([`Filters`]), so that its publishes always match a filter (rumqttd
 //! disconnects a local link that publishes where none does).
 //!
-//! rumqttd queues deferred QoS 0 publishes for the host without a bound (QoS 1 ones are
-//! bounded per connection by `[standard] max_unacked_per_connection`); the host never waits on
-//! the pipeline (every hand-off is a `try_send`), so it drains them at decode speed.
+//! What rumqttd queues for the host is bounded: a connection stops being read once
+//! `[standard] max_unacked_per_connection` of its publishes, QoS 0 and 1 alike, wait for their
+//! token's release, so a node flooding QoS 0 faster than the pipeline makes it durable is
+//! throttled by TCP instead of growing the host's queue. The host never waits on the pipeline
+//! (every hand-off is a `try_send` or a park), so it drains that queue at decode speed.
 //!
 //! # Host STATE (Sparkplug 3.0)
 //!
@@ -167,7 +171,7 @@ impl Host {
     }
 
     fn handle(&mut self, d: DeferredPublish, log: &mut LogLimiter) {
-        let token = d.token;
+        let token = Some(d.token);
         let publisher = Publisher {
             source: "sparkplug",
             client_id: d.client_id,

@@ -20,6 +20,10 @@
 //!
 //! # Invariants
 //!
+//! * **QoS 0 gets the same backpressure.** rumqttd hands QoS 0 publishes over with a token too
+//!   (patch 22), whose release sends no PUBACK but frees its slot among the connection's waiting
+//!   publishes; the gateway releases it exactly like a QoS 1 token (on durability). A refusal
+//!   closes a QoS 0 client as well; it does not resend, so that publish is lost, counted.
 //! * **A PUBACK means durable.** A token is acked only by [`Tracks::durable`], from the
 //!   sequencer's durable notification (spool fsync in ack mode `spool`, Kafka's delivery report
 //!   in ack mode `kafka`), or at once for a publish that holds nothing to keep (a payload that
@@ -347,15 +351,12 @@ impl Ingest {
             dup: d.dup,
         };
         let Some((route, device)) = self.json.route(&topic) else {
-            if let Some(token) = d.token {
-                self.refuse(link, token, Refusal::UnknownTopic, &publisher);
-            }
-            return;
+            return self.refuse(link, d.token, Refusal::UnknownTopic, &publisher);
         };
         metrics::counter!(m::STANDARD_PUBLISHES, "source" => "json").increment(1);
         let device = match DeviceId::parse(device) {
             Ok(dev) => dev,
-            Err(e) => return self.invalid(link, d.token, "bad_device_id", &topic, &e),
+            Err(e) => return self.invalid(link, Some(d.token), "bad_device_id", &topic, &e),
         };
         let readings = match json::decode(
             route.cfg.format,
@@ -365,9 +366,9 @@ impl Ingest {
             &self.limits,
         ) {
             Ok(r) => r,
-            Err(e) => return self.invalid(link, d.token, e.reason(), &topic, &e),
+            Err(e) => return self.invalid(link, Some(d.token), e.reason(), &topic, &e),
         };
-        self.submit(link, &device, readings, d.token, &publisher);
+        self.submit(link, &device, readings, Some(d.token), &publisher);
     }
 
     /// A payload that cannot be taken: counted, logged (rate-limited), acked and dropped.
@@ -455,8 +456,8 @@ impl Ingest {
             if let Some(token) = p.token {
                 self.refuse(link, token, Refusal::QueueFull, &p.publisher);
             } else {
-                // No token (QoS 0 before patch 22 gave one, or a forwarded message): nothing
-                // to close; the readings are dropped, counted and logged.
+                // No token (a message taken from a subscription, not deferred): nothing to
+                // close; the readings are dropped, counted and logged.
                 metrics::counter!(m::STANDARD_REFUSED, "reason" => Refusal::QueueFull.reason())
                     .increment(1);
                 if let Some(unlogged) = self.log.lock().allow() {

@@ -201,6 +201,9 @@ impl<P: Protocol> RemoteLink<P> {
                 _ = time::sleep_until(stalled_since + self.deferred_ack_timeout), if pending > 0 => {
                     return Err(Error::DeferredAckTimeout { pending });
                 }
+                // Breakwater patch 22: a release (a QoS 0 one sends nothing that would wake
+                // this task) restarts the progress clock and may let reading resume.
+                _ = deferred.released_since(), if pending > 0 => {}
                 o = self.network.read(), if reading => {
                     let packet = o?;
                     let (len, screened) = {

@@ -309,7 +309,8 @@ impl Router {
         }
     }
 
-    /// Breakwater patch 22: `owner` owns the PUBACKs of QoS 1 publishes matching `filter`.
+    /// Breakwater patch 22: `owner` owns the PUBACKs of QoS 1 publishes matching `filter` (and
+    /// the release of QoS 0 ones).
     fn handle_defer_acks(&mut self, owner: ConnectionId, filter: String) {
         if self.connections.get(owner).is_none() {
             return;
@@ -853,22 +854,25 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
-                    // Breakwater patch 22: a publish on a deferred filter goes to its owner; a
-                    // QoS 1 one with a token instead of its PUBACK. (A topic alias, MQTT 5, is
-                    // resolved only later: such a publish takes the usual path.)
+                    // Breakwater patch 22: a publish on a deferred filter goes to its owner with
+                    // a token: QoS 1 instead of its PUBACK, QoS 0 for its slot among the
+                    // connection's waiting publishes (released without a PUBACK). (A topic
+                    // alias, MQTT 5, is resolved only later: such a publish takes the usual
+                    // path.)
                     let owner = match qos {
                         QoS::ExactlyOnce => None,
                         _ => deferred_owner(&self.deferred_filters, &publish.topic, id),
                     };
                     if let Some(owner) = owner {
                         let connection = &mut self.connections[id];
-                        let token = (qos == QoS::AtLeastOnce).then(|| deferred::AckToken {
+                        let puback = (qos == QoS::AtLeastOnce).then_some(pkid);
+                        let token = deferred::AckToken {
                             connection: id,
                             generation: connection.generation,
                             serial: connection
                                 .deferred
-                                .push(pkid, &connection.deferred_shared),
-                        });
+                                .push(puback, &connection.deferred_shared),
+                        };
                         let handed = deferred::DeferredPublish {
                             token,
                             client_id: client_id.clone(),
@@ -3262,7 +3266,7 @@ mod deferred_ack_tests {
     }
 
     /// (token, publisher, pkid, payload) of each publish handed to the owner.
-    fn handed(got: &[Notification]) -> Vec<(Option<AckToken>, String, u16, String)> {
+    fn handed(got: &[Notification]) -> Vec<(AckToken, String, u16, String)> {
         got.iter()
             .filter_map(|n| match n {
                 Notification::Deferred(d) => Some((
@@ -3292,7 +3296,7 @@ mod deferred_ack_tests {
         assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [1]);
 
         // Three publishes on a deferred topic: no PUBACK, each handed to the owner with the
-        // publisher's client id and a token; a QoS 0 one without a token.
+        // publisher's client id and a token; a QoS 0 one too (see the QoS 0 test below).
         for pkid in [2, 3, 4] {
             publish(&mut router, &mut device, "plant/d1/telemetry", pkid, QoS::AtLeastOnce);
         }
@@ -3302,9 +3306,9 @@ mod deferred_ack_tests {
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(got.iter().all(|(_, c, _, _)| c == "device-1"));
         assert_eq!(got[0].3, "payload 2");
-        assert!(got[3].0.is_none());
-        let tokens: Vec<AckToken> = got[..3].iter().map(|g| g.0.unwrap()).collect();
-        assert_eq!(device.deferred.pending(), 3);
+        let tokens: Vec<AckToken> = got[..3].iter().map(|g| g.0).collect();
+        assert_eq!(device.deferred.pending(), 4);
+        gw.puback(got[3].0).unwrap();
 
         // Acked out of order: released in arrival order, each once.
         gw.puback(tokens[1]).unwrap();
@@ -3313,9 +3317,45 @@ mod deferred_ack_tests {
         gw.puback(tokens[0]).unwrap();
         assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [2, 3]);
         gw.puback(tokens[2]).unwrap();
+        // The QoS 0 one behind it goes with it, without a PUBACK.
         assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [4]);
         assert_eq!(device.deferred.pending(), 0);
-        assert_eq!(device.deferred.released(), 3);
+        assert_eq!(device.deferred.released(), 4);
+    }
+
+    /// QoS 0 publishes on a deferred topic hold waiting slots like QoS 1 ones: the connection's
+    /// waiting count (at `max_deferred_acks` its task stops reading) grows with a QoS 0 flood
+    /// until the owner releases them, in arrival order and without PUBACKs.
+    #[test]
+    fn a_qos0_flood_holds_waiting_slots_until_the_owner_releases_them_in_order() {
+        let mut router = router();
+        let (mut gw, mut gw_rx) = connect(&mut router, "gateway");
+        gw.defer_acks("plant/+/telemetry").unwrap();
+        settle(&mut router);
+        let (mut device, mut device_rx) = connect(&mut router, "device-1");
+        read(&mut router, &mut device_rx).unwrap();
+
+        for _ in 0..50 {
+            publish(&mut router, &mut device, "plant/d1/telemetry", 0, QoS::AtMostOnce);
+        }
+        publish(&mut router, &mut device, "plant/d1/telemetry", 7, QoS::AtLeastOnce);
+        let got = handed(&read(&mut router, &mut gw_rx).unwrap());
+        assert_eq!(got.len(), 51);
+        assert_eq!(device.deferred.pending(), 51, "QoS 0 publishes hold no slot");
+
+        // The QoS 1 one first: its PUBACK waits for the 50 QoS 0 ones ahead of it.
+        gw.puback(got[50].0).unwrap();
+        for g in &got[..49] {
+            gw.puback(g.0).unwrap();
+        }
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [] as [u16; 0]);
+        assert_eq!(device.deferred.pending(), 2);
+        assert_eq!(device.deferred.released(), 49);
+        gw.puback(got[49].0).unwrap();
+        // Released: no PUBACK for the QoS 0 ones, the QoS 1 one's goes out.
+        assert_eq!(pubacks(&read(&mut router, &mut device_rx).unwrap()), [7]);
+        assert_eq!(device.deferred.pending(), 0);
+        assert_eq!(device.deferred.released(), 51);
     }
 
     #[test]
@@ -3326,7 +3366,7 @@ mod deferred_ack_tests {
         settle(&mut router);
         let (mut device, mut device_rx) = connect(&mut router, "device-1");
         publish(&mut router, &mut device, "plant/d1/telemetry", 9, QoS::AtLeastOnce);
-        let old = handed(&read(&mut router, &mut gw_rx).unwrap())[0].0.unwrap();
+        let old = handed(&read(&mut router, &mut gw_rx).unwrap())[0].0;
 
         // The owner refuses it: the connection is closed, without a PUBACK.
         gw.disconnect(old).unwrap();
@@ -3335,7 +3375,7 @@ mod deferred_ack_tests {
         // The client reconnects (likely the same connection id) and resends with the same pkid.
         let (mut device, mut device_rx) = connect(&mut router, "device-1");
         publish(&mut router, &mut device, "plant/d1/telemetry", 9, QoS::AtLeastOnce);
-        let new = handed(&read(&mut router, &mut gw_rx).unwrap())[0].0.unwrap();
+        let new = handed(&read(&mut router, &mut gw_rx).unwrap())[0].0;
         assert_ne!(old, new);
         // The old token neither acks nor closes the new connection.
         gw.puback(old).unwrap();

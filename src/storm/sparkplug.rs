@@ -13,7 +13,9 @@
 //!   every reconnect); after each CONNACK the node publishes NBIRTH (`bdSeq`, seq 0) and
 //!   DBIRTH (seq 1: every metric with its name, alias and datatype) **before** anything else,
 //!   then every DDATA not PUBACKed on the previous connection (DATA before BIRTH would be
-//!   ignored by the host). For that order the node takes rumqttc's pending queue (what `clean`
+//!   ignored by the host); a BIRTH of the previous connection is not resent (it would carry
+//!   the old `bdSeq`, so the old connection's will, which the host may see late, would end the
+//!   new session). For that order the node takes rumqttc's pending queue (what `clean`
 //!   moved there: unacked publishes, requests not yet written) into its own hold when a
 //!   connection fails, so rumqttc cannot drop it on a lost session, and after CONNACK puts it
 //!   back behind the BIRTHs with packet ids cleared: rumqttc gives them fresh ids, so a BIRTH

@@ -7,7 +7,8 @@
 //!   `persist_sessions = false` it gets `session present = 0` (what every client got before);
 //! * a strict client, one that drops its unacknowledged QoS 1 publishes when a reconnect's
 //!   CONNACK says `session present = 0`, loses nothing across the kill -9: every reading it
-//!   published is in Kafka.
+//!   published is in Kafka;
+//! * a corrupt session file is counted and moved aside, and the gateway starts and serves.
 //!
 //! Skipped without python3 + paho-mqtt, failed without them under `CI=true`.
 #![allow(clippy::unwrap_used)]
@@ -327,4 +328,54 @@ async fn a_strict_client_loses_nothing_across_kill9() {
     };
     let missing: Vec<u64> = (1..=total).filter(|v| !have.contains(v)).collect();
     assert!(missing.is_empty(), "published, not in Kafka: {missing:?}");
+}
+
+#[test]
+fn a_corrupt_session_file_does_not_stop_the_gateway() {
+    if !paho_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(
+        spool.join("mqtt-sessions.jsonl"),
+        b"\xff\xfe not a session file\n",
+    )
+    .unwrap();
+    let gw = GatewayProc::start(dir.path(), "");
+    assert_eq!(
+        gw.metric(
+            "breakwater_gateway_sessions_load_errors_total",
+            "reason=\"bad_header\""
+        ),
+        1.0
+    );
+    assert!(spool.join("mqtt-sessions.jsonl.corrupt").exists());
+    // Clients are served, and their sessions are stored afresh.
+    let port = gw.mqtt_port.to_string();
+    let mut py = Py::start(
+        SESSION_CLIENT,
+        &[
+            "--port",
+            &port,
+            "--client-id",
+            "press-9",
+            "--subscribe",
+            "bw/v1/press-9/ack",
+        ],
+    );
+    let line = py.expect(Duration::from_secs(20), |l| l.starts_with("CONNECTED"));
+    assert!(!session_present(&line), "{line}");
+    py.expect(Duration::from_secs(20), |l| l == "SUBSCRIBED 1");
+    let file = spool.join("mqtt-sessions.jsonl");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&file)
+            .is_ok_and(
+                |t| t.starts_with("{\"format\":1}") && t.contains("press-9")
+            )),
+        "{}",
+        gw.log_text()
+    );
+    py.send("QUIT");
 }

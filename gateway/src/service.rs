@@ -89,6 +89,8 @@ pub struct Gateway {
     drain_abort: CancellationToken,
     /// Cancelled by a second stop signal: [`Gateway::shutdown`] stops waiting for Kafka.
     hurry: CancellationToken,
+    /// Persistent MQTT sessions on disk ([`crate::sessions`]), flushed at the end of a stop.
+    session_store: Option<Arc<crate::sessions::DiskSessionStore>>,
     events: tokio::task::JoinHandle<()>,
     refused: tokio::task::JoinHandle<()>,
     ack_thread: Option<std::thread::JoinHandle<()>>,
@@ -224,7 +226,7 @@ impl Gateway {
         });
         // Persistent sessions on disk (vendor/PATCHES.md patch 23). After the policy is
         // complete: each restored subscription is decided again by it.
-        if cfg.mqtt.persist_sessions {
+        let session_store = if cfg.mqtt.persist_sessions {
             let adm = Arc::clone(&admission);
             let allow: crate::sessions::Allow = Arc::new(move |client_id, filter, qos| {
                 adm.authorize(&rumqttd::hooks::AuthzRequest {
@@ -243,8 +245,11 @@ impl Gateway {
             .await
             .map_err(|e| StartError::Thread(std::io::Error::other(e)))?
             .map_err(StartError::Thread)?;
-            rcfg.router.session_store = Some(store);
-        }
+            rcfg.router.session_store = Some(store.clone());
+            Some(store)
+        } else {
+            None
+        };
         let links = tokio::task::spawn_blocking(move || {
             crate::broker::start(rcfg, &listens, sparkplug_filters.as_ref(), &deferred)
         })
@@ -534,6 +539,7 @@ impl Gateway {
             drain_stop,
             drain_abort,
             hurry: CancellationToken::new(),
+            session_store,
             events,
             refused,
             ack_thread: Some(ack_thread),
@@ -700,6 +706,15 @@ impl Gateway {
                 tokio::task::spawn_blocking(move || t.join()),
             )
             .await;
+        }
+        if let Some(store) = self.session_store.take() {
+            // The last coalescing window of session changes; bounded (a failing disk).
+            let flushed = tokio::task::spawn_blocking(move || store.flush(STAGE_MIN))
+                .await
+                .unwrap_or(false);
+            if !flushed {
+                warn!("persistent sessions: the last changes were not written before the stop");
+            }
         }
         self.http_cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.http).await;

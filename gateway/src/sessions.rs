@@ -62,10 +62,12 @@
 //! as with a live session before this store: [`crate::admission`] authenticates the id in
 //! `file` and `mtls` modes; in `open` mode the id is only a claim, as ever. A restored
 //! subscription did not pass the authorization hook in this process, so each one is decided
-//! again at load by the current policy, as a SUBSCRIBE by its client id would be; a denied one
-//! (the policy changed, or the file was edited) is not restored and is counted
-//! (`reason="denied"`). Where an identity is not the client id (a Sparkplug credential name
-//! mapped in `[[sparkplug.edge_nodes]]`), this check fails closed.
+//! again at load by the current policy, as a SUBSCRIBE by its client id would be. A session
+//! with a denied one (the policy changed, the file was edited, or the client's identity is
+//! not its client id, e.g. a Sparkplug credential name mapped in `[[sparkplug.edge_nodes]]`)
+//! is not restored at all, and counted (`reason="denied"`): its client gets
+//! `session present = 0` and subscribes again through the live hook, instead of resuming
+//! without a subscription it believes it has.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -266,17 +268,25 @@ fn read_file(path: &Path, limits: Limits, allow: &Allow) -> (Vec<StoredSession>,
             );
             break;
         }
-        let mut session = session;
-        let before = session.subscriptions.len();
-        session
+        // All or nothing: a session resumed without one of its subscriptions would tell the
+        // client (`session present = 1`) that it still has it, and it would not subscribe
+        // again. Not restored, it gets `session present = 0` and subscribes anew, through the
+        // live authorization hook with its real identity.
+        let denied = session
             .subscriptions
-            .retain(|(f, q)| allow(&session.client_id, f, *q as u8));
-        for _ in session.subscriptions.len()..before {
+            .iter()
+            .filter(|(f, q)| !allow(&session.client_id, f, *q as u8))
+            .count();
+        if denied > 0 {
             note(
                 &mut loaded,
                 "denied",
-                format!("a subscription of {} the policy refuses", session.client_id),
+                format!(
+                    "{denied} subscription(s) of {} the policy refuses: session not restored",
+                    session.client_id
+                ),
             );
+            continue;
         }
         if session.subscriptions.len() > MAX_FILTERS {
             note(&mut loaded, "too_many_filters", session.client_id.clone());
@@ -321,11 +331,16 @@ struct Pending {
     /// Client id -> its record now (`None`: forgotten).
     changes: HashMap<String, Option<Record>>,
     dropped_log: LogWindow,
+    /// Batches of changes the writer took, and of those the last one written (for `flush`).
+    taken: u64,
+    written: u64,
 }
 
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// Notified after each write.
+    wrote: Condvar,
     limits: Limits,
 }
 
@@ -361,6 +376,7 @@ impl DiskSessionStore {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
+            wrote: Condvar::new(),
             limits,
         });
         let writer = Arc::clone(&shared);
@@ -374,6 +390,37 @@ impl DiskSessionStore {
             }),
             loaded,
         ))
+    }
+
+    /// Waits (at most `within`) until every change made so far is in the file: the clean
+    /// stop's last step, so the last [`COALESCE`] window is not lost. False on timeout (a
+    /// failing disk); the file then holds an older state, as after a crash.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Changes not taken yet go into the writer's next batch, `taken + 1`.
+        let want = if p.changes.is_empty() {
+            p.taken
+        } else {
+            p.taken + 1
+        };
+        while p.written < want {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            p = self
+                .shared
+                .wrote
+                .wait_timeout(p, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 
     fn change(&self, client_id: &str, record: Option<Record>) {
@@ -443,13 +490,16 @@ fn write_loop(shared: &Shared, path: &Path, mut records: HashMap<String, Record>
             }
         }
         std::thread::sleep(COALESCE);
-        let changes = std::mem::take(
-            &mut shared
+        let (changes, batch) = {
+            let mut p = shared
                 .pending
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .changes,
-        );
+                .unwrap_or_else(PoisonError::into_inner);
+            if !p.changes.is_empty() {
+                p.taken += 1;
+            }
+            (std::mem::take(&mut p.changes), p.taken)
+        };
         for (id, record) in changes {
             match record {
                 Some(r) => records.insert(id, r),
@@ -463,6 +513,12 @@ fn write_loop(shared: &Shared, path: &Path, mut records: HashMap<String, Record>
                     info!(path = %path.display(), "persistent sessions: writing works again");
                 }
                 failing = false;
+                shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .written = batch;
+                shared.wrote.notify_all();
                 metrics::gauge!(m::SESSIONS_STORED).set(records.len() as f64);
                 metrics::histogram!(m::SESSIONS_WRITE_SECONDS)
                     .record(started.elapsed().as_secs_f64());
@@ -585,9 +641,15 @@ mod tests {
     fn load_is_bounded_and_decided_by_the_policy() {
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::from("{\"format\":1}\n");
+        // Odd ones also hold another device's ack topic.
         for i in 0..10 {
+            let other = if i % 2 == 1 {
+                ",[\"bw/v1/other/ack\",1]"
+            } else {
+                ""
+            };
             text.push_str(&format!(
-                "{{\"c\":\"d{i}\",\"s\":[[\"bw/v1/d{i}/ack\",1],[\"bw/v1/other/ack\",1]],\"d\":null}}\n"
+                "{{\"c\":\"d{i}\",\"s\":[[\"bw/v1/d{i}/ack\",1]{other}],\"d\":null}}\n"
             ));
         }
         let many: Vec<String> = (0..=MAX_FILTERS)
@@ -602,23 +664,38 @@ mod tests {
         let allow: Allow = Arc::new(|c, f, _| f == format!("bw/v1/{c}/ack") || f.starts_with("f/"));
         let (store, loaded) =
             DiskSessionStore::open(dir.path(), Limits { max_records: 4 }, &allow).unwrap();
-        // Four sessions, each with one denied filter; then the fifth is one too many.
+        // d0, d2, d4, d6 restored whole; d1, d3, d5 not at all (one denied filter each); d7
+        // is one too many.
         assert_eq!(loaded.sessions, 4);
-        assert_eq!(loaded.errors, 5);
-        for s in store.load() {
-            assert_eq!(s.subscriptions.len(), 1);
-            assert_eq!(s.subscriptions[0].0, format!("bw/v1/{}/ack", s.client_id));
-        }
+        assert_eq!(loaded.errors, 4);
+        let mut ids: Vec<String> = store.load().into_iter().map(|s| s.client_id).collect();
+        ids.sort();
+        assert_eq!(ids, ["d0", "d2", "d4", "d6"]);
         let (_, loaded) =
             DiskSessionStore::open(dir.path(), Limits { max_records: 100 }, &allow).unwrap();
-        // Ten denied, one with too many filters.
-        assert_eq!((loaded.sessions, loaded.errors), (10, 11));
+        // Five denied, one with too many filters.
+        assert_eq!((loaded.sessions, loaded.errors), (5, 6));
+    }
+
+    #[test]
+    fn flush_waits_until_every_change_is_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            DiskSessionStore::open(dir.path(), Limits { max_records: 10 }, &allow_all()).unwrap();
+        assert!(store.flush(Duration::from_secs(5)), "nothing to write");
+        store.save(session("late", &["t"], None));
+        // Without the flush the change sits in the coalescing window.
+        assert!(store.flush(Duration::from_secs(5)));
+        let (again, _) =
+            DiskSessionStore::open(dir.path(), Limits { max_records: 10 }, &allow_all()).unwrap();
+        assert_eq!(again.load(), [session("late", &["t"], None)]);
     }
 
     #[test]
     fn pending_changes_are_bounded_by_client_ids() {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            wrote: Condvar::new(),
             wake: Condvar::new(),
             limits: Limits { max_records: 3 },
         });

@@ -62,12 +62,13 @@
 //! as with a live session before this store: [`crate::admission`] authenticates the id in
 //! `file` and `mtls` modes; in `open` mode the id is only a claim, as ever. A restored
 //! subscription did not pass the authorization hook in this process, so each one is decided
-//! again at load by the current policy, as a SUBSCRIBE by its client id would be. A session
-//! with a denied one (the policy changed, the file was edited, or the client's identity is
-//! not its client id, e.g. a Sparkplug credential name mapped in `[[sparkplug.edge_nodes]]`)
-//! is not restored at all, and counted (`reason="denied"`): its client gets
-//! `session present = 0` and subscribes again through the live hook, instead of resuming
-//! without a subscription it believes it has.
+//! again at load by the current policy, as a SUBSCRIBE by its client id would be (the
+//! identity the live hook uses is the client id too: admission admits a client only under its
+//! own id, a username or certificate name must equal it; `[[sparkplug.edge_nodes]]` maps that
+//! id). A session with a denied one (the policy changed, or the file was edited) is not
+//! restored at all, and counted (`reason="denied"`): its client gets `session present = 0`
+//! and subscribes again through the live hook, instead of resuming without a subscription it
+//! believes it has.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

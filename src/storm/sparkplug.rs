@@ -479,7 +479,7 @@ impl Connection {
                     self.eventloop.clean();
                     self.settle(&mut inflight);
                     self.settle(&mut inflight);
-                    held.extend(self.eventloop.pending.drain(..));
+                    hold(&mut self.eventloop, &mut held);
                     self.down();
                     if !sleep_unless_cancelled(&self.cancel, outage).await {
                         return;
@@ -558,7 +558,7 @@ impl Connection {
                     tracing::debug!(error = %e, "connection failed");
                     // `poll` has moved everything unacked to `pending` (`clean`).
                     self.settle(&mut inflight);
-                    held.extend(self.eventloop.pending.drain(..));
+                    hold(&mut self.eventloop, &mut held);
                     self.down();
                     if !sleep_unless_cancelled(&self.cancel, backoff).await {
                         return;
@@ -630,6 +630,22 @@ impl Connection {
     }
 }
 
+/// Takes what rumqttc holds of a failed connection into `held`: a publish parked in
+/// rumqttc's collision slot first, then its pending queue. rumqttc's `clean` leaves the
+/// collision slot alone, so a collided publish was never resent, and the slot, still set,
+/// stopped rumqttc from taking new requests on the next connection: the node stalled with
+/// its DDATA neither sent nor PUBACKed. (rumqttc takes `pending` even with a full inflight
+/// window, so re-queuing more than `INFLIGHT` held publishes after a reconnect collides.)
+/// The collided publish was never written (no `Outgoing::Publish`), so it goes back as
+/// unwritten: packet id 0, its FIFO mark still at the front.
+fn hold(eventloop: &mut EventLoop, held: &mut VecDeque<Request>) {
+    if let Some(mut p) = eventloop.state.collision.take() {
+        p.pkid = 0;
+        held.push_back(Request::Publish(p));
+    }
+    held.extend(eventloop.pending.drain(..));
+}
+
 /// Whether `p` is an NBIRTH or a DBIRTH.
 fn is_birth(p: &Publish) -> bool {
     p.topic.contains("/NBIRTH/") || p.topic.contains("/DBIRTH/")
@@ -682,6 +698,28 @@ mod tests {
         assert_eq!(p.metrics[0].alias, Some(ALIAS_EPOCH));
         assert_eq!(p.metrics[0].value, Some(MetricValue::LongValue(7)));
         assert_eq!(p.metrics[1].value, Some(MetricValue::LongValue(101)));
+    }
+
+    #[test]
+    fn a_collided_publish_of_a_failed_connection_is_held_first_as_unwritten() {
+        let (_client, mut eventloop) =
+            AsyncClient::new(MqttOptions::new("sim-00001", "127.0.0.1", 1), 10);
+        let mut collided = Publish::new("spBv1.0/storm/DDATA/sim-00001/d1", QoS::AtLeastOnce, "a");
+        collided.pkid = 7;
+        eventloop.state.collision = Some(collided);
+        let later = Publish::new("spBv1.0/storm/DDATA/sim-00001/d1", QoS::AtLeastOnce, "b");
+        eventloop.pending.push_back(Request::Publish(later));
+        let mut held = VecDeque::new();
+        hold(&mut eventloop, &mut held);
+        assert!(eventloop.state.collision.is_none());
+        let got: Vec<(u16, Vec<u8>)> = held
+            .iter()
+            .map(|r| match r {
+                Request::Publish(p) => (p.pkid, p.payload.to_vec()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [(0, b"a".to_vec()), (0, b"b".to_vec())]);
     }
 
     #[test]

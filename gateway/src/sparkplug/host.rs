@@ -20,7 +20,12 @@
 //! durable. The BIRTHs the sessions take go to the session store ([`super::store`]) through a
 //! bounded queue; the host never waits for the disk. The link subscribes to NDEATH (a will reaches subscriptions only) and to its own
 //! NCMD and STATE topics ([`Filters`]), so that its publishes always match a filter (rumqttd
-//! disconnects a local link that publishes where none does).
+//! disconnects a local link that publishes where none does). Those subscriptions are ordinary
+//! filter logs: when the host falls behind on them (thousands of wills at once after a
+//! gateway restart) rumqttd skips it ahead (`CursorJump`). On its own publishes that loses
+//! nothing (logged at debug); on NDEATH some deaths go unseen (counted in
+//! `breakwater_gateway_link_cursor_jumps_total`, logged: fleet events only, the node's next
+//! NBIRTH starts its session over). Telemetry never takes that path.
 //!
 //! What rumqttd queues for the host is bounded: a connection stops being read once
 //! `[standard] max_unacked_per_connection` of its publishes, QoS 0 and 1 alike, wait for their

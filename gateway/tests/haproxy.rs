@@ -136,15 +136,8 @@ async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() 
     }
 
     // Phase 1: round robin spreads the agents over both gateways; everything acked.
-    for agent in &agents {
-        agent
-            .record_many((1..=200).map(reading).collect())
-            .await
-            .unwrap();
-    }
-    for agent in &agents {
-        assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), 200);
-    }
+    record_all(&agents, 1..=200).await;
+    flush_all(&agents, &devices, 200, Duration::from_secs(60), String::new).await;
     // The gauge is refreshed by the status sampler (once a second).
     assert!(
         wait_until(Duration::from_secs(10), || a
@@ -155,26 +148,13 @@ async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() 
     );
 
     // Phase 2: A dies with readings in flight and stays down; recording goes on.
-    for agent in &agents {
-        agent
-            .record_many((201..=600).map(reading).collect())
-            .await
-            .unwrap();
-    }
+    record_all(&agents, 201..=600).await;
     a.kill9();
-    for agent in &agents {
-        agent
-            .record_many((601..=1_000).map(reading).collect())
-            .await
-            .unwrap();
-    }
-    for (d, agent) in devices.iter().zip(&agents) {
-        assert_eq!(
-            agent.flush(Duration::from_secs(90)).await.unwrap(),
-            1_000,
-            "{d} not fully acked after A died"
-        );
-    }
+    record_all(&agents, 601..=1_000).await;
+    flush_all(&agents, &devices, 1_000, Duration::from_secs(90), || {
+        "after A died".to_owned()
+    })
+    .await;
     assert!(
         wait_until(Duration::from_secs(10), || b
             .metric("breakwater_gateway_connected_devices", "")
@@ -185,15 +165,15 @@ async fn agents_behind_haproxy_move_to_the_surviving_gateway_and_lose_nothing() 
 
     // Phase 3: A returns; the agents keep working (new connections may go to either).
     a.spawn();
-    for agent in &agents {
-        agent
-            .record_many((1_001..=1_200).map(reading).collect())
-            .await
-            .unwrap();
-    }
-    for agent in &agents {
-        assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), 1_200);
-    }
+    record_all(&agents, 1_001..=1_200).await;
+    flush_all(
+        &agents,
+        &devices,
+        1_200,
+        Duration::from_secs(60),
+        String::new,
+    )
+    .await;
     for agent in agents {
         let _ = agent.shutdown().await;
     }

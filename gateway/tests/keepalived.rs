@@ -334,39 +334,21 @@ async fn agents_on_a_keepalived_vip_move_to_the_surviving_gateway_and_lose_nothi
     }
 
     // Phase 1: through the VIP to A; everything acked.
-    for agent in &agents {
-        agent
-            .record_many((1..=200).map(reading).collect())
-            .await
-            .unwrap();
-    }
-    for agent in &agents {
-        assert_eq!(agent.flush(Duration::from_secs(60)).await.unwrap(), 200);
-    }
+    record_all(&agents, 1..=200).await;
+    flush_all(&agents, &devices, 200, Duration::from_secs(60), String::new).await;
 
     // Phase 2: A's gateway dies with readings in flight; keepalived moves the VIP to B.
-    for agent in &agents {
-        agent
-            .record_many((201..=600).map(reading).collect())
-            .await
-            .unwrap();
-    }
+    record_all(&agents, 201..=600).await;
     gw_a.kill9();
-    for agent in &agents {
-        agent
-            .record_many((601..=1_000).map(reading).collect())
-            .await
-            .unwrap();
-    }
-    for (d, agent) in devices.iter().zip(&agents) {
-        assert_eq!(
-            agent.flush(Duration::from_secs(90)).await.unwrap(),
-            1_000,
-            "{d} not fully acked after A's gateway died:\n{}\n----\n{}",
+    record_all(&agents, 601..=1_000).await;
+    flush_all(&agents, &devices, 1_000, Duration::from_secs(90), || {
+        format!(
+            "after A's gateway died:\n{}\n----\n{}",
             ka_a.log_text(),
             ka_b.log_text()
-        );
-    }
+        )
+    })
+    .await;
     wait_vip(&lan, 1, Duration::from_secs(10), &[&ka_a, &ka_b]);
     // The gauge is refreshed by the status sampler (once a second).
     assert!(
@@ -380,15 +362,15 @@ async fn agents_on_a_keepalived_vip_move_to_the_surviving_gateway_and_lose_nothi
     // Phase 3: A's gateway returns; A takes the VIP back and the agents follow it.
     gw_a = start_gateway(&lan, 0, dirs[0].path(), &kafka.bootstrap());
     wait_vip(&lan, 0, Duration::from_secs(30), &[&ka_a, &ka_b]);
-    for agent in &agents {
-        agent
-            .record_many((1_001..=1_200).map(reading).collect())
-            .await
-            .unwrap();
-    }
-    for agent in &agents {
-        assert_eq!(agent.flush(Duration::from_secs(90)).await.unwrap(), 1_200);
-    }
+    record_all(&agents, 1_001..=1_200).await;
+    flush_all(
+        &agents,
+        &devices,
+        1_200,
+        Duration::from_secs(90),
+        String::new,
+    )
+    .await;
     for agent in agents {
         let _ = agent.shutdown().await;
     }

@@ -16,9 +16,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use breakwater_protocol::{envelope, Topic, Value};
@@ -34,100 +31,7 @@ const JSON_DEVICE: &str = concat!(
 );
 
 fn paho_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with paho-mqtt is required under CI (scripts/setup installs it)"
-        );
-        eprintln!("skipped: python3 with paho-mqtt is not installed");
-    }
-    ok
-}
-
-/// A Python child process and its output lines.
-struct Py {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Py {
-    fn start(script: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The first line from now on that `want` accepts; panics after `timeout`.
-    fn expect(&mut self, timeout: Duration, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            self.seen.push(line.clone());
-            if want(&line) {
-                return line;
-            }
-        }
-        panic!("no such line within {timeout:?}; got {:?}", self.seen);
-    }
-
-    /// Every line until one `stop` accepts, or `timeout`.
-    fn read_until(&mut self, timeout: Duration, mut stop: impl FnMut(&str) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            let done = stop(&line);
-            self.seen.push(line);
-            if done {
-                break;
-            }
-        }
-    }
-
-    fn send(&mut self, command: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{command}").unwrap();
-        stdin.flush().unwrap();
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    python_has("paho.mqtt.client", None, "paho-mqtt")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -136,7 +40,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The client publishes one agent batch (seq `seq`) on its telemetry topic; the gateway's ack
 /// comes back on `bw/v1/{device}/ack`, the subscription the client made before the restart.
-fn publish_batch(py: &mut Py, device: &str, seq: u64) {
+fn publish_batch(py: &mut PyProc, device: &str, seq: u64) {
     let batch = make_batch(device, 7, seq, 1);
     let topic = Topic::telemetry(&batch.device);
     py.send(&format!(
@@ -160,7 +64,7 @@ fn a_paho_session_survives_kill9_with_its_subscription() {
     let device = "press-7";
     let ack_filter = format!("bw/v1/{device}/ack");
     let port = gw.mqtt_port.to_string();
-    let mut py = Py::start(
+    let mut py = PyProc::start(
         SESSION_CLIENT,
         &[
             "--port",
@@ -170,6 +74,7 @@ fn a_paho_session_survives_kill9_with_its_subscription() {
             "--subscribe",
             &ack_filter,
         ],
+        &[],
     );
     let first = py.expect(Duration::from_secs(20), |l| l.starts_with("CONNECTED"));
     assert!(!session_present(&first), "{first}");
@@ -259,7 +164,7 @@ async fn a_strict_client_loses_nothing_across_kill9() {
     let total: u64 = 3_000;
     let port = gw.mqtt_port.to_string();
     let count = total.to_string();
-    let mut paho = Py::start(
+    let mut paho = PyProc::start(
         JSON_DEVICE,
         &[
             "--port",
@@ -277,6 +182,7 @@ async fn a_strict_client_loses_nothing_across_kill9() {
             "--timeout",
             "150",
         ],
+        &[],
     );
     let mut acked = 0;
     paho.read_until(Duration::from_secs(60), |l| {
@@ -354,7 +260,7 @@ fn a_corrupt_session_file_does_not_stop_the_gateway() {
     assert!(spool.join("mqtt-sessions.jsonl.corrupt").exists());
     // Clients are served, and their sessions are stored afresh.
     let port = gw.mqtt_port.to_string();
-    let mut py = Py::start(
+    let mut py = PyProc::start(
         SESSION_CLIENT,
         &[
             "--port",
@@ -364,6 +270,7 @@ fn a_corrupt_session_file_does_not_stop_the_gateway() {
             "--subscribe",
             "bw/v1/press-9/ack",
         ],
+        &[],
     );
     let line = py.expect(Duration::from_secs(20), |l| l.starts_with("CONNECTED"));
     assert!(!session_present(&line), "{line}");

@@ -41,26 +41,8 @@ fn pysparkplug() -> Option<PathBuf> {
         },
         PathBuf::from,
     );
-    let ok = Command::new("python3")
-        .args(["-c", "import pysparkplug"])
-        .env("PYTHONPATH", &dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(dir);
-    }
-    assert!(
-        !breakwater_testkit::in_ci(),
-        "pysparkplug is not installed in {} (scripts/setup installs it)",
-        dir.display()
-    );
-    eprintln!(
-        "skipping: pysparkplug is not installed in {} (run scripts/setup)",
-        dir.display()
-    );
-    None
+    let what = format!("pysparkplug in {}", dir.display());
+    python_has("pysparkplug", Some(&dir), &what).then_some(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

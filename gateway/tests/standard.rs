@@ -13,9 +13,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use breakwater_protocol::Value;
@@ -31,75 +29,29 @@ const JSON_DEVICES: &str =
 
 /// Whether Paho can run here; panics under `CI=true` if not.
 fn paho_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with paho-mqtt is required under CI (scripts/setup installs it)"
-        );
-        eprintln!("skipped: python3 with paho-mqtt is not installed");
-    }
-    ok
+    python_has("paho.mqtt.client", None, "paho-mqtt")
 }
 
-/// A running Paho device and its output lines.
-struct Paho {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+/// A running Paho device (`tests/fixtures/paho_json_device.py`) and its output lines.
+struct Paho(PyProc);
 
 impl Paho {
     fn start(port: u16, client_id: &str, topic: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(SCRIPT)
-            .args(["--port", &port.to_string(), "--client-id", client_id])
-            .args(["--topic", topic])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
+        let port = port.to_string();
+        let mut all = vec!["--port", &port, "--client-id", client_id, "--topic", topic];
+        all.extend_from_slice(args);
+        Self(PyProc::start(SCRIPT, &all, &[]))
     }
 
-    /// Reads lines until `stop` says so or `timeout`; returns every line read.
-    fn read_until(&self, timeout: Duration, mut stop: impl FnMut(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let done = stop(&l);
-                    got.push(l);
-                    if done {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        got
+    /// Reads lines until `stop` says so or `timeout`; returns the lines this call read.
+    fn read_until(&mut self, timeout: Duration, stop: impl FnMut(&str) -> bool) -> Vec<String> {
+        self.0.read_until(timeout, stop).to_vec()
     }
 
     /// Everything until its `DONE` line (bounded): (acked values, published, lines).
     fn finish(mut self, timeout: Duration) -> (BTreeSet<u64>, u64, Vec<String>) {
         let lines = self.read_until(timeout, |l| l.starts_with("DONE"));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.kill();
         let acked = acks(&lines);
         let published = lines
             .iter()
@@ -108,13 +60,6 @@ impl Paho {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no DONE line: {lines:?}"));
         (acked, published, lines)
-    }
-}
-
-impl Drop for Paho {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -170,7 +115,7 @@ async fn kill9_while_paho_streams(mode: &str) {
         ),
     );
     let total: u64 = 3_000;
-    let paho = Paho::start(
+    let mut paho = Paho::start(
         gw.mqtt_port,
         "press-1",
         "plant/press-1/telemetry",
@@ -381,7 +326,7 @@ async fn stalled_pubacks_close_the_client_and_nothing_is_lost_when_kafka_returns
         ),
     );
     let total: u64 = 400;
-    let paho = Paho::start(
+    let mut paho = Paho::start(
         gw.mqtt_port,
         "press-3",
         "plant/press-3/telemetry",

@@ -791,3 +791,151 @@ max = "400ms"
     );
     breakwater_agent::config::AgentConfig::from_toml(&toml).unwrap()
 }
+
+/// Whether `python3` can import `module` (with `PYTHONPATH` = `path` if given); panics under
+/// `CI=true` if not (scripts/setup installs `what`), else says the test is skipped.
+pub fn python_has(module: &str, path: Option<&Path>, what: &str) -> bool {
+    let mut c = Command::new("python3");
+    c.args(["-c", &format!("import {module}")]);
+    if let Some(p) = path {
+        c.env("PYTHONPATH", p);
+    }
+    let ok = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            !breakwater_testkit::in_ci(),
+            "python3 with {what} is required under CI (scripts/setup installs it)"
+        );
+        eprintln!("skipped: python3 with {what} is not installed");
+    }
+    ok
+}
+
+/// A Python test client (a fixture script) as a child process: its stdout lines, its stdin for
+/// commands; killed on drop.
+pub struct PyProc {
+    pub child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl PyProc {
+    pub fn start(script: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line from now on that `want` accepts; panics after `timeout`.
+    pub fn expect(&mut self, timeout: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            self.seen.push(line.clone());
+            if want(&line) {
+                return line;
+            }
+        }
+        panic!("no such line within {timeout:?}; got {:?}", self.seen);
+    }
+
+    /// Reads lines until one `stop` accepts (included), or `timeout`; returns the lines read
+    /// by this call.
+    pub fn read_until(
+        &mut self,
+        timeout: Duration,
+        mut stop: impl FnMut(&str) -> bool,
+    ) -> &[String] {
+        let from = self.seen.len();
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            let done = stop(&line);
+            self.seen.push(line);
+            if done {
+                break;
+            }
+        }
+        &self.seen[from..]
+    }
+
+    /// One command line on the script's stdin.
+    pub fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PyProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every agent records readings `seqs` (see [`reading`]).
+pub async fn record_all(agents: &[breakwater_agent::Agent], seqs: std::ops::RangeInclusive<u64>) {
+    for agent in agents {
+        agent
+            .record_many(seqs.clone().map(reading).collect())
+            .await
+            .unwrap();
+    }
+}
+
+/// Every agent has all of its `upto` readings acked within `within` (each); `context` is
+/// printed on failure.
+pub async fn flush_all(
+    agents: &[breakwater_agent::Agent],
+    devices: &[String],
+    upto: u64,
+    within: Duration,
+    context: impl Fn() -> String,
+) {
+    for (d, agent) in devices.iter().zip(agents) {
+        assert_eq!(
+            agent.flush(within).await.unwrap(),
+            upto,
+            "{d} not fully acked:\n{}",
+            context()
+        );
+    }
+}

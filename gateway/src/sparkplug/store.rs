@@ -409,19 +409,11 @@ impl Store {
         }
         let state = loaded.state;
         info!(path = %path.display(), edge_nodes = state.nodes.len(), "sparkplug session store loaded");
-        let compacted = match write_compacted(&path, &state) {
-            Ok(n) => n,
-            Err(e) => {
-                error(
-                    "write",
-                    &mut log,
-                    &format!("{}: {e}; running without a session store", path.display()),
-                );
-                return (Self::disabled(), state);
-            }
-        };
-        let file = match OpenOptions::new().append(true).open(&path) {
-            Ok(f) => f,
+        // Compacted, then reopened for appends.
+        let opened = write_compacted(&path, &state)
+            .and_then(|n| Ok((n, OpenOptions::new().append(true).open(&path)?)));
+        let (compacted, file) = match opened {
+            Ok(v) => v,
             Err(e) => {
                 error(
                     "write",

@@ -20,7 +20,6 @@
 //! order, so a packet id not currently mapped takes the next seq from the FIFO, and a packet id
 //! already mapped is a republish after a reconnect. A PUBACK unmaps its packet id.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -338,22 +337,10 @@ impl Connection {
                     self.state.connected.store(true, Ordering::Relaxed);
                     self.counters.connects_total.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => match inflight.entry(pkid) {
-                    Entry::Occupied(_) => {
-                        self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Entry::Vacant(slot) => {
-                        let next = self
-                            .state
-                            .unsent
-                            .lock()
-                            .ok()
-                            .and_then(|mut q| q.pop_front());
-                        if let Some(seq) = next {
-                            slot.insert((seq, Instant::now()));
-                        }
-                    }
-                },
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    self.counters
+                        .on_written(pkid, &self.state.unsent, &mut inflight);
+                }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some((_, sent)) = inflight.remove(&ack.pkid) {
                         self.state.acked.fetch_add(1, Ordering::Relaxed);

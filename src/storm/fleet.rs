@@ -6,6 +6,8 @@
 //! fsync) would measure this machine's disk and hit the open-files limit long before the
 //! gateway. The durable buffer has its own benchmark (`cargo bench -p breakwater-agent`).
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +55,28 @@ impl FleetCounters {
             .max(1);
         if let Ok(mut h) = self.ack_latency_us.lock() {
             h.saturating_record(us);
+        }
+    }
+
+    /// A rumqttc device model wrote a publish with packet id `pkid`: a new write takes the
+    /// next mark of `unsent` (the FIFO its application queued) into `inflight`; a write of an
+    /// id already in flight is a resend.
+    pub(crate) fn on_written(
+        &self,
+        pkid: u16,
+        unsent: &Mutex<VecDeque<u64>>,
+        inflight: &mut HashMap<u16, (u64, Instant)>,
+    ) {
+        match inflight.entry(pkid) {
+            Entry::Occupied(_) => {
+                self.resends_total.fetch_add(1, Ordering::Relaxed);
+            }
+            Entry::Vacant(slot) => {
+                let next = unsent.lock().ok().and_then(|mut q| q.pop_front());
+                if let Some(mark) = next {
+                    slot.insert((mark, Instant::now()));
+                }
+            }
         }
     }
 

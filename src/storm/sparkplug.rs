@@ -40,7 +40,6 @@
 //! seq, or 0 for a BIRTH), in write order, matched to `Outgoing::Publish(pkid)`; after CONNACK
 //! its front is rebuilt in the order of the re-queued requests.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -581,24 +580,12 @@ impl Connection {
     /// Maps a written publish to its mark, or counts a PUBACK.
     fn account(&self, ev: &Event, inflight: &mut HashMap<u16, (u64, Instant)>) {
         match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => match inflight.entry(*pkid) {
-                Entry::Occupied(_) => {
-                    // rumqttc's own republish: not expected, every held publish gets a fresh
-                    // id (see the module doc).
-                    self.counters.resends_total.fetch_add(1, Ordering::Relaxed);
-                }
-                Entry::Vacant(slot) => {
-                    let next = self
-                        .state
-                        .unsent
-                        .lock()
-                        .ok()
-                        .and_then(|mut q| q.pop_front());
-                    if let Some(first) = next {
-                        slot.insert((first, Instant::now()));
-                    }
-                }
-            },
+            // A resend here would be rumqttc's own republish: not expected, every held
+            // publish gets a fresh id (see the module doc).
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                self.counters
+                    .on_written(*pkid, &self.state.unsent, inflight);
+            }
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some((first, sent)) = inflight.remove(&ack.pkid) {
                     if first > 0 {

@@ -820,27 +820,33 @@ fn authenticator(auth: &AuthConfig) -> Result<auth::Authenticator, AdmissionErro
     }
 }
 
-/// At most [`LogWindow::PER_SECOND`] lines a second for something a client can repeat at will;
-/// the next line says how many were not logged in between.
+/// At most `per_second` lines a second ([`LogWindow::PER_SECOND`] by default) for something a
+/// client can repeat at will; the next line says how many were not logged in between.
 #[derive(Debug)]
 pub(crate) struct LogWindow {
     start: Instant,
+    per_second: u32,
     logged: u32,
     suppressed: u64,
 }
 
 impl Default for LogWindow {
     fn default() -> Self {
-        Self {
-            start: Instant::now(),
-            logged: 0,
-            suppressed: 0,
-        }
+        Self::new(Self::PER_SECOND)
     }
 }
 
 impl LogWindow {
     const PER_SECOND: u32 = 5;
+
+    pub(crate) fn new(per_second: u32) -> Self {
+        Self {
+            start: Instant::now(),
+            per_second,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
 
     /// `Some(suppressed so far)` if this one may be logged.
     pub(crate) fn allow(&mut self) -> Option<u64> {
@@ -848,7 +854,7 @@ impl LogWindow {
             self.start = Instant::now();
             self.logged = 0;
         }
-        if self.logged < Self::PER_SECOND {
+        if self.logged < self.per_second {
             self.logged += 1;
             Some(std::mem::take(&mut self.suppressed))
         } else {

@@ -88,7 +88,6 @@ pub mod json;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use breakwater_protocol::{envelope, Batch, DeviceId, Limits, Reading};
 use parking_lot::Mutex;
@@ -98,6 +97,7 @@ use rumqttd::{AckToken, DeferredPublish};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::admission::LogWindow;
 use crate::sequencer::{Admit, Sequencer};
 use crate::spool::writer::Accepted;
 use crate::spool::{MqttOrigin, Spool, SpoolRecord};
@@ -337,7 +337,8 @@ impl Ingest {
             limits,
             parked: Mutex::new(VecDeque::new()),
             max_parked,
-            log: Mutex::new(LogWindow::new()),
+            // At most 10 lines a second.
+            log: Mutex::new(LogWindow::new(10)),
         }
     }
 
@@ -638,38 +639,6 @@ impl Ingest {
         }
         if let Err(e) = link.disconnect(token) {
             warn!(error = %e, "disconnect: the broker link is gone");
-        }
-    }
-}
-
-/// At most 10 lines a second; says how many were not logged.
-#[derive(Debug)]
-struct LogWindow {
-    start: Instant,
-    n: u64,
-    skipped: u64,
-}
-
-impl LogWindow {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            n: 0,
-            skipped: 0,
-        }
-    }
-
-    fn allow(&mut self) -> Option<u64> {
-        if self.start.elapsed() >= Duration::from_secs(1) {
-            self.start = Instant::now();
-            self.n = 0;
-        }
-        self.n += 1;
-        if self.n <= 10 {
-            Some(std::mem::take(&mut self.skipped))
-        } else {
-            self.skipped += 1;
-            None
         }
     }
 }
